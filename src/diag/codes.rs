@@ -1,0 +1,84 @@
+//! The stable error codes. Each code's doc comment gives the smallest recipe
+//! that triggers it; `tests/diagnostics/` holds a recipe per code, and a
+//! meta-test checks that no code goes untested.
+
+use std::fmt;
+
+macro_rules! codes {
+    ($( $(#[doc = $doc:literal])* $name:ident = $summary:literal, )*) => {
+        /// A stable diagnostic code, such as `E0101`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $( $(#[doc = $doc])* $name, )*
+        }
+
+        impl Code {
+            /// Every code, for the meta-test and `fuse explain`-style listings.
+            pub const ALL: &'static [Code] = &[$(Code::$name),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$name => stringify!($name),)* }
+            }
+
+            /// One line saying what the code is about.
+            pub fn summary(self) -> &'static str {
+                match self { $(Code::$name => $summary,)* }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The recipe is not valid syntax: `a = (1 +`
+    E0001 = "syntax error",
+    /// A name is used but never bound: `x = y + 1`
+    E0101 = "unknown name",
+    /// A name is bound twice: `a = 1` then `a = 2`
+    E0102 = "name bound twice",
+    /// A function that does not exist is called: `tise(a, b)`
+    E0103 = "unknown function",
+    /// A named argument the function does not take: `ties(a, b, densty=0.5)`
+    E0104 = "unknown argument",
+    /// A required argument is missing: `model()`
+    E0105 = "missing argument",
+    /// An argument or operand has the wrong type: `model(1)`
+    E0106 = "type mismatch",
+    /// Too many positional arguments, or an argument given twice: `model("a", "b")`
+    E0107 = "too many arguments",
+    /// A per-model list has the wrong length: `ties(a, b, weight=[1, 2, 3])`
+    E0108 = "per-model list of the wrong length",
+    /// `--set` names no `param` of the recipe: `fuse run r.fuse --set lamda=1`
+    E0109 = "unknown parameter override",
+    /// A `fn` calls itself, directly or not: `fn f(x) = f(x)`
+    E0110 = "recursion",
+    /// A bare expression that is not the last statement, or a recipe with nothing to write
+    E0111 = "misplaced expression",
+    /// A value used where a number known before the run is needed: `over_layers(tensor)`
+    E0112 = "invalid value",
+    /// Operands of different architectures: `a + (b - c)` where `b` has other shapes
+    E0201 = "architecture mismatch",
+    /// A weighted sum of models whose weights add up to neither 1 nor 0: `0.7*a + 0.7*b`
+    E0202 = "weights of a model sum must add up to 1 or 0",
+    /// An operator that has no meaning on its operands: `a * b` for two models
+    E0203 = "invalid operation",
+    /// A task-vector method given models but no base: `ties(a, b)` with no `base`
+    E0204 = "no base model for task vectors",
+    /// A model path that does not exist or is not a checkpoint: `model("missing")`
+    E0301 = "model not found",
+    /// A checkpoint whose files are unreadable or malformed
+    E0302 = "bad checkpoint",
+    /// An imported file that does not exist or imports itself: `import "nope.fuse"`
+    E0303 = "import failed",
+    /// A bad output request: `save(a, "out", shard="lots")`
+    E0401 = "bad output",
+    /// The output directory exists and is not empty, and `--force` was not given
+    E0402 = "output exists",
+    /// A failure while reading inputs or writing the output
+    E0403 = "run failed",
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,204 @@
+//! The tensor graph: a checked recipe value lowered to plain data, one small
+//! graph per output tensor in a shared arena. Numbers that vary per tensor
+//! are evaluated here, identical nodes are shared (hash-consed), and the
+//! output layout (names, shapes, dtypes, shard offsets) is fixed before any
+//! tensor data is read.
+
+use crate::check::{Recipe, Sched, Sparsify, TExpr, TId, TVal, TensorCtx};
+use crate::io::writer::{Layout, OutTensor};
+use crate::io::{Checkpoint, DType};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+pub type NodeId = usize;
+
+/// An f64 that can be hashed, so nodes with equal coefficients are shared.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct F(u64);
+
+impl F {
+    pub fn new(x: f64) -> F {
+        F((x + 0.0).to_bits())
+    }
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for F {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+/// What a node computes. Every node yields one f32 tensor of its node's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Tensor `tensor` of input model `model`, converted to f32.
+    Load { model: usize, tensor: String },
+    /// `sum_i c_i * x_i`.
+    Lin(Vec<(F, NodeId)>),
+    /// The task-vector merge family, on deltas (see `exec::kernels::task_merge`).
+    TaskMerge {
+        deltas: Vec<NodeId>,
+        weights: Vec<F>,
+        densities: Vec<F>,
+        sparsify: Sparsify,
+        sign_election: bool,
+        normalize: bool,
+        lambda: F,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub shape: Vec<usize>,
+}
+
+/// One tensor of the output and the node that computes it.
+#[derive(Clone, Debug)]
+pub struct OutputTensor {
+    pub name: String,
+    pub node: NodeId,
+    pub layer: Option<usize>,
+}
+
+/// Everything needed to compute and write one output checkpoint.
+pub struct Plan {
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<OutputTensor>,
+    /// Shards and offsets; `layout.tensors[i]` is `outputs[i]`.
+    pub layout: Layout,
+    pub models: Vec<Arc<Checkpoint>>,
+    /// The model whose config.json and tokenizer the output takes.
+    pub origin: usize,
+    pub dtype: Option<DType>,
+}
+
+impl Plan {
+    /// Bytes of f32 intermediates the largest single output tensor needs at
+    /// once, a lower bound on the working memory per worker thread.
+    pub fn largest_tensor_bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| n.shape.iter().product::<usize>() as u64 * 4).max().unwrap_or(0)
+    }
+}
+
+struct Builder<'r> {
+    recipe: &'r Recipe,
+    nodes: Vec<Node>,
+    shared: HashMap<Op, NodeId>,
+}
+
+impl Builder<'_> {
+    fn node(&mut self, op: Op, shape: &[usize]) -> NodeId {
+        if let Some(&id) = self.shared.get(&op) {
+            return id;
+        }
+        self.nodes.push(Node { op: op.clone(), shape: shape.to_vec() });
+        self.shared.insert(op, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn lower(&mut self, e: TId, ctx: &TensorCtx, shape: &[usize], memo: &mut HashMap<TId, NodeId>) -> NodeId {
+        if let Some(&n) = memo.get(&e) {
+            return n;
+        }
+        let ev = |s: &Sched| F::new(s.eval(ctx));
+        let id = match &self.recipe.exprs[e] {
+            TExpr::Load { model } => self.node(Op::Load { model: *model, tensor: ctx.name.to_string() }, shape),
+            TExpr::Lin(terms) => {
+                let terms: Vec<(F, NodeId)> = terms.iter().map(|(c, t)| (ev(c), self.lower(*t, ctx, shape, memo))).collect();
+                match terms.as_slice() {
+                    [(c, only)] if c.get() == 1.0 => *only,
+                    _ => self.node(Op::Lin(terms), shape),
+                }
+            }
+            TExpr::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => {
+                let deltas: Vec<NodeId> = deltas.iter().map(|d| self.lower(*d, ctx, shape, memo)).collect();
+                let weights: Vec<F> = weights.iter().map(ev).collect();
+                let lambda = ev(lambda);
+                if *sparsify == Sparsify::None && !sign_election {
+                    // Plain task arithmetic is a linear combination.
+                    let sum: f64 = weights.iter().map(|w| w.get()).sum();
+                    let div = if *normalize && sum.abs() >= 1e-8 { sum } else { 1.0 };
+                    let terms = weights.iter().zip(&deltas).map(|(w, d)| (F::new(w.get() / div * lambda.get()), *d)).collect();
+                    self.node(Op::Lin(terms), shape)
+                } else {
+                    let op = Op::TaskMerge {
+                        deltas,
+                        weights,
+                        densities: densities.iter().map(ev).collect(),
+                        sparsify: *sparsify,
+                        sign_election: *sign_election,
+                        normalize: *normalize,
+                        lambda,
+                    };
+                    self.node(op, shape)
+                }
+            }
+        };
+        memo.insert(e, id);
+        id
+    }
+}
+
+/// Lowers `value` to a plan for one output checkpoint.
+pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64) -> Plan {
+    let arch = &value.arch;
+    let mut b = Builder { recipe, nodes: Vec::new(), shared: HashMap::new() };
+    let mut order: Vec<usize> = (0..arch.tensors.len()).collect();
+    // Embeddings first, then layer by layer, then the final norm and head:
+    // the order people expect in a checkpoint, and the order layers stream in.
+    order.sort_by_key(|&i| {
+        let t = &arch.tensors[i];
+        let group = match t.layer {
+            Some(_) => 1,
+            None if t.name.contains("embed") => 0,
+            None => 2,
+        };
+        (group, t.layer.unwrap_or(0), t.name.clone())
+    });
+    let mut outputs = Vec::new();
+    let mut outs = Vec::new();
+    for i in order {
+        let t = &arch.tensors[i];
+        let ctx = TensorCtx { name: &t.name, layer: t.layer, n_layers: arch.n_layers };
+        let node = b.lower(value.expr, &ctx, &t.shape, &mut HashMap::new());
+        outputs.push(OutputTensor { name: t.name.clone(), node, layer: t.layer });
+        let out_dtype = match dtype {
+            Some(d) if t.dtype.is_float() => d,
+            _ => t.dtype,
+        };
+        outs.push(OutTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: out_dtype });
+    }
+    Plan {
+        nodes: b.nodes,
+        outputs,
+        layout: Layout::plan(outs, max_shard),
+        models: recipe.models.clone(),
+        origin: arch.origin,
+        dtype,
+    }
+}
+
+impl fmt::Display for Plan {
+    /// The plan as `fuse graph` prints it: each output tensor's nodes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let op = match &n.op {
+                Op::Load { model, tensor } => format!("load m{model}[{tensor}]"),
+                Op::Lin(terms) => terms.iter().map(|(c, x)| format!("{:?}*%{x}", c)).collect::<Vec<_>>().join(" + "),
+                Op::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => format!(
+                    "task_merge(deltas={deltas:?}, weights={weights:?}, densities={densities:?}, sparsify={sparsify:?}, sign={sign_election}, normalize={normalize}, lambda={lambda:?})"
+                ),
+            };
+            writeln!(f, "%{i} {:?} = {op}", n.shape)?;
+        }
+        for o in &self.outputs {
+            writeln!(f, "out {} = %{}", o.name, o.node)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! Opening a checkpoint: resolve `model("...")` to files, read config.json and
+//! the safetensors headers, and describe the architecture. Never reads tensor
+//! data and never touches the network.
+
+use super::safetensors::{read_header, DType, TensorInfo};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One tensor of a checkpoint: which file holds it and where.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub file: usize,
+    pub info: TensorInfo,
+}
+
+/// A checkpoint on disk, opened by its headers.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// What the user named, resolved (a directory or a .safetensors file).
+    pub root: PathBuf,
+    /// The directory holding config.json and tokenizer files, if any.
+    pub dir: Option<PathBuf>,
+    pub config: Option<Value>,
+    /// The safetensors files, in shard order.
+    pub files: Vec<PathBuf>,
+    pub tensors: BTreeMap<String, TensorEntry>,
+}
+
+/// Why a checkpoint could not be opened. `NotFound` is the user's path being
+/// wrong; `Bad` is a file that exists but is not what it should be.
+#[derive(Debug, Clone)]
+pub enum OpenError {
+    NotFound { what: String, help: String },
+    Bad { file: PathBuf, what: String },
+}
+
+impl Checkpoint {
+    /// Opens `spec` (a path, or `hf:org/name[@revision]`) relative to `base_dir`.
+    pub fn open(spec: &str, base_dir: &Path) -> Result<Checkpoint, OpenError> {
+        let root = if let Some(repo) = spec.strip_prefix("hf:") {
+            resolve_hf(repo)?
+        } else {
+            let p = base_dir.join(spec);
+            if !p.exists() {
+                return Err(OpenError::NotFound {
+                    what: format!("no file or directory at `{}`", p.display()),
+                    help: "model paths are relative to the recipe file; for a model in the local Hugging Face cache write `hf:org/name`".into(),
+                });
+            }
+            p
+        };
+        Checkpoint::open_path(&root)
+    }
+
+    /// Opens a checkpoint directory or a single .safetensors file.
+    pub fn open_path(root: &Path) -> Result<Checkpoint, OpenError> {
+        let bad = |file: &Path, what: String| OpenError::Bad { file: file.to_path_buf(), what };
+        let (dir, files) = if root.is_file() {
+            (None, vec![root.to_path_buf()])
+        } else {
+            let index = root.join("model.safetensors.index.json");
+            let single = root.join("model.safetensors");
+            let files = if index.is_file() {
+                shard_files(&index)?
+            } else if single.is_file() {
+                vec![single]
+            } else {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+                    .map_err(|e| bad(root, format!("cannot list directory: {e}")))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                    .collect();
+                found.sort();
+                if found.is_empty() {
+                    return Err(OpenError::NotFound {
+                        what: format!("`{}` holds no model.safetensors, no model.safetensors.index.json and no .safetensors file", root.display()),
+                        help: "point model(...) at a Hugging Face checkpoint directory or a .safetensors file".into(),
+                    });
+                }
+                found
+            };
+            (Some(root.to_path_buf()), files)
+        };
+        let config = match &dir {
+            Some(d) if d.join("config.json").is_file() => {
+                let p = d.join("config.json");
+                let text = std::fs::read_to_string(&p).map_err(|e| bad(&p, format!("cannot read: {e}")))?;
+                let v: Value = serde_json::from_str(&text).map_err(|e| bad(&p, format!("not valid JSON: {e}")))?;
+                if !v.is_object() {
+                    return Err(bad(&p, "config.json is not a JSON object".into()));
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let mut tensors = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let header = read_header(f).map_err(|what| bad(f, what))?;
+            for (name, info) in header.tensors {
+                if tensors.contains_key(&name) {
+                    return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
+                }
+                tensors.insert(name, TensorEntry { file: i, info });
+            }
+        }
+        Ok(Checkpoint { root: root.to_path_buf(), dir, config, files, tensors })
+    }
+
+    /// Layer count: config.json's `num_hidden_layers`, else one past the
+    /// highest layer index in the tensor names.
+    pub fn n_layers(&self) -> usize {
+        self.config
+            .as_ref()
+            .and_then(|c| c.get("num_hidden_layers"))
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .unwrap_or_else(|| self.tensors.keys().filter_map(|n| layer_of(n)).max().map_or(0, |m| m + 1))
+    }
+
+    /// The architecture name from config.json, e.g. `LlamaForCausalLM`.
+    pub fn architecture(&self) -> Option<&str> {
+        self.config.as_ref()?.get("architectures")?.get(0)?.as_str()
+    }
+
+    pub fn dtype_counts(&self) -> BTreeMap<DType, usize> {
+        let mut m = BTreeMap::new();
+        for t in self.tensors.values() {
+            *m.entry(t.info.dtype).or_default() += t.info.numel();
+        }
+        m
+    }
+}
+
+/// The layer index in a tensor name such as `model.layers.3.mlp.up_proj.weight`.
+pub fn layer_of(name: &str) -> Option<usize> {
+    let mut parts = name.split('.');
+    let mut prev = parts.next()?;
+    for p in parts {
+        if matches!(prev, "layers" | "h" | "blocks" | "layer") {
+            if let Ok(i) = p.parse() {
+                return Some(i);
+            }
+        }
+        prev = p;
+    }
+    None
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpenError> {
+    let bad = |what: String| OpenError::Bad { file: index.to_path_buf(), what };
+    let text = std::fs::read_to_string(index).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut names: Vec<&str> = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| bad(format!("`{tensor}` maps to a non-string")))?;
+        // A shard name is a plain file name: an index cannot point outside its directory.
+        if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
+            return Err(bad(format!("shard name `{file}` is not a plain file name in the checkpoint directory")));
+        }
+        if !names.contains(&file) {
+            names.push(file);
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let p = dir.join(n);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(bad(format!("names shard `{n}`, which does not exist")))
+            }
+        })
+        .collect()
+}
+
+/// Finds `org/name[@revision]` in the local Hugging Face hub cache.
+fn resolve_hf(repo: &str) -> Result<PathBuf, OpenError> {
+    let (name, rev) = repo.split_once('@').unwrap_or((repo, "main"));
+    let cache = hf_cache_dir();
+    let repo_dir = cache.join(format!("models--{}", name.replace('/', "--")));
+    let not_found = |what: String| OpenError::NotFound {
+        what,
+        help: format!("fuse never downloads; fetch it first, e.g. `huggingface-cli download {name}`, or set HF_HUB_CACHE"),
+    };
+    if !repo_dir.is_dir() {
+        return Err(not_found(format!("`{name}` is not in the local Hugging Face cache at `{}`", cache.display())));
+    }
+    let snapshots = repo_dir.join("snapshots");
+    let commit = std::fs::read_to_string(repo_dir.join("refs").join(rev))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| rev.to_string());
+    let snap = snapshots.join(&commit);
+    if snap.is_dir() {
+        return Ok(snap);
+    }
+    Err(not_found(format!("revision `{rev}` of `{name}` is not in the cache at `{}`", repo_dir.display())))
+}
+
+/// HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
+pub fn hf_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_of;
+
+    #[test]
+    fn finds_layer_indices() {
+        assert_eq!(layer_of("model.layers.12.mlp.up_proj.weight"), Some(12));
+        assert_eq!(layer_of("transformer.h.3.attn.c_attn.weight"), Some(3));
+        assert_eq!(layer_of("model.embed_tokens.weight"), None);
+        assert_eq!(layer_of("lm_head.weight"), None);
+    }
+}

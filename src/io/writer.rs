@@ -1,0 +1,284 @@
+//! Writing a checkpoint: plan the shard layout before any data exists, then
+//! let workers write each tensor straight to its final offset, and make the
+//! directory appear atomically at the end.
+//!
+//! Everything is written into a hidden sibling directory
+//! (`.NAME.fuse-partial-PID`) that is renamed onto the target only when
+//! complete; an unfinished one is removed on drop, and stale ones left by a
+//! killed run are cleaned by the next run to the same target.
+
+use super::safetensors::DType;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// One tensor of the output: its name, shape and stored dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl OutTensor {
+    pub fn bytes(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.size() as u64
+    }
+}
+
+/// Where tensor `i` of the plan goes: shard index and absolute byte offset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slot {
+    pub shard: usize,
+    pub offset: u64,
+}
+
+/// The whole output layout: shard files with their headers, and a slot per tensor.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub shards: Vec<Shard>,
+    pub slots: Vec<Slot>,
+    pub tensors: Vec<OutTensor>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Shard {
+    pub file_name: String,
+    pub header: Vec<u8>,
+    pub size: u64,
+    pub tensors: Vec<usize>,
+}
+
+impl Layout {
+    /// Splits `tensors` (in order) into shards of at most `max_shard` bytes of
+    /// data (a single larger tensor gets a shard of its own).
+    pub fn plan(tensors: Vec<OutTensor>, max_shard: u64) -> Layout {
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut used = 0u64;
+        for (i, t) in tensors.iter().enumerate() {
+            if used > 0 && used + t.bytes() > max_shard {
+                groups.push(Vec::new());
+                used = 0;
+            }
+            groups.last_mut().unwrap().push(i);
+            used += t.bytes();
+        }
+        let n = groups.len();
+        let mut slots = vec![Slot { shard: 0, offset: 0 }; tensors.len()];
+        let shards = groups
+            .into_iter()
+            .enumerate()
+            .map(|(s, members)| {
+                let file_name = if n == 1 {
+                    "model.safetensors".to_string()
+                } else {
+                    format!("model-{:05}-of-{:05}.safetensors", s + 1, n)
+                };
+                let mut json = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
+                let mut off = 0u64;
+                for &i in &members {
+                    let t = &tensors[i];
+                    let end = off + t.bytes();
+                    json.push_str(&format!(
+                        ",{}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{off},{end}]}}",
+                        serde_json::Value::String(t.name.clone()),
+                        t.dtype.as_str(),
+                        t.shape
+                    ));
+                    off = end;
+                }
+                json.push('}');
+                // Pad so that the data section starts 8-byte aligned.
+                while (json.len() + 8) % 8 != 0 {
+                    json.push(' ');
+                }
+                let data_start = 8 + json.len() as u64;
+                let mut header = (json.len() as u64).to_le_bytes().to_vec();
+                header.extend_from_slice(json.as_bytes());
+                let mut pos = data_start;
+                for &i in &members {
+                    slots[i] = Slot { shard: s, offset: pos };
+                    pos += tensors[i].bytes();
+                }
+                Shard { file_name, header, size: pos, tensors: members }
+            })
+            .collect();
+        Layout { shards, slots, tensors }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.iter().map(OutTensor::bytes).sum()
+    }
+
+    /// model.safetensors.index.json, for outputs of more than one shard.
+    pub fn index_json(&self) -> Option<String> {
+        if self.shards.len() < 2 {
+            return None;
+        }
+        let mut map = serde_json::Map::new();
+        for shard in &self.shards {
+            for &i in &shard.tensors {
+                map.insert(self.tensors[i].name.clone(), shard.file_name.clone().into());
+            }
+        }
+        let v = serde_json::json!({ "metadata": { "total_size": self.total_bytes() }, "weight_map": map });
+        Some(serde_json::to_string_pretty(&v).unwrap())
+    }
+}
+
+/// An output directory being written. Dropped without [`OutputDir::commit`],
+/// it removes everything it wrote.
+pub struct OutputDir {
+    target: PathBuf,
+    partial: PathBuf,
+    files: Vec<File>,
+    committed: bool,
+}
+
+impl OutputDir {
+    /// Checks the target, creates the partial directory and every shard file
+    /// at its final size with its header written.
+    pub fn create(target: &Path, force: bool, layout: &Layout) -> Result<OutputDir, String> {
+        if target.exists() {
+            let empty = target.is_dir() && fs::read_dir(target).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !empty && !force {
+                return Err(format!("`{}` exists and is not empty; pass --force to replace it", target.display()));
+            }
+            if !target.is_dir() {
+                return Err(format!("`{}` exists and is not a directory", target.display()));
+            }
+        }
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
+        let name = target.file_name().and_then(|n| n.to_str()).ok_or("the output path has no directory name")?;
+        clean_stale(parent, name);
+        let partial = parent.join(format!(".{name}.fuse-partial-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
+        let mut out = OutputDir { target: target.to_path_buf(), partial, files: Vec::new(), committed: false };
+        for shard in &layout.shards {
+            let path = out.partial.join(&shard.file_name);
+            let f = File::create(&path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+            f.set_len(shard.size).map_err(|e| format!("cannot size `{}`: {e}", path.display()))?;
+            f.write_all_at(&shard.header, 0).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            out.files.push(f);
+        }
+        Ok(out)
+    }
+
+    /// Writes bytes at an absolute offset of a shard. Safe to call from many
+    /// threads at once for disjoint ranges.
+    pub fn write_at(&self, shard: usize, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.files[shard].write_all_at(bytes, offset)
+    }
+
+    /// Writes a whole small file (config.json, the model card ...).
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<(), String> {
+        let p = self.partial.join(name);
+        fs::write(&p, contents).map_err(|e| format!("cannot write `{}`: {e}", p.display()))
+    }
+
+    pub fn copy_file(&self, from: &Path, name: &str) -> Result<(), String> {
+        let p = self.partial.join(name);
+        fs::copy(from, &p).map(|_| ()).map_err(|e| format!("cannot copy `{}`: {e}", from.display()))
+    }
+
+    /// Flushes everything and moves the finished directory onto the target.
+    pub fn commit(mut self) -> Result<PathBuf, String> {
+        for f in &self.files {
+            f.sync_all().map_err(|e| format!("cannot flush output: {e}"))?;
+        }
+        let old = self.partial.with_file_name(format!(
+            ".{}.fuse-old-{}",
+            self.target.file_name().unwrap().to_string_lossy(),
+            std::process::id()
+        ));
+        let had_old = self.target.exists();
+        if had_old {
+            fs::rename(&self.target, &old).map_err(|e| format!("cannot move the old `{}` aside: {e}", self.target.display()))?;
+        }
+        if let Err(e) = fs::rename(&self.partial, &self.target) {
+            if had_old {
+                let _ = fs::rename(&old, &self.target);
+            }
+            return Err(format!("cannot move the output into place at `{}`: {e}", self.target.display()));
+        }
+        self.committed = true;
+        if had_old {
+            let _ = fs::remove_dir_all(&old);
+        }
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// Removes partial outputs for `name` left by runs that are no longer alive.
+fn clean_stale(parent: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let f = file_name.to_string_lossy();
+        for tag in [".fuse-partial-", ".fuse-old-"] {
+            let prefix = format!(".{name}{tag}");
+            if let Some(pid) = f.strip_prefix(&prefix) {
+                let alive = Path::new("/proc").join(pid).exists() && pid != std::process::id().to_string();
+                if !alive {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Parses a size such as `5GB`, `500MB`, `2GiB` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let v = n * mult;
+    (v >= 1.0 && v.is_finite()).then_some(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("5GB"), Some(5_000_000_000));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn shards_split_by_size_and_align() {
+        let t = |n: &str, k| OutTensor { name: n.into(), shape: vec![k], dtype: DType::F32 };
+        let l = Layout::plan(vec![t("a", 10), t("b", 10), t("c", 30)], 80);
+        assert_eq!(l.shards.len(), 2);
+        assert_eq!(l.shards[0].file_name, "model-00001-of-00002.safetensors");
+        assert_eq!(l.shards[0].tensors, vec![0, 1]);
+        assert_eq!(l.slots[0].offset % 8, 0);
+        assert_eq!(l.slots[1].offset, l.slots[0].offset + 40);
+        assert!(l.index_json().unwrap().contains("\"c\": \"model-00002-of-00002.safetensors\""));
+    }
+}

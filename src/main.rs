@@ -1,0 +1,262 @@
+//! The `fuse` command line: run, check, inspect, graph and demo.
+
+use clap::{Parser, Subcommand};
+use fuse::check::{self, Recipe};
+use fuse::diag::{render, Code, Diagnostic, Sources};
+use fuse::io::Checkpoint;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "fuse", version, about = "A typed language for neural-network merge recipes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a recipe, then compute and write its outputs.
+    Run {
+        /// The .fuse recipe.
+        recipe: PathBuf,
+        /// Where to write the recipe's result (its last expression).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Override a `param`: --set lam=0.5 (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Replace output directories that exist and are not empty.
+        #[arg(long)]
+        force: bool,
+        /// Where to compute: cpu, or cuda (needs the `cuda` build feature).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Check a recipe against its models' headers without computing anything.
+    Check {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+    /// Summarize a checkpoint: architecture, layers, tensors, dtypes.
+    Inspect {
+        /// A checkpoint directory, a .safetensors file, or hf:org/name.
+        model: String,
+        /// List every tensor with its shape and dtype.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Print the planned tensor graph of a recipe's outputs.
+    Graph {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+    /// Generate small models, write a recipe for them and run it.
+    Demo {
+        /// Where to put the models, the recipe and the merged output.
+        #[arg(default_value = "fuse-demo")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { recipe, output, set, force, device } => cmd_run(&recipe, output.as_deref(), &set, force, &device),
+        Command::Check { recipe, set } => cmd_check(&recipe, &set),
+        Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
+        Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
+        Command::Demo { dir } => cmd_demo(&dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(()) => ExitCode::FAILURE,
+    }
+}
+
+type CmdResult = Result<(), ()>;
+
+fn report(diags: &[Diagnostic], sources: &Sources) {
+    let color = std::io::stderr().is_terminal();
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        render::render(d, sources, color, &mut err);
+    }
+}
+
+fn fail(d: Diagnostic) -> CmdResult {
+    report(&[d], &Sources::default());
+    Err(())
+}
+
+fn parse_sets(set: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
+    set.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(Diagnostic::error(Code::E0109, format!("--set `{s}` is not NAME=VALUE")).with_help("write e.g. --set lam=0.5")),
+        })
+        .collect()
+}
+
+/// Reads and checks a recipe, printing every diagnostic.
+fn load(recipe: &Path, set: &[String], sources: &mut Sources) -> Result<(Recipe, String), ()> {
+    let overrides = parse_sets(set).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    let text = std::fs::read_to_string(recipe)
+        .or_else(|e| fail(Diagnostic::error(Code::E0303, format!("cannot read `{}`: {e}", recipe.display()))).map(|_| String::new()))?;
+    let (checked, diags) = check::check(recipe, &text, &overrides, sources);
+    report(&diags, sources);
+    match checked {
+        Some(r) => Ok((r, text)),
+        None => {
+            let n = diags.iter().filter(|d| d.is_error()).count();
+            eprintln!("{n} error{} in `{}`", if n == 1 { "" } else { "s" }, recipe.display());
+            Err(())
+        }
+    }
+}
+
+fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
+    let mut sources = Sources::default();
+    let (r, _) = load(recipe, set, &mut sources)?;
+    if let Some(res) = &r.result {
+        println!("result: Model ({})", res.value.arch.summary());
+    }
+    for s in &r.saves {
+        println!("save: {} ({})", s.dir.display(), s.value.arch.summary());
+    }
+    println!("ok: `{}` checks", recipe.display());
+    Ok(())
+}
+
+/// The outputs a run writes: (value, directory, dtype, shard size).
+fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<(check::TVal, PathBuf, Option<fuse::io::DType>, u64)>, Diagnostic> {
+    let mut out: Vec<_> = r.saves.iter().map(|s| (s.value.clone(), s.dir.clone(), s.dtype, s.shard)).collect();
+    match (&r.result, output) {
+        (Some(res), Some(o)) => out.push((res.value.clone(), o.to_path_buf(), None, 5_000_000_000)),
+        (Some(_), None) if out.is_empty() => {
+            return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go").with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
+        }
+        (None, Some(_)) => {
+            return Err(Diagnostic::error(Code::E0111, "-o was given but the recipe has no result").with_help("end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`"))
+        }
+        _ => {}
+    }
+    if out.is_empty() {
+        return Err(Diagnostic::error(Code::E0111, "the recipe writes nothing").with_help("end it with an expression and pass -o DIR, or add `save(expr, \"dir\")`"));
+    }
+    Ok(out)
+}
+
+fn cmd_run(recipe: &Path, output: Option<&Path>, set: &[String], force: bool, device: &str) -> CmdResult {
+    let device = match device {
+        "cpu" => candle_core::Device::Cpu,
+        "cuda" => match candle_core::Device::new_cuda(0) {
+            Ok(d) => d,
+            Err(e) => return fail(Diagnostic::error(Code::E0403, format!("cannot use CUDA: {e}")).with_help("build with `--features cuda` on a machine with an NVIDIA GPU, or use --device cpu")),
+        },
+        other => return fail(Diagnostic::error(Code::E0403, format!("unknown device `{other}`")).with_help("use --device cpu or --device cuda")),
+    };
+    let mut sources = Sources::default();
+    let (r, text) = load(recipe, set, &mut sources)?;
+    let targets = targets(&r, output).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    // Refuse before computing anything, so a late output cannot fail after an early one was written.
+    for (_, dir, _, _) in &targets {
+        let nonempty = dir.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if (nonempty || dir.is_file()) && !force {
+            return fail(Diagnostic::error(Code::E0402, format!("`{}` exists and is not empty", dir.display())).with_help("pass --force to replace it, or choose another directory"));
+        }
+    }
+    for (value, dir, dtype, shard) in &targets {
+        let start = Instant::now();
+        let plan = fuse::graph::lower(&r, value, *dtype, *shard);
+        match fuse::exec::run_plan(&plan, dir, force, &text, &device) {
+            Ok(rep) => eprintln!(
+                "wrote {} ({} tensors, {:.1} MB in {} shard{}) in {:.2}s",
+                dir.display(),
+                rep.tensors,
+                rep.bytes as f64 / 1e6,
+                rep.shards,
+                if rep.shards == 1 { "" } else { "s" },
+                start.elapsed().as_secs_f64()
+            ),
+            Err(e) => return fail(Diagnostic::error(Code::E0403, format!("writing `{}` failed: {e}", dir.display())).with_note("nothing was left at the output path")),
+        }
+    }
+    Ok(())
+}
+
+fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
+    let mut sources = Sources::default();
+    let (r, _) = load(recipe, set, &mut sources)?;
+    let targets = targets(&r, Some(Path::new("<-o>"))).or_else(|_| targets(&r, None)).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    for (value, dir, dtype, shard) in &targets {
+        let plan = fuse::graph::lower(&r, value, *dtype, *shard);
+        println!("# output {}: {} tensors, {:.1} MB, {} shard(s)", dir.display(), plan.outputs.len(), plan.layout.total_bytes() as f64 / 1e6, plan.layout.shards.len());
+        println!("# largest f32 intermediate: {:.1} MB", plan.largest_tensor_bytes() as f64 / 1e6);
+        print!("{plan}");
+    }
+    Ok(())
+}
+
+fn cmd_inspect(model: &str, tensors: bool) -> CmdResult {
+    let ck = match Checkpoint::open(model, Path::new(".")) {
+        Ok(ck) => ck,
+        Err(fuse::io::OpenError::NotFound { what, help }) => return fail(Diagnostic::error(Code::E0301, format!("model not found: {what}")).with_help(help)),
+        Err(fuse::io::OpenError::Bad { file, what }) => return fail(Diagnostic::error(Code::E0302, format!("bad checkpoint `{}`: {what}", file.display()))),
+    };
+    let arch = check::Arch::from_checkpoint(&ck, 0);
+    println!("{}", ck.root.display());
+    println!("  architecture: {}", arch.name.as_deref().unwrap_or("unknown (no config.json)"));
+    println!("  layers:       {}", arch.n_layers);
+    println!("  tensors:      {}", arch.tensors.len());
+    println!("  parameters:   {}", fuse::check::value::human_count(arch.params()));
+    let dtypes: Vec<String> = ck.dtype_counts().iter().map(|(d, n)| format!("{d} ({})", fuse::check::value::human_count(*n))).collect();
+    println!("  dtypes:       {}", dtypes.join(", "));
+    println!("  files:        {}", ck.files.len());
+    if tensors {
+        for t in &arch.tensors {
+            println!("  {:60} {:>16} {}", t.name, format!("{:?}", t.shape), t.dtype);
+        }
+    }
+    Ok(())
+}
+
+const DEMO_RECIPE: &str = r#"# The design-card recipe: a task vector, plus a TIES merge of two more.
+base = model("models/base")
+ft_a = model("models/ft-math")
+ft_b = model("models/ft-code")
+ft_c = model("models/ft-chat")
+
+param lam = 0.3
+
+base + lam*(ft_a - base) + ties(ft_b, ft_c, k=0.2)
+"#;
+
+fn cmd_demo(dir: &Path) -> CmdResult {
+    let shape = fuse::testmodel::TinyLlama { hidden: 64, intermediate: 128, layers: 4, vocab: 256, ..Default::default() };
+    let models = dir.join("models");
+    let gen = |name: &str, terms: &[(u64, f32)]| {
+        shape.write(&models.join(name), terms).map_err(|e| {
+            let _ = fail(Diagnostic::error(Code::E0403, format!("cannot write demo model `{name}`: {e}")));
+        })
+    };
+    gen("base", &[(1, 0.02)])?;
+    gen("ft-math", &[(1, 0.02), (11, 0.002)])?;
+    gen("ft-code", &[(1, 0.02), (12, 0.002)])?;
+    gen("ft-chat", &[(1, 0.02), (13, 0.002)])?;
+    let recipe = dir.join("merge.fuse");
+    std::fs::write(&recipe, DEMO_RECIPE).map_err(|e| {
+        let _ = fail(Diagnostic::error(Code::E0403, format!("cannot write `{}`: {e}", recipe.display())));
+    })?;
+    eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
+    eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
+    let out = dir.join("merged");
+    cmd_run(&recipe, Some(&out), &[], true, "cpu")?;
+    cmd_inspect(&out.display().to_string(), false)?;
+    println!("merged model: {}", out.display());
+    Ok(())
+}
