@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "fuse", version, about = "A typed language for neural-network merge recipes")]
+#[command(
+    name = "fuse",
+    version,
+    about = "A typed language for neural-network merge recipes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { recipe, output, set, force, device } => cmd_run(&recipe, output.as_deref(), &set, force, &device),
+        Command::Run {
+            recipe,
+            output,
+            set,
+            force,
+            device,
+        } => cmd_run(&recipe, output.as_deref(), &set, force, &device),
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
         Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
@@ -97,7 +107,10 @@ fn parse_sets(set: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
     set.iter()
         .map(|s| match s.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => Err(Diagnostic::error(Code::E0109, format!("--set `{s}` is not NAME=VALUE")).with_help("write e.g. --set lam=0.5")),
+            _ => Err(
+                Diagnostic::error(Code::E0109, format!("--set `{s}` is not NAME=VALUE"))
+                    .with_help("write e.g. --set lam=0.5"),
+            ),
         })
         .collect()
 }
@@ -105,15 +118,24 @@ fn parse_sets(set: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
 /// Reads and checks a recipe, printing every diagnostic.
 fn load(recipe: &Path, set: &[String], sources: &mut Sources) -> Result<(Recipe, String), ()> {
     let overrides = parse_sets(set).or_else(|d| fail(d).map(|_| Vec::new()))?;
-    let text = std::fs::read_to_string(recipe)
-        .or_else(|e| fail(Diagnostic::error(Code::E0303, format!("cannot read `{}`: {e}", recipe.display()))).map(|_| String::new()))?;
+    let text = std::fs::read_to_string(recipe).or_else(|e| {
+        fail(Diagnostic::error(
+            Code::E0303,
+            format!("cannot read `{}`: {e}", recipe.display()),
+        ))
+        .map(|_| String::new())
+    })?;
     let (checked, diags) = check::check(recipe, &text, &overrides, sources);
     report(&diags, sources);
     match checked {
         Some(r) => Ok((r, text)),
         None => {
             let n = diags.iter().filter(|d| d.is_error()).count();
-            eprintln!("{n} error{} in `{}`", if n == 1 { "" } else { "s" }, recipe.display());
+            eprintln!(
+                "{n} error{} in `{}`",
+                if n == 1 { "" } else { "s" },
+                recipe.display()
+            );
             Err(())
         }
     }
@@ -132,26 +154,48 @@ fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
     Ok(())
 }
 
-/// The outputs a run writes: (value, directory, dtype, shard size).
-fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<(check::TVal, PathBuf, Option<fuse::io::DType>, u64)>, Diagnostic> {
-    let mut out: Vec<_> = r.saves.iter().map(|s| (s.value.clone(), s.dir.clone(), s.dtype, s.shard)).collect();
+/// One output a run writes: value, directory, dtype, shard size.
+type Target = (check::TVal, PathBuf, Option<fuse::io::DType>, u64);
+
+fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<Target>, Diagnostic> {
+    let mut out: Vec<_> = r
+        .saves
+        .iter()
+        .map(|s| (s.value.clone(), s.dir.clone(), s.dtype, s.shard))
+        .collect();
     match (&r.result, output) {
         (Some(res), Some(o)) => out.push((res.value.clone(), o.to_path_buf(), None, 5_000_000_000)),
         (Some(_), None) if out.is_empty() => {
-            return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go").with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
+            return Err(
+                Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go").with_help(
+                    "pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`",
+                ),
+            )
         }
         (None, Some(_)) => {
-            return Err(Diagnostic::error(Code::E0111, "-o was given but the recipe has no result").with_help("end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`"))
+            return Err(
+                Diagnostic::error(Code::E0111, "-o was given but the recipe has no result")
+                    .with_help(
+                    "end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`",
+                ),
+            )
         }
         _ => {}
     }
     if out.is_empty() {
-        return Err(Diagnostic::error(Code::E0111, "the recipe writes nothing").with_help("end it with an expression and pass -o DIR, or add `save(expr, \"dir\")`"));
+        return Err(Diagnostic::error(Code::E0111, "the recipe writes nothing")
+            .with_help("end it with an expression and pass -o DIR, or add `save(expr, \"dir\")`"));
     }
     Ok(out)
 }
 
-fn cmd_run(recipe: &Path, output: Option<&Path>, set: &[String], force: bool, device: &str) -> CmdResult {
+fn cmd_run(
+    recipe: &Path,
+    output: Option<&Path>,
+    set: &[String],
+    force: bool,
+    device: &str,
+) -> CmdResult {
     let device = match device {
         "cpu" => candle_core::Device::Cpu,
         "cuda" => match candle_core::Device::new_cuda(0) {
@@ -165,9 +209,18 @@ fn cmd_run(recipe: &Path, output: Option<&Path>, set: &[String], force: bool, de
     let targets = targets(&r, output).or_else(|d| fail(d).map(|_| Vec::new()))?;
     // Refuse before computing anything, so a late output cannot fail after an early one was written.
     for (_, dir, _, _) in &targets {
-        let nonempty = dir.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let nonempty = dir.is_dir()
+            && std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
         if (nonempty || dir.is_file()) && !force {
-            return fail(Diagnostic::error(Code::E0402, format!("`{}` exists and is not empty", dir.display())).with_help("pass --force to replace it, or choose another directory"));
+            return fail(
+                Diagnostic::error(
+                    Code::E0402,
+                    format!("`{}` exists and is not empty", dir.display()),
+                )
+                .with_help("pass --force to replace it, or choose another directory"),
+            );
         }
     }
     for (value, dir, dtype, shard) in &targets {
@@ -183,7 +236,15 @@ fn cmd_run(recipe: &Path, output: Option<&Path>, set: &[String], force: bool, de
                 if rep.shards == 1 { "" } else { "s" },
                 start.elapsed().as_secs_f64()
             ),
-            Err(e) => return fail(Diagnostic::error(Code::E0403, format!("writing `{}` failed: {e}", dir.display())).with_note("nothing was left at the output path")),
+            Err(e) => {
+                return fail(
+                    Diagnostic::error(
+                        Code::E0403,
+                        format!("writing `{}` failed: {e}", dir.display()),
+                    )
+                    .with_note("nothing was left at the output path"),
+                )
+            }
         }
     }
     Ok(())
@@ -192,11 +253,22 @@ fn cmd_run(recipe: &Path, output: Option<&Path>, set: &[String], force: bool, de
 fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
     let mut sources = Sources::default();
     let (r, _) = load(recipe, set, &mut sources)?;
-    let targets = targets(&r, Some(Path::new("<-o>"))).or_else(|_| targets(&r, None)).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    let targets = targets(&r, Some(Path::new("<-o>")))
+        .or_else(|_| targets(&r, None))
+        .or_else(|d| fail(d).map(|_| Vec::new()))?;
     for (value, dir, dtype, shard) in &targets {
         let plan = fuse::graph::lower(&r, value, *dtype, *shard);
-        println!("# output {}: {} tensors, {:.1} MB, {} shard(s)", dir.display(), plan.outputs.len(), plan.layout.total_bytes() as f64 / 1e6, plan.layout.shards.len());
-        println!("# largest f32 intermediate: {:.1} MB", plan.largest_tensor_bytes() as f64 / 1e6);
+        println!(
+            "# output {}: {} tensors, {:.1} MB, {} shard(s)",
+            dir.display(),
+            plan.outputs.len(),
+            plan.layout.total_bytes() as f64 / 1e6,
+            plan.layout.shards.len()
+        );
+        println!(
+            "# largest f32 intermediate: {:.1} MB",
+            plan.largest_tensor_bytes() as f64 / 1e6
+        );
         print!("{plan}");
     }
     Ok(())
@@ -205,21 +277,45 @@ fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
 fn cmd_inspect(model: &str, tensors: bool) -> CmdResult {
     let ck = match Checkpoint::open(model, Path::new(".")) {
         Ok(ck) => ck,
-        Err(fuse::io::OpenError::NotFound { what, help }) => return fail(Diagnostic::error(Code::E0301, format!("model not found: {what}")).with_help(help)),
-        Err(fuse::io::OpenError::Bad { file, what }) => return fail(Diagnostic::error(Code::E0302, format!("bad checkpoint `{}`: {what}", file.display()))),
+        Err(fuse::io::OpenError::NotFound { what, help }) => {
+            return fail(
+                Diagnostic::error(Code::E0301, format!("model not found: {what}")).with_help(help),
+            )
+        }
+        Err(fuse::io::OpenError::Bad { file, what }) => {
+            return fail(Diagnostic::error(
+                Code::E0302,
+                format!("bad checkpoint `{}`: {what}", file.display()),
+            ))
+        }
     };
     let arch = check::Arch::from_checkpoint(&ck, 0);
     println!("{}", ck.root.display());
-    println!("  architecture: {}", arch.name.as_deref().unwrap_or("unknown (no config.json)"));
+    println!(
+        "  architecture: {}",
+        arch.name.as_deref().unwrap_or("unknown (no config.json)")
+    );
     println!("  layers:       {}", arch.n_layers);
     println!("  tensors:      {}", arch.tensors.len());
-    println!("  parameters:   {}", fuse::check::value::human_count(arch.params()));
-    let dtypes: Vec<String> = ck.dtype_counts().iter().map(|(d, n)| format!("{d} ({})", fuse::check::value::human_count(*n))).collect();
+    println!(
+        "  parameters:   {}",
+        fuse::check::value::human_count(arch.params())
+    );
+    let dtypes: Vec<String> = ck
+        .dtype_counts()
+        .iter()
+        .map(|(d, n)| format!("{d} ({})", fuse::check::value::human_count(*n)))
+        .collect();
     println!("  dtypes:       {}", dtypes.join(", "));
     println!("  files:        {}", ck.files.len());
     if tensors {
         for t in &arch.tensors {
-            println!("  {:60} {:>16} {}", t.name, format!("{:?}", t.shape), t.dtype);
+            println!(
+                "  {:60} {:>16} {}",
+                t.name,
+                format!("{:?}", t.shape),
+                t.dtype
+            );
         }
     }
     Ok(())
@@ -237,11 +333,20 @@ base + lam*(ft_a - base) + ties(ft_b, ft_c, k=0.2)
 "#;
 
 fn cmd_demo(dir: &Path) -> CmdResult {
-    let shape = fuse::testmodel::TinyLlama { hidden: 64, intermediate: 128, layers: 4, vocab: 256, ..Default::default() };
+    let shape = fuse::testmodel::TinyLlama {
+        hidden: 64,
+        intermediate: 128,
+        layers: 4,
+        vocab: 256,
+        ..Default::default()
+    };
     let models = dir.join("models");
     let gen = |name: &str, terms: &[(u64, f32)]| {
         shape.write(&models.join(name), terms).map_err(|e| {
-            let _ = fail(Diagnostic::error(Code::E0403, format!("cannot write demo model `{name}`: {e}")));
+            let _ = fail(Diagnostic::error(
+                Code::E0403,
+                format!("cannot write demo model `{name}`: {e}"),
+            ));
         })
     };
     gen("base", &[(1, 0.02)])?;
@@ -250,9 +355,16 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     gen("ft-chat", &[(1, 0.02), (13, 0.002)])?;
     let recipe = dir.join("merge.fuse");
     std::fs::write(&recipe, DEMO_RECIPE).map_err(|e| {
-        let _ = fail(Diagnostic::error(Code::E0403, format!("cannot write `{}`: {e}", recipe.display())));
+        let _ = fail(Diagnostic::error(
+            Code::E0403,
+            format!("cannot write `{}`: {e}", recipe.display()),
+        ));
     })?;
-    eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
+    eprintln!(
+        "generated 4 Llama-layout models ({} parameters each) in {}",
+        shape.params(),
+        models.display()
+    );
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
     cmd_run(&recipe, Some(&out), &[], true, "cpu")?;

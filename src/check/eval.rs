@@ -65,7 +65,14 @@ impl<'s> Checker<'s> {
             model_index: HashMap::new(),
             exprs: Vec::new(),
             globals: HashMap::new(),
-            overrides: overrides.iter().map(|(n, t)| Override { name: n.clone(), text: t.clone(), used: false }).collect(),
+            overrides: overrides
+                .iter()
+                .map(|(n, t)| Override {
+                    name: n.clone(),
+                    text: t.clone(),
+                    used: false,
+                })
+                .collect(),
             saves: Vec::new(),
             result: None,
             depth: 0,
@@ -85,26 +92,37 @@ impl<'s> Checker<'s> {
         self.run_file(program, file, &dir, true);
         for o in &self.overrides {
             if !o.used {
-                let params: Vec<&str> = self
-                    .globals
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
-                let mut d = Diagnostic::error(Code::E0109, format!("--set {}: the recipe has no `param {}`", o.name, o.name));
+                let params: Vec<&str> = self.globals.keys().map(String::as_str).collect();
+                let mut d = Diagnostic::error(
+                    Code::E0109,
+                    format!("--set {}: the recipe has no `param {}`", o.name, o.name),
+                );
                 if let Some(s) = did_you_mean(&o.name, params) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 }
-                self.diags.push(d.with_note("only names declared with `param` can be set from the command line"));
+                self.diags.push(d.with_note(
+                    "only names declared with `param` can be set from the command line",
+                ));
             }
         }
     }
 
     pub fn finish(self, main: FileId) -> Recipe {
-        Recipe { models: self.models, exprs: self.exprs, saves: self.saves, result: self.result, main_file: main }
+        Recipe {
+            models: self.models,
+            exprs: self.exprs,
+            saves: self.saves,
+            result: self.result,
+            main_file: main,
+        }
     }
 
     fn run_file(&mut self, program: &Program, file: FileId, dir: &Path, is_main: bool) {
-        let ctx = Ctx { file, dir, locals: None };
+        let ctx = Ctx {
+            file,
+            dir,
+            locals: None,
+        };
         let last = program.stmts.len().saturating_sub(1);
         for (i, stmt) in program.stmts.iter().enumerate() {
             match &stmt.kind {
@@ -118,33 +136,77 @@ impl<'s> Checker<'s> {
                     self.bind(&name.name, v, file, name.span);
                 }
                 StmtKind::Fn { name, params, body } => {
-                    let f = UserFn { name: name.name.clone(), params: params.clone(), body: body.clone(), file, span: name.span };
-                    self.bind(&name.name, Value::Func(Func::User(Arc::new(f))), file, name.span);
+                    let f = UserFn {
+                        name: name.name.clone(),
+                        params: params.clone(),
+                        body: body.clone(),
+                        file,
+                        span: name.span,
+                    };
+                    self.bind(
+                        &name.name,
+                        Value::Func(Func::User(Arc::new(f))),
+                        file,
+                        name.span,
+                    );
                 }
                 StmtKind::Import { path, path_span } => self.import(path, *path_span, ctx),
                 StmtKind::Save { args } => {
                     if !is_main {
-                        self.err(Diagnostic::error(Code::E0111, "`save` in an imported file")
-                            .with_label(file, stmt.span, "imported files define names; only the main recipe writes outputs"));
+                        self.err(
+                            Diagnostic::error(Code::E0111, "`save` in an imported file")
+                                .with_label(
+                                file,
+                                stmt.span,
+                                "imported files define names; only the main recipe writes outputs",
+                            ),
+                        );
                         continue;
                     }
                     self.save(args, stmt.span, ctx);
                 }
                 StmtKind::Expr(e) => {
                     if !is_main || i != last {
-                        let why = if is_main { "only the last statement can be a bare expression (the recipe's result)" } else { "an imported file cannot have a result" };
-                        self.err(Diagnostic::error(Code::E0111, "bare expression is not the recipe's result")
+                        let why = if is_main {
+                            "only the last statement can be a bare expression (the recipe's result)"
+                        } else {
+                            "an imported file cannot have a result"
+                        };
+                        self.err(
+                            Diagnostic::error(
+                                Code::E0111,
+                                "bare expression is not the recipe's result",
+                            )
                             .with_label(file, e.span, why)
-                            .with_help("bind it to a name (`x = ...`) or remove it"));
+                            .with_help("bind it to a name (`x = ...`) or remove it"),
+                        );
                         continue;
                     }
                     let v = self.eval(e, ctx);
                     match self.settle_value(v, e.span, file) {
-                        Value::Tensor(t) => self.result = Some(ResultValue { value: t, file, span: e.span }),
+                        Value::Tensor(t) => {
+                            self.result = Some(ResultValue {
+                                value: t,
+                                file,
+                                span: e.span,
+                            })
+                        }
                         Value::Poison => {}
                         other => {
-                            self.err(Diagnostic::error(Code::E0106, format!("the recipe's result is {}, not a model", other.type_name()))
-                                .with_label(file, e.span, "the last expression is what `fuse run -o DIR` writes"));
+                            self.err(
+                                Diagnostic::error(
+                                    Code::E0106,
+                                    format!(
+                                        "the recipe's result is {}, not a model",
+                                        other.type_name()
+                                    ),
+                                )
+                                .with_label(
+                                    file,
+                                    e.span,
+                                    "the last expression is what `fuse run -o DIR` writes",
+                                ),
+                            );
                         }
                     }
                 }
@@ -157,22 +219,28 @@ impl<'s> Checker<'s> {
             let d = Diagnostic::error(Code::E0102, format!("`{name}` is bound twice"))
                 .with_label(file, span, "bound again here")
                 .with_label(prev.file, prev.span, "first bound here")
-                .with_help(format!("a name is bound once; pick another name for one of them"));
+                .with_help("a name is bound once; pick another name for one of them");
             self.diags.push(d);
             return;
         }
-        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name) {
-            self.diags.push(Diagnostic::error(Code::E0102, format!("`{name}` is a builtin name"))
-                .with_label(file, span, "this would hide the builtin")
-                .with_help("pick another name"));
+        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name)
+        {
+            self.diags.push(
+                Diagnostic::error(Code::E0102, format!("`{name}` is a builtin name"))
+                    .with_label(file, span, "this would hide the builtin")
+                    .with_help("pick another name"),
+            );
             return;
         }
-        self.globals.insert(name.to_string(), Binding { value, file, span });
+        self.globals
+            .insert(name.to_string(), Binding { value, file, span });
     }
 
     fn param_value(&mut self, name: &str, default: &Expr, ctx: Ctx) -> Value {
         let dv = self.eval(default, ctx);
-        let Some(o) = self.overrides.iter_mut().find(|o| o.name == name) else { return dv };
+        let Some(o) = self.overrides.iter_mut().find(|o| o.name == name) else {
+            return dv;
+        };
         o.used = true;
         let text = o.text.clone();
         let file = self.sources.add(format!("--set {name}"), text.clone());
@@ -180,11 +248,34 @@ impl<'s> Checker<'s> {
             Ok(e) => e,
             Err(d) => return self.err(d),
         };
-        let ov = self.eval(&expr, Ctx { file, dir: ctx.dir, locals: None });
-        if !matches!(ov, Value::Poison) && !matches!(dv, Value::Poison) && ov.type_name() != dv.type_name() {
-            return self.err(Diagnostic::error(Code::E0106, format!("--set {name}: expected {}, found {}", dv.type_name(), ov.type_name()))
+        let ov = self.eval(
+            &expr,
+            Ctx {
+                file,
+                dir: ctx.dir,
+                locals: None,
+            },
+        );
+        if !matches!(ov, Value::Poison)
+            && !matches!(dv, Value::Poison)
+            && ov.type_name() != dv.type_name()
+        {
+            return self.err(
+                Diagnostic::error(
+                    Code::E0106,
+                    format!(
+                        "--set {name}: expected {}, found {}",
+                        dv.type_name(),
+                        ov.type_name()
+                    ),
+                )
                 .with_label(file, expr.span, format!("this is {}", ov.type_name()))
-                .with_label(ctx.file, default.span, format!("the param's default is {}", dv.type_name())));
+                .with_label(
+                    ctx.file,
+                    default.span,
+                    format!("the param's default is {}", dv.type_name()),
+                ),
+            );
         }
         ov
     }
@@ -192,17 +283,31 @@ impl<'s> Checker<'s> {
     fn import(&mut self, rel: &str, span: Span, ctx: Ctx) {
         let path = ctx.dir.join(rel);
         let canon = path.canonicalize().unwrap_or(path.clone());
-        if self.importing.iter().any(|p| p.canonicalize().unwrap_or(p.clone()) == canon) {
-            self.err(Diagnostic::error(Code::E0303, format!("`{rel}` imports itself"))
-                .with_label(ctx.file, span, "this import closes a cycle"));
+        if self
+            .importing
+            .iter()
+            .any(|p| p.canonicalize().unwrap_or(p.clone()) == canon)
+        {
+            self.err(
+                Diagnostic::error(Code::E0303, format!("`{rel}` imports itself")).with_label(
+                    ctx.file,
+                    span,
+                    "this import closes a cycle",
+                ),
+            );
             return;
         }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                self.err(Diagnostic::error(Code::E0303, format!("cannot read `{}`: {e}", path.display()))
+                self.err(
+                    Diagnostic::error(
+                        Code::E0303,
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
                     .with_label(ctx.file, span, "imported here")
-                    .with_help("import paths are relative to the importing file"));
+                    .with_help("import paths are relative to the importing file"),
+                );
                 return;
             }
         };
@@ -219,7 +324,15 @@ impl<'s> Checker<'s> {
     }
 
     fn save(&mut self, args: &[Arg], span: Span, ctx: Ctx) {
-        let mut bound = match self.bind_args("save", &["model", "dir", "dtype", "shard"], 2, 2, args, span, ctx) {
+        let mut bound = match self.bind_args(
+            "save",
+            &["model", "dir", "dtype", "shard"],
+            2,
+            2,
+            args,
+            span,
+            ctx,
+        ) {
             Some(b) => b,
             None => return,
         };
@@ -228,14 +341,22 @@ impl<'s> Checker<'s> {
         let value = match self.settle_value(mv, mspan, ctx.file) {
             Value::Tensor(t) if self.kind(&t) == Some(Kind::Model) => t,
             Value::Tensor(_) => {
-                self.err(Diagnostic::error(Code::E0106, "`save` needs a model, found a task vector")
-                    .with_label(ctx.file, mspan, "this is a Delta")
-                    .with_help("add it to a base model: `save(base + ..., \"dir\")`"));
+                self.err(
+                    Diagnostic::error(Code::E0106, "`save` needs a model, found a task vector")
+                        .with_label(ctx.file, mspan, "this is a Delta")
+                        .with_help("add it to a base model: `save(base + ..., \"dir\")`"),
+                );
                 return;
             }
             Value::Poison => return,
             other => {
-                self.err(Diagnostic::error(Code::E0106, format!("`save` needs a model, found {}", other.type_name())).with_label(ctx.file, mspan, "not a model"));
+                self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!("`save` needs a model, found {}", other.type_name()),
+                    )
+                    .with_label(ctx.file, mspan, "not a model"),
+                );
                 return;
             }
         };
@@ -243,7 +364,20 @@ impl<'s> Checker<'s> {
             Value::Str(s) => ctx.dir.join(s),
             Value::Poison => return,
             other => {
-                self.err(Diagnostic::error(Code::E0106, format!("the output directory must be a string, found {}", other.type_name())).with_label(ctx.file, dspan, "expected a path like \"out/merged\""));
+                self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!(
+                            "the output directory must be a string, found {}",
+                            other.type_name()
+                        ),
+                    )
+                    .with_label(
+                        ctx.file,
+                        dspan,
+                        "expected a path like \"out/merged\"",
+                    ),
+                );
                 return;
             }
         };
@@ -252,7 +386,16 @@ impl<'s> Checker<'s> {
             Some((Value::DType(d), _)) => Some(d),
             Some((Value::Poison, _)) => return,
             Some((other, s)) => {
-                self.err(Diagnostic::error(Code::E0106, format!("`dtype` must be bf16, f16 or f32, found {}", other.type_name())).with_label(ctx.file, s, "expected a dtype"));
+                self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!(
+                            "`dtype` must be bf16, f16 or f32, found {}",
+                            other.type_name()
+                        ),
+                    )
+                    .with_label(ctx.file, s, "expected a dtype"),
+                );
                 return;
             }
         };
@@ -261,18 +404,36 @@ impl<'s> Checker<'s> {
             Some((Value::Str(s), sp)) => match crate::io::writer::parse_size(&s) {
                 Some(n) => n,
                 None => {
-                    self.err(Diagnostic::error(Code::E0401, format!("`{s}` is not a size"))
-                        .with_label(ctx.file, sp, "expected a size like \"5GB\" or \"500MB\""));
+                    self.err(
+                        Diagnostic::error(Code::E0401, format!("`{s}` is not a size")).with_label(
+                            ctx.file,
+                            sp,
+                            "expected a size like \"5GB\" or \"500MB\"",
+                        ),
+                    );
                     return;
                 }
             },
             Some((Value::Poison, _)) => return,
             Some((other, s)) => {
-                self.err(Diagnostic::error(Code::E0401, format!("`shard` must be a size string, found {}", other.type_name())).with_label(ctx.file, s, "expected a size like \"5GB\""));
+                self.err(
+                    Diagnostic::error(
+                        Code::E0401,
+                        format!("`shard` must be a size string, found {}", other.type_name()),
+                    )
+                    .with_label(ctx.file, s, "expected a size like \"5GB\""),
+                );
                 return;
             }
         };
-        self.saves.push(Output { value, dir, dtype, shard, file: ctx.file, span });
+        self.saves.push(Output {
+            value,
+            dir,
+            dtype,
+            shard,
+            file: ctx.file,
+            span,
+        });
     }
 
     // ---- expressions ----
@@ -290,10 +451,13 @@ impl<'s> Checker<'s> {
             ExprKind::Ident(name) => self.lookup(name, e.span, ctx),
             ExprKind::List(items) => Value::List(items.iter().map(|i| self.eval(i, ctx)).collect()),
             ExprKind::Neg(inner) => match self.eval(inner, ctx) {
-                Value::Num(s) => Value::Num(Sched::neg(s)),
+                Value::Num(s) => Value::Num(Sched::negate(s)),
                 Value::Tensor(t) => self.scale(t, Sched::Const(-1.0)),
                 Value::Poison => Value::Poison,
-                other => self.err(Diagnostic::error(Code::E0203, format!("cannot negate {}", other.type_name())).with_label(ctx.file, inner.span, "not a number or a model")),
+                other => self.err(
+                    Diagnostic::error(Code::E0203, format!("cannot negate {}", other.type_name()))
+                        .with_label(ctx.file, inner.span, "not a number or a model"),
+                ),
             },
             ExprKind::Binary(op, l, r) => {
                 let lv = self.eval(l, ctx);
@@ -303,9 +467,14 @@ impl<'s> Checker<'s> {
             ExprKind::Call { callee, args } => self.call(callee, args, e.span, ctx),
             ExprKind::Match { scrutinee, arms } => self.eval_match(scrutinee, arms, e.span, ctx),
             ExprKind::Member(..) | ExprKind::Index(..) | ExprKind::Slice { .. } => self.err(
-                Diagnostic::error(Code::E0203, "layer slices and member access are not supported yet")
-                    .with_label(ctx.file, e.span, "fuse cannot evaluate this yet")
-                    .with_note("`m.layers[i..j]` and `stack(...)` arrive with the model-structure work"),
+                Diagnostic::error(
+                    Code::E0203,
+                    "layer slices and member access are not supported yet",
+                )
+                .with_label(ctx.file, e.span, "fuse cannot evaluate this yet")
+                .with_note(
+                    "`m.layers[i..j]` and `stack(...)` arrive with the model-structure work",
+                ),
             ),
         }
     }
@@ -334,11 +503,17 @@ impl<'s> Checker<'s> {
             candidates.extend(l.keys().map(String::as_str));
         }
         candidates.extend(PER_TENSOR);
-        let mut d = Diagnostic::error(Code::E0101, format!("unknown name `{name}`")).with_label(ctx.file, span, "not bound anywhere");
+        let mut d = Diagnostic::error(Code::E0101, format!("unknown name `{name}`")).with_label(
+            ctx.file,
+            span,
+            "not bound anywhere",
+        );
         if let Some(s) = did_you_mean(name, candidates) {
             d = d.with_help(format!("did you mean `{s}`?"));
         } else {
-            d = d.with_help(format!("bind it first, e.g. `{name} = model(\"path/to/checkpoint\")`"));
+            d = d.with_help(format!(
+                "bind it first, e.g. `{name} = model(\"path/to/checkpoint\")`"
+            ));
         }
         self.err(d)
     }
@@ -351,11 +526,24 @@ impl<'s> Checker<'s> {
     fn scale(&mut self, t: TVal, c: Sched) -> Value {
         let weight = Sched::bin(BinOp::Mul, c.clone(), t.weight.clone());
         let expr = self.push(TExpr::Lin(vec![(c, t.expr)]));
-        Value::Tensor(TVal { expr, arch: t.arch, weight })
+        Value::Tensor(TVal {
+            expr,
+            arch: t.arch,
+            weight,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn binary(&mut self, op: BinOp, lv: Value, rv: Value, l: &Expr, r: &Expr, span: Span, ctx: Ctx) -> Value {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        lv: Value,
+        rv: Value,
+        l: &Expr,
+        r: &Expr,
+        span: Span,
+        ctx: Ctx,
+    ) -> Value {
         use Value::*;
         match (op, lv, rv) {
             (_, Poison, _) | (_, _, Poison) => Poison,
@@ -393,25 +581,62 @@ impl<'s> Checker<'s> {
     }
 
     /// Reports E0201 unless the two architectures agree.
-    fn same_arch(&mut self, a: &Arc<Arch>, b: &Arc<Arch>, la: Span, lb: Span, file: FileId) -> bool {
+    fn same_arch(
+        &mut self,
+        a: &Arc<Arch>,
+        b: &Arc<Arch>,
+        la: Span,
+        lb: Span,
+        file: FileId,
+    ) -> bool {
         if Arc::ptr_eq(a, b) {
             return true;
         }
-        let Some(why) = a.mismatch(b) else { return true };
-        let name = |x: &Arch| x.name.clone().unwrap_or_else(|| "unknown architecture".into());
+        let Some(why) = a.mismatch(b) else {
+            return true;
+        };
+        let name = |x: &Arch| {
+            x.name
+                .clone()
+                .unwrap_or_else(|| "unknown architecture".into())
+        };
+        let why = why
+            .replace("on the left", &format!("in `{}`", self.snippet(file, la)))
+            .replace("on the right", &format!("in `{}`", self.snippet(file, lb)));
+        // Point first at the operand that differs from the recipe's first model.
+        let a_is_odd = self
+            .archs
+            .first()
+            .is_some_and(|first| first.mismatch(a).is_some() && first.mismatch(b).is_none());
+        let (odd, odd_arch, other, other_arch) = if a_is_odd {
+            (la, a, lb, b)
+        } else {
+            (lb, b, la, a)
+        };
         self.diags.push(
             Diagnostic::error(Code::E0201, "operands have different architectures")
-                .with_label(file, lb, format!("this is {} with {} layers", name(b), b.n_layers))
-                .with_label(file, la, format!("this is {} with {} layers", name(a), a.n_layers))
-                .with_note(why.replace("on the left", &format!("in `{}`", self.snippet(file, la))).replace("on the right", &format!("in `{}`", self.snippet(file, lb))))
+                .with_label(file, odd, format!("this is {} with {} layers, hidden size {}", name(odd_arch), odd_arch.n_layers, hidden(odd_arch)))
+                .with_label(file, other, format!("but this is {} with {} layers, hidden size {}", name(other_arch), other_arch.n_layers, hidden(other_arch)))
+                .with_note(why)
                 .with_help("every operand of an operator or merge must have the same tensor names and shapes: fine-tunes of one base model"),
         );
         false
     }
 
     fn snippet(&self, file: FileId, span: Span) -> String {
-        let t = self.sources.text(file).get(span.start..span.end).unwrap_or("?");
-        if t.len() > 40 { format!("{}…", &t[..t.char_indices().take(40).last().map_or(0, |(i, _)| i)]) } else { t.to_string() }
+        let t = self
+            .sources
+            .text(file)
+            .get(span.start..span.end)
+            .unwrap_or("?");
+        if t.len() > 40 {
+            format!(
+                "{}…",
+                &t[..t.char_indices().take(40).last().map_or(0, |(i, _)| i)]
+            )
+        } else {
+            t.to_string()
+        }
     }
 
     /// Whether a tensor value is a model (weights sum to 1) or a task vector
@@ -450,7 +675,10 @@ impl<'s> Checker<'s> {
                 });
                 match c {
                     Some(c) => (t.weight.eval(&c), Some(c.name.to_string())),
-                    None => (t.weight.eval(&t.arch.contexts().next().unwrap()), Some("some tensors".into())),
+                    None => (
+                        t.weight.eval(&t.arch.contexts().next().unwrap()),
+                        Some("some tensors".into()),
+                    ),
                 }
             }
         };
@@ -464,13 +692,24 @@ impl<'s> Checker<'s> {
         self.err(d)
     }
 
-    fn eval_match(&mut self, scrutinee: &Expr, arms: &[syntax::MatchArm], span: Span, ctx: Ctx) -> Value {
+    fn eval_match(
+        &mut self,
+        scrutinee: &Expr,
+        arms: &[syntax::MatchArm],
+        span: Span,
+        ctx: Ctx,
+    ) -> Value {
         match self.eval(scrutinee, ctx) {
             Value::TensorName => {}
             Value::Poison => return Value::Poison,
             other => {
-                return self.err(Diagnostic::error(Code::E0106, format!("`match` works on `tensor`, found {}", other.type_name()))
-                    .with_label(ctx.file, scrutinee.span, "expected `tensor`"))
+                return self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!("`match` works on `tensor`, found {}", other.type_name()),
+                    )
+                    .with_label(ctx.file, scrutinee.span, "expected `tensor`"),
+                )
             }
         }
         let mut globs = Vec::new();
@@ -485,8 +724,17 @@ impl<'s> Checker<'s> {
                     continue;
                 }
                 other => {
-                    self.err(Diagnostic::error(Code::E0106, format!("`match` arms must be numbers, found {}", other.type_name()))
-                        .with_label(ctx.file, arm.value.span, "expected a number"));
+                    self.err(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("`match` arms must be numbers, found {}", other.type_name()),
+                        )
+                        .with_label(
+                            ctx.file,
+                            arm.value.span,
+                            "expected a number",
+                        ),
+                    );
                     poisoned = true;
                     continue;
                 }
@@ -503,9 +751,11 @@ impl<'s> Checker<'s> {
         }
         match default {
             Some(d) => Value::Num(Sched::Match(globs, Box::new(d))),
-            None => self.err(Diagnostic::error(Code::E0105, "`match` has no `_` arm")
-                .with_label(ctx.file, span, "some tensors match no pattern")
-                .with_help("add a last arm `_ => value` for the tensors no glob matches")),
+            None => self.err(
+                Diagnostic::error(Code::E0105, "`match` has no `_` arm")
+                    .with_label(ctx.file, span, "some tensors match no pattern")
+                    .with_help("add a last arm `_ => value` for the tensors no glob matches"),
+            ),
         }
     }
 
@@ -513,16 +763,34 @@ impl<'s> Checker<'s> {
 
     fn call(&mut self, callee: &Expr, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         let ExprKind::Ident(name) = &callee.kind else {
-            return self.err(Diagnostic::error(Code::E0106, "only named functions can be called").with_label(ctx.file, callee.span, "not a function name"));
+            return self.err(
+                Diagnostic::error(Code::E0106, "only named functions can be called").with_label(
+                    ctx.file,
+                    callee.span,
+                    "not a function name",
+                ),
+            );
         };
-        let known = ctx.locals.is_some_and(|l| l.contains_key(name)) || self.globals.contains_key(name);
-        let func = if known || BUILTINS.contains(&name.as_str()) || methods::method(name).is_some() {
+        let known =
+            ctx.locals.is_some_and(|l| l.contains_key(name)) || self.globals.contains_key(name);
+        let func = if known || BUILTINS.contains(&name.as_str()) || methods::method(name).is_some()
+        {
             self.lookup(name, callee.span, ctx)
         } else {
             let mut cands: Vec<&str> = BUILTINS.to_vec();
             cands.extend(methods::METHODS.iter().map(|m| m.name));
-            cands.extend(self.globals.iter().filter(|(_, b)| matches!(b.value, Value::Func(_))).map(|(n, _)| n.as_str()));
-            let mut d = Diagnostic::error(Code::E0103, format!("unknown function `{name}`")).with_label(ctx.file, callee.span, "no builtin, method or `fn` has this name");
+            cands.extend(
+                self.globals
+                    .iter()
+                    .filter(|(_, b)| matches!(b.value, Value::Func(_)))
+                    .map(|(n, _)| n.as_str()),
+            );
+            let mut d = Diagnostic::error(Code::E0103, format!("unknown function `{name}`"))
+                .with_label(
+                    ctx.file,
+                    callee.span,
+                    "no builtin, method or `fn` has this name",
+                );
             if let Some(s) = did_you_mean(name, cands) {
                 d = d.with_help(format!("did you mean `{s}`?"));
             }
@@ -531,10 +799,18 @@ impl<'s> Checker<'s> {
         match func {
             Value::Func(Func::Builtin("model")) => self.call_model(args, span, ctx),
             Value::Func(Func::Builtin("over_layers")) => self.call_over_layers(args, span, ctx),
-            Value::Func(Func::Builtin(m)) => self.call_method(methods::method(m).expect("builtin method"), args, span, ctx),
+            Value::Func(Func::Builtin(m)) => {
+                self.call_method(methods::method(m).expect("builtin method"), args, span, ctx)
+            }
             Value::Func(Func::User(f)) => self.call_user(&f, args, span, ctx),
             Value::Poison => Value::Poison,
-            other => self.err(Diagnostic::error(Code::E0106, format!("`{name}` is {}, not a function", other.type_name())).with_label(ctx.file, callee.span, "called here")),
+            other => self.err(
+                Diagnostic::error(
+                    Code::E0106,
+                    format!("`{name}` is {}, not a function", other.type_name()),
+                )
+                .with_label(ctx.file, callee.span, "called here"),
+            ),
         }
     }
 
@@ -542,7 +818,16 @@ impl<'s> Checker<'s> {
     /// `positional` of which may be given by position). Returns None after
     /// reporting when they do not fit.
     #[allow(clippy::too_many_arguments)]
-    fn bind_args(&mut self, fname: &str, params: &[&str], positional: usize, required: usize, args: &[Arg], span: Span, ctx: Ctx) -> Option<HashMap<String, (Value, Span)>> {
+    fn bind_args(
+        &mut self,
+        fname: &str,
+        params: &[&str],
+        positional: usize,
+        required: usize,
+        args: &[Arg],
+        span: Span,
+        ctx: Ctx,
+    ) -> Option<HashMap<String, (Value, Span)>> {
         let mut out: HashMap<String, (Value, Span)> = HashMap::new();
         let mut pos = 0;
         let mut ok = true;
@@ -552,7 +837,11 @@ impl<'s> Checker<'s> {
                 Some(n) => {
                     let canon = methods::canonical_param(&n.name);
                     if !params.contains(&canon) {
-                        let mut d = Diagnostic::error(Code::E0104, format!("`{fname}` has no argument `{}`", n.name)).with_label(ctx.file, n.span, "unknown argument");
+                        let mut d = Diagnostic::error(
+                            Code::E0104,
+                            format!("`{fname}` has no argument `{}`", n.name),
+                        )
+                        .with_label(ctx.file, n.span, "unknown argument");
                         if let Some(s) = did_you_mean(&n.name, params.iter().copied()) {
                             d = d.with_help(format!("did you mean `{s}`?"));
                         } else {
@@ -566,9 +855,20 @@ impl<'s> Checker<'s> {
                 }
                 None => {
                     if pos >= positional {
-                        self.diags.push(Diagnostic::error(Code::E0107, format!("`{fname}` takes {positional} positional argument{}", if positional == 1 { "" } else { "s" }))
+                        self.diags.push(
+                            Diagnostic::error(
+                                Code::E0107,
+                                format!(
+                                    "`{fname}` takes {positional} positional argument{}",
+                                    if positional == 1 { "" } else { "s" }
+                                ),
+                            )
                             .with_label(ctx.file, a.value.span, "one too many")
-                            .with_help(format!("name the argument, e.g. `{}=...`", params.get(positional).unwrap_or(&"name"))));
+                            .with_help(format!(
+                                "name the argument, e.g. `{}=...`",
+                                params.get(positional).unwrap_or(&"name")
+                            )),
+                        );
                         ok = false;
                         continue;
                     }
@@ -577,7 +877,10 @@ impl<'s> Checker<'s> {
                 }
             };
             if out.contains_key(&name) {
-                self.diags.push(Diagnostic::error(Code::E0107, format!("argument `{name}` is given twice")).with_label(ctx.file, a.value.span, "given again here"));
+                self.diags.push(
+                    Diagnostic::error(Code::E0107, format!("argument `{name}` is given twice"))
+                        .with_label(ctx.file, a.value.span, "given again here"),
+                );
                 ok = false;
                 continue;
             }
@@ -585,8 +888,13 @@ impl<'s> Checker<'s> {
         }
         for p in &params[..required] {
             if !out.contains_key(*p) && ok {
-                self.diags.push(Diagnostic::error(Code::E0105, format!("`{fname}` is missing its argument `{p}`"))
-                    .with_label(ctx.file, span, format!("`{p}` not given")));
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::E0105,
+                        format!("`{fname}` is missing its argument `{p}`"),
+                    )
+                    .with_label(ctx.file, span, format!("`{p}` not given")),
+                );
                 ok = false;
             }
         }
@@ -594,17 +902,35 @@ impl<'s> Checker<'s> {
     }
 
     fn call_model(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        let Some(mut b) = self.bind_args("model", &["path"], 1, 1, args, span, ctx) else { return Value::Poison };
+        let Some(mut b) = self.bind_args("model", &["path"], 1, 1, args, span, ctx) else {
+            return Value::Poison;
+        };
         let (v, pspan) = b.remove("path").unwrap();
         let spec = match v {
             Value::Str(s) => s,
             Value::Poison => return Value::Poison,
             other => {
-                return self.err(Diagnostic::error(Code::E0106, format!("`model` takes a path string, found {}", other.type_name()))
-                    .with_label(ctx.file, pspan, "expected a string like \"models/base\""))
+                return self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!("`model` takes a path string, found {}", other.type_name()),
+                    )
+                    .with_label(
+                        ctx.file,
+                        pspan,
+                        "expected a string like \"models/base\"",
+                    ),
+                )
             }
         };
-        let key = if spec.starts_with("hf:") { PathBuf::from(&spec) } else { ctx.dir.join(&spec).canonicalize().unwrap_or(ctx.dir.join(&spec)) };
+        let key = if spec.starts_with("hf:") {
+            PathBuf::from(&spec)
+        } else {
+            ctx.dir
+                .join(&spec)
+                .canonicalize()
+                .unwrap_or(ctx.dir.join(&spec))
+        };
         if let Some(&i) = self.model_index.get(&key) {
             return Value::Tensor(self.load_value(i));
         }
@@ -629,41 +955,70 @@ impl<'s> Checker<'s> {
 
     fn load_value(&mut self, model: usize) -> TVal {
         let expr = self.push(TExpr::Load { model });
-        TVal { expr, arch: self.archs[model].clone(), weight: Sched::Const(1.0) }
+        TVal {
+            expr,
+            arch: self.archs[model].clone(),
+            weight: Sched::Const(1.0),
+        }
     }
 
     fn call_over_layers(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         let mut vals = Vec::new();
         for a in args {
             if let Some(n) = &a.name {
-                return self.err(Diagnostic::error(Code::E0104, format!("`over_layers` has no argument `{}`", n.name))
-                    .with_label(ctx.file, n.span, "over_layers takes only the values, by position"));
+                return self.err(
+                    Diagnostic::error(
+                        Code::E0104,
+                        format!("`over_layers` has no argument `{}`", n.name),
+                    )
+                    .with_label(
+                        ctx.file,
+                        n.span,
+                        "over_layers takes only the values, by position",
+                    ),
+                );
             }
             match self.eval(&a.value, ctx) {
                 Value::Num(s) => vals.push(s),
                 Value::Poison => return Value::Poison,
                 other => {
-                    return self.err(Diagnostic::error(Code::E0106, format!("`over_layers` takes numbers, found {}", other.type_name()))
-                        .with_label(ctx.file, a.value.span, "expected a number"))
+                    return self.err(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("`over_layers` takes numbers, found {}", other.type_name()),
+                        )
+                        .with_label(
+                            ctx.file,
+                            a.value.span,
+                            "expected a number",
+                        ),
+                    )
                 }
             }
         }
         if vals.is_empty() {
-            return self.err(Diagnostic::error(Code::E0105, "`over_layers` needs at least one value")
-                .with_label(ctx.file, span, "e.g. `over_layers(0, 0.5, 1)`"));
+            return self.err(
+                Diagnostic::error(Code::E0105, "`over_layers` needs at least one value")
+                    .with_label(ctx.file, span, "e.g. `over_layers(0, 0.5, 1)`"),
+            );
         }
         Value::Num(Sched::OverLayers(vals))
     }
 
     fn call_user(&mut self, f: &Arc<UserFn>, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         if self.depth >= MAX_CALL_DEPTH {
-            return self.err(Diagnostic::error(Code::E0110, format!("`{}` calls itself", f.name))
-                .with_label(ctx.file, span, "this call never ends")
-                .with_label(f.file, f.span, "defined here")
-                .with_note(format!("calls nest more than {MAX_CALL_DEPTH} deep; recipes have no recursion")));
+            return self.err(
+                Diagnostic::error(Code::E0110, format!("`{}` calls itself", f.name))
+                    .with_label(ctx.file, span, "this call never ends")
+                    .with_label(f.file, f.span, "defined here")
+                    .with_note(format!(
+                        "calls nest more than {MAX_CALL_DEPTH} deep; recipes have no recursion"
+                    )),
+            );
         }
         let names: Vec<&str> = f.params.iter().map(|p| p.name.name.as_str()).collect();
-        let Some(mut bound) = self.bind_args(&f.name, &names, names.len(), 0, args, span, ctx) else {
+        let Some(mut bound) = self.bind_args(&f.name, &names, names.len(), 0, args, span, ctx)
+        else {
             return Value::Poison;
         };
         let mut locals = HashMap::new();
@@ -672,21 +1027,50 @@ impl<'s> Checker<'s> {
                 Some((v, _)) => v,
                 None => match &p.default {
                     Some(d) => {
-                        let dir = PathBuf::from(self.sources.name(f.file)).parent().map(Path::to_path_buf).unwrap_or_default();
-                        self.eval(d, Ctx { file: f.file, dir: &dir, locals: None })
+                        let dir = PathBuf::from(self.sources.name(f.file))
+                            .parent()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default();
+                        self.eval(
+                            d,
+                            Ctx {
+                                file: f.file,
+                                dir: &dir,
+                                locals: None,
+                            },
+                        )
                     }
                     None => {
-                        return self.err(Diagnostic::error(Code::E0105, format!("`{}` is missing its argument `{}`", f.name, p.name.name))
+                        return self.err(
+                            Diagnostic::error(
+                                Code::E0105,
+                                format!("`{}` is missing its argument `{}`", f.name, p.name.name),
+                            )
                             .with_label(ctx.file, span, format!("`{}` not given", p.name.name))
-                            .with_label(f.file, p.name.span, "declared here"))
+                            .with_label(
+                                f.file,
+                                p.name.span,
+                                "declared here",
+                            ),
+                        )
                     }
                 },
             };
             locals.insert(p.name.name.clone(), v);
         }
         self.depth += 1;
-        let dir = PathBuf::from(self.sources.name(f.file)).parent().map(Path::to_path_buf).unwrap_or_default();
-        let v = self.eval(&f.body, Ctx { file: f.file, dir: &dir, locals: Some(&locals) });
+        let dir = PathBuf::from(self.sources.name(f.file))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let v = self.eval(
+            &f.body,
+            Ctx {
+                file: f.file,
+                dir: &dir,
+                locals: Some(&locals),
+            },
+        );
         self.depth -= 1;
         v
     }
@@ -704,28 +1088,53 @@ impl<'s> Checker<'s> {
             }
         }
         let pnames: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
-        let Some(mut bound) = self.bind_args(spec.name, &pnames, 0, 0, &named, span, ctx) else { return Value::Poison };
-        if inputs.iter().any(|(v, _)| matches!(v, Value::Poison)) || bound.values().any(|(v, _)| matches!(v, Value::Poison)) {
+        let Some(mut bound) = self.bind_args(spec.name, &pnames, 0, 0, &named, span, ctx) else {
+            return Value::Poison;
+        };
+        if inputs.iter().any(|(v, _)| matches!(v, Value::Poison))
+            || bound.values().any(|(v, _)| matches!(v, Value::Poison))
+        {
             return Value::Poison;
         }
         if inputs.len() < spec.min_inputs {
-            return self.err(Diagnostic::error(Code::E0105, format!("`{}` needs at least {} model{}", spec.name, spec.min_inputs, if spec.min_inputs == 1 { "" } else { "s" }))
+            return self.err(
+                Diagnostic::error(
+                    Code::E0105,
+                    format!(
+                        "`{}` needs at least {} model{}",
+                        spec.name,
+                        spec.min_inputs,
+                        if spec.min_inputs == 1 { "" } else { "s" }
+                    ),
+                )
                 .with_label(ctx.file, span, "no models given")
-                .with_help(format!("pass the models first: `{}(a, b, ...)`", spec.name)));
+                .with_help(format!("pass the models first: `{}(a, b, ...)`", spec.name)),
+            );
         }
         let mut tvals = Vec::new();
         for (v, s) in &inputs {
             match v {
                 Value::Tensor(t) => tvals.push((t.clone(), *s)),
                 other => {
-                    return self.err(Diagnostic::error(Code::E0106, format!("`{}` merges models, found {}", spec.name, other.type_name()))
+                    return self.err(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("`{}` merges models, found {}", spec.name, other.type_name()),
+                        )
                         .with_label(ctx.file, *s, "expected a model or task vector")
-                        .with_help("named arguments are written `name=value`"))
+                        .with_help("named arguments are written `name=value`"),
+                    )
                 }
             }
         }
         for w in 1..tvals.len() {
-            if !self.same_arch(&tvals[0].0.arch, &tvals[w].0.arch, tvals[0].1, tvals[w].1, ctx.file) {
+            if !self.same_arch(
+                &tvals[0].0.arch,
+                &tvals[w].0.arch,
+                tvals[0].1,
+                tvals[w].1,
+                ctx.file,
+            ) {
                 return Value::Poison;
             }
         }
@@ -744,7 +1153,19 @@ impl<'s> Checker<'s> {
                         },
                         None => match p.default {
                             PDefault::Num(d) => vec![Sched::Const(d); n],
-                            _ => return self.err(Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name)).with_label(ctx.file, span, format!("`{}=` not given", p.name))),
+                            _ => {
+                                return self.err(
+                                    Diagnostic::error(
+                                        Code::E0105,
+                                        format!("`{}` needs `{}`", spec.name, p.name),
+                                    )
+                                    .with_label(
+                                        ctx.file,
+                                        span,
+                                        format!("`{}=` not given", p.name),
+                                    ),
+                                )
+                            }
                         },
                     };
                     per_model.insert(p.name, v);
@@ -753,11 +1174,37 @@ impl<'s> Checker<'s> {
                     let v = match given {
                         Some((Value::Num(s), _)) => s,
                         Some((other, s)) => {
-                            return self.err(Diagnostic::error(Code::E0106, format!("`{}` must be a number, found {}", p.name, other.type_name())).with_label(ctx.file, s, "expected a number"))
+                            return self.err(
+                                Diagnostic::error(
+                                    Code::E0106,
+                                    format!(
+                                        "`{}` must be a number, found {}",
+                                        p.name,
+                                        other.type_name()
+                                    ),
+                                )
+                                .with_label(
+                                    ctx.file,
+                                    s,
+                                    "expected a number",
+                                ),
+                            )
                         }
                         None => match p.default {
                             PDefault::Num(d) => Sched::Const(d),
-                            _ => return self.err(Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name)).with_label(ctx.file, span, format!("`{}=` not given", p.name))),
+                            _ => {
+                                return self.err(
+                                    Diagnostic::error(
+                                        Code::E0105,
+                                        format!("`{}` needs `{}`", spec.name, p.name),
+                                    )
+                                    .with_label(
+                                        ctx.file,
+                                        span,
+                                        format!("`{}=` not given", p.name),
+                                    ),
+                                )
+                            }
                         },
                     };
                     nums.insert(p.name, v);
@@ -766,7 +1213,21 @@ impl<'s> Checker<'s> {
                     let v = match given {
                         Some((Value::Bool(b), _)) => b,
                         Some((other, s)) => {
-                            return self.err(Diagnostic::error(Code::E0106, format!("`{}` must be true or false, found {}", p.name, other.type_name())).with_label(ctx.file, s, "expected a Bool"))
+                            return self.err(
+                                Diagnostic::error(
+                                    Code::E0106,
+                                    format!(
+                                        "`{}` must be true or false, found {}",
+                                        p.name,
+                                        other.type_name()
+                                    ),
+                                )
+                                .with_label(
+                                    ctx.file,
+                                    s,
+                                    "expected a Bool",
+                                ),
+                            )
                         }
                         None => matches!(p.default, PDefault::Bool(true)),
                     };
@@ -782,10 +1243,22 @@ impl<'s> Checker<'s> {
         if let Some(d) = per_model.get("density") {
             for s in d {
                 if let Some(c) = s.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
-                    let at = args.iter().find(|a| a.name.as_ref().is_some_and(|n| methods::canonical_param(&n.name) == "density")).map_or(span, |a| a.value.span);
-                    return self.err(Diagnostic::error(Code::E0106, format!("density {} is outside [0, 1]", fmt_num(c)))
+                    let at = args
+                        .iter()
+                        .find(|a| {
+                            a.name
+                                .as_ref()
+                                .is_some_and(|n| methods::canonical_param(&n.name) == "density")
+                        })
+                        .map_or(span, |a| a.value.span);
+                    return self.err(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("density {} is outside [0, 1]", fmt_num(c)),
+                        )
                         .with_label(ctx.file, at, "a density is the fraction of entries kept")
-                        .with_help("use a value between 0 and 1, e.g. `density=0.2`"));
+                        .with_help("use a value between 0 and 1, e.g. `density=0.2`"),
+                    );
                 }
             }
         }
@@ -795,28 +1268,71 @@ impl<'s> Checker<'s> {
             let kinds: Vec<Option<Kind>> = tvals.iter().map(|(t, _)| self.kind(t)).collect();
             if kinds.iter().any(|k| *k != kinds[0]) {
                 let i = kinds.iter().position(|k| *k != kinds[0]).unwrap();
-                return self.err(Diagnostic::error(Code::E0106, format!("`{}` mixes models and task vectors", spec.name))
+                return self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!("`{}` mixes models and task vectors", spec.name),
+                    )
                     .with_label(ctx.file, tvals[i].1, "this one differs from the first")
-                    .with_help("average models with models, or task vectors with task vectors"));
+                    .with_help("average models with models, or task vectors with task vectors"),
+                );
             }
             let normalize = bools["normalize"];
-            let total = weights.iter().cloned().reduce(|a, b| Sched::bin(BinOp::Add, a, b)).unwrap();
+            let total = weights
+                .iter()
+                .cloned()
+                .reduce(|a, b| Sched::bin(BinOp::Add, a, b))
+                .unwrap();
             let terms: Vec<(Sched, TId)> = weights
                 .iter()
                 .zip(&tvals)
-                .map(|(w, (t, _))| (if normalize { Sched::bin(BinOp::Div, w.clone(), total.clone()) } else { w.clone() }, t.expr))
+                .map(|(w, (t, _))| {
+                    (
+                        if normalize {
+                            Sched::bin(BinOp::Div, w.clone(), total.clone())
+                        } else {
+                            w.clone()
+                        },
+                        t.expr,
+                    )
+                })
                 .collect();
-            let weight = terms.iter().zip(&tvals).map(|((c, _), (t, _))| Sched::bin(BinOp::Mul, c.clone(), t.weight.clone())).reduce(|a, b| Sched::bin(BinOp::Add, a, b)).unwrap();
+            let weight = terms
+                .iter()
+                .zip(&tvals)
+                .map(|((c, _), (t, _))| Sched::bin(BinOp::Mul, c.clone(), t.weight.clone()))
+                .reduce(|a, b| Sched::bin(BinOp::Add, a, b))
+                .unwrap();
             let expr = self.push(TExpr::Lin(terms));
-            return Value::Tensor(TVal { expr, arch: tvals[0].0.arch.clone(), weight });
+            return Value::Tensor(TVal {
+                expr,
+                arch: tvals[0].0.arch.clone(),
+                weight,
+            });
         }
         // Task-vector methods: models become `model - base`.
         let base = match bound.remove("base") {
             Some((Value::Tensor(b), s)) => match self.kind(&b) {
                 Some(Kind::Model) => Some((b, s)),
-                _ => return self.err(Diagnostic::error(Code::E0106, "`base` must be a model").with_label(ctx.file, s, "this is not a model")),
+                _ => {
+                    return self.err(
+                        Diagnostic::error(Code::E0106, "`base` must be a model").with_label(
+                            ctx.file,
+                            s,
+                            "this is not a model",
+                        ),
+                    )
+                }
             },
-            Some((other, s)) => return self.err(Diagnostic::error(Code::E0106, format!("`base` must be a model, found {}", other.type_name())).with_label(ctx.file, s, "expected a model")),
+            Some((other, s)) => {
+                return self.err(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!("`base` must be a model, found {}", other.type_name()),
+                    )
+                    .with_label(ctx.file, s, "expected a model"),
+                )
+            }
             None => None,
         };
         let mut deltas = Vec::new();
@@ -827,7 +1343,9 @@ impl<'s> Checker<'s> {
                     let base = match &base {
                         Some((b, bs)) => Some((b.clone(), *bs)),
                         None => match self.globals.get("base").map(|b| (b.value.clone(), b.span)) {
-                            Some((Value::Tensor(b), bs)) if self.kind(&b) == Some(Kind::Model) => Some((b, bs)),
+                            Some((Value::Tensor(b), bs)) if self.kind(&b) == Some(Kind::Model) => {
+                                Some((b, bs))
+                            }
                             _ => None,
                         },
                     };
@@ -839,7 +1357,10 @@ impl<'s> Checker<'s> {
                     if !self.same_arch(&b.arch, &t.arch, bs, *s, ctx.file) {
                         return Value::Poison;
                     }
-                    deltas.push(self.push(TExpr::Lin(vec![(Sched::Const(1.0), t.expr), (Sched::Const(-1.0), b.expr)])));
+                    deltas.push(self.push(TExpr::Lin(vec![
+                        (Sched::Const(1.0), t.expr),
+                        (Sched::Const(-1.0), b.expr),
+                    ])));
                 }
             }
         }
@@ -850,24 +1371,47 @@ impl<'s> Checker<'s> {
         let expr = self.push(TExpr::TaskMerge {
             deltas,
             weights,
-            densities: per_model.remove("density").unwrap_or_else(|| vec![Sched::Const(1.0); n]),
+            densities: per_model
+                .remove("density")
+                .unwrap_or_else(|| vec![Sched::Const(1.0); n]),
             sparsify,
             sign_election,
             normalize: bools["normalize"],
             lambda: nums.remove("lambda").unwrap_or(Sched::Const(1.0)),
         });
-        Value::Tensor(TVal { expr, arch: tvals[0].0.arch.clone(), weight: Sched::Const(0.0) })
+        Value::Tensor(TVal {
+            expr,
+            arch: tvals[0].0.arch.clone(),
+            weight: Sched::Const(0.0),
+        })
     }
 
     /// A per-model argument: one number for all, or a list of one per model.
-    fn per_model(&mut self, method: &str, param: &str, v: Value, span: Span, n: usize, ctx: Ctx) -> Option<Vec<Sched>> {
+    fn per_model(
+        &mut self,
+        method: &str,
+        param: &str,
+        v: Value,
+        span: Span,
+        n: usize,
+        ctx: Ctx,
+    ) -> Option<Vec<Sched>> {
         match v {
             Value::Num(s) => Some(vec![s; n]),
             Value::List(items) => {
                 if items.len() != n {
-                    self.diags.push(Diagnostic::error(Code::E0108, format!("`{param}` has {} values for {n} models", items.len()))
-                        .with_label(ctx.file, span, format!("expected {n} values, one per model, or a single number"))
-                        .with_note(format!("`{method}` was given {n} models")));
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::E0108,
+                            format!("`{param}` has {} values for {n} models", items.len()),
+                        )
+                        .with_label(
+                            ctx.file,
+                            span,
+                            format!("expected {n} values, one per model, or a single number"),
+                        )
+                        .with_note(format!("`{method}` was given {n} models")),
+                    );
                     return None;
                 }
                 let mut out = Vec::new();
@@ -875,7 +1419,20 @@ impl<'s> Checker<'s> {
                     match i {
                         Value::Num(s) => out.push(s),
                         other => {
-                            self.diags.push(Diagnostic::error(Code::E0106, format!("`{param}` must hold numbers, found {}", other.type_name())).with_label(ctx.file, span, "expected numbers"));
+                            self.diags.push(
+                                Diagnostic::error(
+                                    Code::E0106,
+                                    format!(
+                                        "`{param}` must hold numbers, found {}",
+                                        other.type_name()
+                                    ),
+                                )
+                                .with_label(
+                                    ctx.file,
+                                    span,
+                                    "expected numbers",
+                                ),
+                            );
                             return None;
                         }
                     }
@@ -883,15 +1440,36 @@ impl<'s> Checker<'s> {
                 Some(out)
             }
             other => {
-                self.diags.push(Diagnostic::error(Code::E0106, format!("`{param}` must be a number or a list of numbers, found {}", other.type_name())).with_label(ctx.file, span, "expected a number"));
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!(
+                            "`{param}` must be a number or a list of numbers, found {}",
+                            other.type_name()
+                        ),
+                    )
+                    .with_label(ctx.file, span, "expected a number"),
+                );
                 None
             }
         }
     }
 }
 
+/// The hidden size as the first dimension of the last 1-D tensor (a norm), for messages.
+fn hidden(a: &Arch) -> String {
+    a.tensors
+        .iter()
+        .find(|t| t.shape.len() == 1)
+        .map_or("?".into(), |t| t.shape[0].to_string())
+}
+
 pub fn fmt_num(x: f64) -> String {
     let s = format!("{:.6}", x);
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }

@@ -49,7 +49,12 @@ pub struct ResultValue {
 /// Checks the recipe in `path` (already read into `text`). `overrides` are
 /// `--set name=value` pairs, the value as recipe source text. Returns the
 /// recipe when there were no errors, and every diagnostic (warnings too).
-pub fn check(path: &Path, text: &str, overrides: &[(String, String)], sources: &mut Sources) -> (Option<Recipe>, Vec<Diagnostic>) {
+pub fn check(
+    path: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+    sources: &mut Sources,
+) -> (Option<Recipe>, Vec<Diagnostic>) {
     let file = sources.add(path.display().to_string(), text);
     let program = match syntax::parse(text, file) {
         Ok(p) => p,

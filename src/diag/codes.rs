@@ -53,8 +53,6 @@ codes! {
     E0110 = "recursion",
     /// A bare expression that is not the last statement, or a recipe with nothing to write
     E0111 = "misplaced expression",
-    /// A value used where a number known before the run is needed: `over_layers(tensor)`
-    E0112 = "invalid value",
     /// Operands of different architectures: `a + (b - c)` where `b` has other shapes
     E0201 = "architecture mismatch",
     /// A weighted sum of models whose weights add up to neither 1 nor 0: `0.7*a + 0.7*b`

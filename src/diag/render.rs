@@ -22,14 +22,11 @@ pub fn render(diag: &Diagnostic, sources: &Sources, color: bool, out: &mut dyn W
         }
         return;
     };
-    let config = Config::default().with_index_type(IndexType::Byte).with_color(color);
-    let span_of = |file: FileId, span: crate::syntax::Span| {
-        let len = sources.text(file).len();
-        let start = span.start.min(len);
-        // Zero-width spans (end of input) are widened so they stay visible.
-        let end = if span.end > start { span.end.min(len) } else { (start + 1).min(len.max(start + 1)) };
-        (file.0, start..end)
-    };
+    let config = Config::default()
+        .with_index_type(IndexType::Byte)
+        .with_color(color);
+    let span_of =
+        |file: FileId, span: crate::syntax::Span| (file.0, visible(sources.text(file), span));
     let mut report = Report::build(kind, span_of(first.file, first.span))
         .with_config(config)
         .with_code(diag.code)
@@ -51,7 +48,10 @@ pub fn render(diag: &Diagnostic, sources: &Sources, color: bool, out: &mut dyn W
     for help in &diag.help {
         report = report.with_help(help);
     }
-    let cache = FileCache { sources, cached: Vec::new() };
+    let cache = FileCache {
+        sources,
+        cached: Vec::new(),
+    };
     let _ = report.finish().write(cache, out);
 }
 
@@ -85,4 +85,28 @@ impl ariadne::Cache<u32> for FileCache<'_> {
     fn display<'b>(&self, id: &'b u32) -> Option<impl std::fmt::Display + 'b> {
         Some(self.sources.name(FileId(*id)).to_string())
     }
+}
+
+/// A byte range inside `text`, on character boundaries, never empty unless
+/// the text is: zero-width spans (end of input) are widened to one character.
+fn visible(text: &str, span: crate::syntax::Span) -> std::ops::Range<usize> {
+    let floor = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let mut start = floor(span.start);
+    let mut end = floor(span.end).max(start);
+    if end == start {
+        if start == text.len() {
+            // Past the end: point at the last character instead.
+            start = text[..start].char_indices().last().map_or(0, |(i, _)| i);
+            end = text.len();
+        } else {
+            end = start + text[start..].chars().next().map_or(0, char::len_utf8);
+        }
+    }
+    start..end
 }

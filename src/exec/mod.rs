@@ -32,18 +32,24 @@ struct Inputs {
 impl Inputs {
     fn open(plan: &Plan) -> Result<Inputs, String> {
         let used: Vec<bool> = (0..plan.models.len())
-            .map(|m| plan.nodes.iter().any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m)))
+            .map(|m| {
+                plan.nodes
+                    .iter()
+                    .any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m))
+            })
             .collect();
         let mut maps = Vec::new();
         for (m, ck) in plan.models.iter().enumerate() {
             let mut files = Vec::new();
             if used[m] {
                 for f in &ck.files {
-                    let file = File::open(f).map_err(|e| format!("cannot open `{}`: {e}", f.display()))?;
+                    let file =
+                        File::open(f).map_err(|e| format!("cannot open `{}`: {e}", f.display()))?;
                     // SAFETY: the map is read-only; a checkpoint changed on disk
                     // during a run gives wrong numbers, not memory unsafety in
                     // our code, which only copies out of it after bounds checks.
-                    let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map `{}`: {e}", f.display()))?;
+                    let map = unsafe { Mmap::map(&file) }
+                        .map_err(|e| format!("cannot map `{}`: {e}", f.display()))?;
                     files.push(map);
                 }
             }
@@ -54,12 +60,18 @@ impl Inputs {
 
     fn bytes(&self, plan: &Plan, model: usize, tensor: &str) -> Result<(&[u8], DType), String> {
         let ck = &plan.models[model];
-        let entry = ck.tensors.get(tensor).ok_or_else(|| format!("tensor `{tensor}` is missing from `{}`", ck.root.display()))?;
+        let entry = ck
+            .tensors
+            .get(tensor)
+            .ok_or_else(|| format!("tensor `{tensor}` is missing from `{}`", ck.root.display()))?;
         let map = &self.maps[model][entry.file];
         let (s, e) = (entry.info.start as usize, entry.info.end as usize);
-        let bytes = map
-            .get(s..e)
-            .ok_or_else(|| format!("`{}` is shorter than its header says (tensor `{tensor}`)", ck.files[entry.file].display()))?;
+        let bytes = map.get(s..e).ok_or_else(|| {
+            format!(
+                "`{}` is shorter than its header says (tensor `{tensor}`)",
+                ck.files[entry.file].display()
+            )
+        })?;
         Ok((bytes, entry.info.dtype))
     }
 }
@@ -68,18 +80,32 @@ impl Inputs {
 pub fn execute(plan: &Plan, out: &OutputDir, device: &Device) -> Result<Report, String> {
     let inputs = Inputs::open(plan)?;
     plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
-        let t = eval_output(plan, &inputs, o.node, device).map_err(|e| format!("computing `{}`: {e}", o.name))?;
-        let vals = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| format!("computing `{}`: {e}", o.name))?;
+        let t = eval_output(plan, &inputs, o.node, device)
+            .map_err(|e| format!("computing `{}`: {e}", o.name))?;
+        let vals = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("computing `{}`: {e}", o.name))?;
         let bytes = encode(&vals, plan.layout.tensors[i].dtype);
         let slot = plan.layout.slots[i];
-        out.write_at(slot.shard, slot.offset, &bytes).map_err(|e| format!("writing `{}`: {e}", o.name))
+        out.write_at(slot.shard, slot.offset, &bytes)
+            .map_err(|e| format!("writing `{}`: {e}", o.name))
     })?;
-    Ok(Report { tensors: plan.outputs.len(), bytes: plan.layout.total_bytes(), shards: plan.layout.shards.len() })
+    Ok(Report {
+        tensors: plan.outputs.len(),
+        bytes: plan.layout.total_bytes(),
+        shards: plan.layout.shards.len(),
+    })
 }
 
 /// Evaluates the subgraph under `root`, freeing each intermediate after its
 /// last use.
-fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> Result<Tensor, String> {
+fn eval_output(
+    plan: &Plan,
+    inputs: &Inputs,
+    root: NodeId,
+    device: &Device,
+) -> Result<Tensor, String> {
     // Post-order of the subgraph, and how many times each node is used in it.
     let mut order = Vec::new();
     let mut uses: HashMap<NodeId, usize> = HashMap::new();
@@ -109,10 +135,19 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
                 kernels::load(bytes, dtype, &node.shape, device).map_err(ce)?
             }
             Op::Lin(terms) => {
-                let ts: Vec<(f64, &Tensor)> = terms.iter().map(|(c, x)| (c.get(), &values[x])).collect();
+                let ts: Vec<(f64, &Tensor)> =
+                    terms.iter().map(|(c, x)| (c.get(), &values[x])).collect();
                 kernels::lin(&ts).map_err(ce)?
             }
-            Op::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => {
+            Op::TaskMerge {
+                deltas,
+                weights,
+                densities,
+                sparsify,
+                sign_election,
+                normalize,
+                lambda,
+            } => {
                 let ds = deltas
                     .iter()
                     .map(|d| values[d].flatten_all().and_then(|t| t.to_vec1::<f32>()))
@@ -120,7 +155,14 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
                     .map_err(ce)?;
                 let w: Vec<f64> = weights.iter().map(|w| w.get()).collect();
                 let dens: Vec<f64> = densities.iter().map(|d| d.get()).collect();
-                let p = kernels::TaskMerge { weights: &w, densities: &dens, sparsify: *sparsify, sign_election: *sign_election, normalize: *normalize, lambda: lambda.get() };
+                let p = kernels::TaskMerge {
+                    weights: &w,
+                    densities: &dens,
+                    sparsify: *sparsify,
+                    sign_election: *sign_election,
+                    normalize: *normalize,
+                    lambda: lambda.get(),
+                };
                 let v = kernels::task_merge(ds, &p);
                 Tensor::from_vec(v, node.shape.as_slice(), device).map_err(ce)?
             }
@@ -135,7 +177,9 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
         }
         values.insert(n, t);
     }
-    values.remove(&root).ok_or_else(|| "internal error: root not computed".to_string())
+    values
+        .remove(&root)
+        .ok_or_else(|| "internal error: root not computed".to_string())
 }
 
 fn children(op: &Op) -> Vec<NodeId> {
@@ -150,13 +194,27 @@ fn children(op: &Op) -> Vec<NodeId> {
 pub fn encode(vals: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = Vec::with_capacity(vals.len() * dtype.size());
     match dtype {
-        DType::F32 => vals.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::BF16 => vals.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
-        DType::F16 => vals.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
-        DType::F64 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
-        DType::I64 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as i64).to_le_bytes())),
-        DType::I32 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as i32).to_le_bytes())),
-        DType::I16 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as i16).to_le_bytes())),
+        DType::F32 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::BF16 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        DType::F16 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        DType::F64 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
+        DType::I64 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as i64).to_le_bytes())),
+        DType::I32 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as i32).to_le_bytes())),
+        DType::I16 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as i16).to_le_bytes())),
         DType::I8 => vals.iter().for_each(|v| out.push(*v as i8 as u8)),
         DType::U8 | DType::Bool => vals.iter().for_each(|v| out.push(*v as u8)),
     }
@@ -179,7 +237,13 @@ const COPIED: &[&str] = &[
 /// Runs a plan into `target`: weights, index, config.json (dtype patched),
 /// tokenizer files and a model card. The directory appears only when
 /// everything is written; on any failure nothing is left behind.
-pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, device: &Device) -> Result<Report, String> {
+pub fn run_plan(
+    plan: &Plan,
+    target: &Path,
+    force: bool,
+    recipe_text: &str,
+    device: &Device,
+) -> Result<Report, String> {
     let out = OutputDir::create(target, force, &plan.layout)?;
     let report = execute(plan, &out, device)?;
     if let Some(index) = plan.layout.index_json() {
@@ -187,13 +251,20 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, devi
     }
     let origin = &plan.models[plan.origin];
     if let Some(mut config) = origin.config.clone() {
-        if let (Some(obj), Some(d)) = (config.as_object_mut(), plan.dtype.or_else(|| plan.layout.tensors.first().map(|t| t.dtype))) {
+        if let (Some(obj), Some(d)) = (
+            config.as_object_mut(),
+            plan.dtype
+                .or_else(|| plan.layout.tensors.first().map(|t| t.dtype)),
+        ) {
             obj.insert("torch_dtype".into(), d.torch_name().into());
             if obj.contains_key("dtype") {
                 obj.insert("dtype".into(), d.torch_name().into());
             }
         }
-        out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
+        out.write_file(
+            "config.json",
+            (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes(),
+        )?;
     }
     if let Some(dir) = &origin.dir {
         for name in COPIED {
@@ -209,7 +280,11 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, devi
 }
 
 fn model_card(plan: &Plan, recipe: &str) -> String {
-    let models: Vec<String> = plan.models.iter().map(|m| format!("- `{}`", m.root.display())).collect();
+    let models: Vec<String> = plan
+        .models
+        .iter()
+        .map(|m| format!("- `{}`", m.root.display()))
+        .collect();
     format!(
         "---\nlibrary_name: transformers\ntags:\n- merge\n- fuse\n---\n# Merged model\n\nThis model was merged with fuse from these checkpoints:\n\n{}\n\n## Recipe\n\n```\n{}\n```\n",
         models.join("\n"),

@@ -1,0 +1,122 @@
+//! Shared helpers: running the real binary, reading checkpoints with the
+//! `safetensors` crate (independently of fuse's own reader), and comparing
+//! tensors with the fixtures' tolerance.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    root().join("tests/fixtures/mergekit")
+}
+
+/// Runs the fuse binary with `args` in `cwd`.
+pub fn fuse(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fuse"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("fuse runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs fuse and panics with its stderr unless it succeeds.
+pub fn fuse_ok(cwd: &Path, args: &[&str]) -> Output {
+    let o = fuse(cwd, args);
+    assert!(o.status.success(), "fuse {args:?} failed:\n{}", stderr(&o));
+    o
+}
+
+/// A tensor read back from disk as f32.
+#[derive(Debug, Clone)]
+pub struct T {
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub data: Vec<f32>,
+}
+
+/// Reads every tensor of a checkpoint directory (single file or sharded).
+pub fn read_model(dir: &Path) -> BTreeMap<String, T> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no safetensors in {}", dir.display());
+    let mut out = BTreeMap::new();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in st.tensors() {
+            let data = decode(view.data(), view.dtype());
+            out.insert(
+                name.to_string(),
+                T {
+                    shape: view.shape().to_vec(),
+                    dtype: format!("{:?}", view.dtype()),
+                    data,
+                },
+            );
+        }
+    }
+    out
+}
+
+fn decode(b: &[u8], dtype: safetensors::Dtype) -> Vec<f32> {
+    use safetensors::Dtype;
+    match dtype {
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => panic!("unexpected dtype {other:?}"),
+    }
+}
+
+/// The fixtures' rule: same tensor set, shapes and dtypes, and
+/// |ours - expected| <= tol * max(1, |expected|) everywhere.
+pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, tol: f32) {
+    let a: Vec<&String> = ours.keys().collect();
+    let b: Vec<&String> = expected.keys().collect();
+    assert_eq!(a, b, "tensor sets differ");
+    for (name, e) in expected {
+        let o = &ours[name];
+        assert_eq!(o.shape, e.shape, "shape of {name}");
+        assert_eq!(o.dtype, e.dtype, "dtype of {name}");
+        for (i, (x, y)) in o.data.iter().zip(&e.data).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "{name}[{i}]: ours {x}, expected {y}"
+            );
+        }
+    }
+}
+
+/// Writes a recipe into `dir` and returns its path.
+pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
