@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use fuse::check::{self, Recipe};
 use fuse::diag::{render, Code, Diagnostic, Sources};
+use fuse::exec::Engine;
 use fuse::io::Checkpoint;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,11 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(
-    name = "fuse",
-    version,
-    about = "A typed language for neural-network merge recipes"
-)]
+#[command(name = "fuse", version, about = "A typed language for neural-network merge recipes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,6 +35,9 @@ enum Command {
         /// Where to compute: cpu, or cuda (needs the `cuda` build feature).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Bound on whole tensors held in memory at once, e.g. 2GB.
+        #[arg(long, default_value = "1GB")]
+        max_memory: String,
     },
     /// Check a recipe against its models' headers without computing anything.
     Check {
@@ -59,6 +59,27 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// Write a synthetic Llama-layout checkpoint (for tests and benchmarks).
+    GenModel {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        hidden: usize,
+        #[arg(long, default_value_t = 3)]
+        layers: usize,
+        #[arg(long, default_value_t = 96)]
+        vocab: usize,
+        /// Intermediate (MLP) size; default 2.75 x hidden, as Llama.
+        #[arg(long)]
+        intermediate: Option<usize>,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Noise terms `seed:scale`; a fine-tune repeats the base's and adds one.
+        #[arg(long = "term", default_values_t = vec!["1:0.02".to_string()])]
+        terms: Vec<String>,
+        /// Shard size, e.g. 100MB.
+        #[arg(long)]
+        shard: Option<String>,
+    },
     /// Generate small models, write a recipe for them and run it.
     Demo {
         /// Where to put the models, the recipe and the merged output.
@@ -70,17 +91,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run {
-            recipe,
-            output,
-            set,
-            force,
-            device,
-        } => cmd_run(&recipe, output.as_deref(), &set, force, &device),
+        Command::Run { recipe, output, set, force, device, max_memory } => {
+            cmd_run(&recipe, output.as_deref(), &set, force, &device, &max_memory)
+        }
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
         Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
         Command::Demo { dir } => cmd_demo(&dir),
+        Command::GenModel { dir, hidden, layers, vocab, intermediate, dtype, terms, shard } => {
+            cmd_gen_model(&dir, hidden, layers, vocab, intermediate, &dtype, &terms, shard.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,10 +127,8 @@ fn parse_sets(set: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
     set.iter()
         .map(|s| match s.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => Err(
-                Diagnostic::error(Code::E0109, format!("--set `{s}` is not NAME=VALUE"))
-                    .with_help("write e.g. --set lam=0.5"),
-            ),
+            _ => Err(Diagnostic::error(Code::E0109, format!("--set `{s}` is not NAME=VALUE"))
+                .with_help("write e.g. --set lam=0.5")),
         })
         .collect()
 }
@@ -119,11 +137,7 @@ fn parse_sets(set: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
 fn load(recipe: &Path, set: &[String], sources: &mut Sources) -> Result<(Recipe, String), ()> {
     let overrides = parse_sets(set).or_else(|d| fail(d).map(|_| Vec::new()))?;
     let text = std::fs::read_to_string(recipe).or_else(|e| {
-        fail(Diagnostic::error(
-            Code::E0303,
-            format!("cannot read `{}`: {e}", recipe.display()),
-        ))
-        .map(|_| String::new())
+        fail(Diagnostic::error(Code::E0303, format!("cannot read `{}`: {e}", recipe.display()))).map(|_| String::new())
     })?;
     let (checked, diags) = check::check(recipe, &text, &overrides, sources);
     report(&diags, sources);
@@ -131,11 +145,7 @@ fn load(recipe: &Path, set: &[String], sources: &mut Sources) -> Result<(Recipe,
         Some(r) => Ok((r, text)),
         None => {
             let n = diags.iter().filter(|d| d.is_error()).count();
-            eprintln!(
-                "{n} error{} in `{}`",
-                if n == 1 { "" } else { "s" },
-                recipe.display()
-            );
+            eprintln!("{n} error{} in `{}`", if n == 1 { "" } else { "s" }, recipe.display());
             Err(())
         }
     }
@@ -158,27 +168,16 @@ fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
 type Target = (check::TVal, PathBuf, Option<fuse::io::DType>, u64);
 
 fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<Target>, Diagnostic> {
-    let mut out: Vec<_> = r
-        .saves
-        .iter()
-        .map(|s| (s.value.clone(), s.dir.clone(), s.dtype, s.shard))
-        .collect();
+    let mut out: Vec<_> = r.saves.iter().map(|s| (s.value.clone(), s.dir.clone(), s.dtype, s.shard)).collect();
     match (&r.result, output) {
         (Some(res), Some(o)) => out.push((res.value.clone(), o.to_path_buf(), None, 5_000_000_000)),
         (Some(_), None) if out.is_empty() => {
-            return Err(
-                Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go").with_help(
-                    "pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`",
-                ),
-            )
+            return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go")
+                .with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
         }
         (None, Some(_)) => {
-            return Err(
-                Diagnostic::error(Code::E0111, "-o was given but the recipe has no result")
-                    .with_help(
-                    "end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`",
-                ),
-            )
+            return Err(Diagnostic::error(Code::E0111, "-o was given but the recipe has no result")
+                .with_help("end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`"))
         }
         _ => {}
     }
@@ -195,38 +194,51 @@ fn cmd_run(
     set: &[String],
     force: bool,
     device: &str,
+    max_memory: &str,
 ) -> CmdResult {
-    let device = match device {
-        "cpu" => candle_core::Device::Cpu,
+    let Some(max_memory) = fuse::io::writer::parse_size(max_memory) else {
+        return fail(
+            Diagnostic::error(Code::E0401, format!("--max-memory `{max_memory}` is not a size"))
+                .with_help("write e.g. --max-memory 2GB"),
+        );
+    };
+    let engine = match device {
+        "cpu" => Engine::Stream,
+        // The candle engine on CPU: slower, for cross-checking the streaming engine.
+        "candle-cpu" => Engine::Candle(candle_core::Device::Cpu),
         "cuda" => match candle_core::Device::new_cuda(0) {
-            Ok(d) => d,
-            Err(e) => return fail(Diagnostic::error(Code::E0403, format!("cannot use CUDA: {e}")).with_help("build with `--features cuda` on a machine with an NVIDIA GPU, or use --device cpu")),
+            Ok(d) => Engine::Candle(d),
+            Err(e) => {
+                return fail(
+                    Diagnostic::error(Code::E0403, format!("cannot use CUDA: {e}"))
+                        .with_help("build with `--features cuda` on a machine with an NVIDIA GPU, or use --device cpu"),
+                )
+            }
         },
-        other => return fail(Diagnostic::error(Code::E0403, format!("unknown device `{other}`")).with_help("use --device cpu or --device cuda")),
+        other => {
+            return fail(
+                Diagnostic::error(Code::E0403, format!("unknown device `{other}`"))
+                    .with_help("use --device cpu or --device cuda"),
+            )
+        }
     };
     let mut sources = Sources::default();
     let (r, text) = load(recipe, set, &mut sources)?;
     let targets = targets(&r, output).or_else(|d| fail(d).map(|_| Vec::new()))?;
     // Refuse before computing anything, so a late output cannot fail after an early one was written.
     for (_, dir, _, _) in &targets {
-        let nonempty = dir.is_dir()
-            && std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(false);
+        let nonempty = dir.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
         if (nonempty || dir.is_file()) && !force {
             return fail(
-                Diagnostic::error(
-                    Code::E0402,
-                    format!("`{}` exists and is not empty", dir.display()),
-                )
-                .with_help("pass --force to replace it, or choose another directory"),
+                Diagnostic::error(Code::E0402, format!("`{}` exists and is not empty", dir.display()))
+                    .with_help("pass --force to replace it, or choose another directory"),
             );
         }
     }
     for (value, dir, dtype, shard) in &targets {
         let start = Instant::now();
         let plan = fuse::graph::lower(&r, value, *dtype, *shard);
-        match fuse::exec::run_plan(&plan, dir, force, &text, &device) {
+        match fuse::exec::run_plan(&plan, dir, force, &text, &engine, max_memory) {
             Ok(rep) => eprintln!(
                 "wrote {} ({} tensors, {:.1} MB in {} shard{}) in {:.2}s",
                 dir.display(),
@@ -238,11 +250,8 @@ fn cmd_run(
             ),
             Err(e) => {
                 return fail(
-                    Diagnostic::error(
-                        Code::E0403,
-                        format!("writing `{}` failed: {e}", dir.display()),
-                    )
-                    .with_note("nothing was left at the output path"),
+                    Diagnostic::error(Code::E0403, format!("writing `{}` failed: {e}", dir.display()))
+                        .with_note("nothing was left at the output path"),
                 )
             }
         }
@@ -253,9 +262,8 @@ fn cmd_run(
 fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
     let mut sources = Sources::default();
     let (r, _) = load(recipe, set, &mut sources)?;
-    let targets = targets(&r, Some(Path::new("<-o>")))
-        .or_else(|_| targets(&r, None))
-        .or_else(|d| fail(d).map(|_| Vec::new()))?;
+    let targets =
+        targets(&r, Some(Path::new("<-o>"))).or_else(|_| targets(&r, None)).or_else(|d| fail(d).map(|_| Vec::new()))?;
     for (value, dir, dtype, shard) in &targets {
         let plan = fuse::graph::lower(&r, value, *dtype, *shard);
         println!(
@@ -265,10 +273,7 @@ fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
             plan.layout.total_bytes() as f64 / 1e6,
             plan.layout.shards.len()
         );
-        println!(
-            "# largest f32 intermediate: {:.1} MB",
-            plan.largest_tensor_bytes() as f64 / 1e6
-        );
+        println!("# largest f32 intermediate: {:.1} MB", plan.largest_tensor_bytes() as f64 / 1e6);
         print!("{plan}");
     }
     Ok(())
@@ -278,46 +283,75 @@ fn cmd_inspect(model: &str, tensors: bool) -> CmdResult {
     let ck = match Checkpoint::open(model, Path::new(".")) {
         Ok(ck) => ck,
         Err(fuse::io::OpenError::NotFound { what, help }) => {
-            return fail(
-                Diagnostic::error(Code::E0301, format!("model not found: {what}")).with_help(help),
-            )
+            return fail(Diagnostic::error(Code::E0301, format!("model not found: {what}")).with_help(help))
         }
         Err(fuse::io::OpenError::Bad { file, what }) => {
-            return fail(Diagnostic::error(
-                Code::E0302,
-                format!("bad checkpoint `{}`: {what}", file.display()),
-            ))
+            return fail(Diagnostic::error(Code::E0302, format!("bad checkpoint `{}`: {what}", file.display())))
         }
     };
     let arch = check::Arch::from_checkpoint(&ck, 0);
     println!("{}", ck.root.display());
-    println!(
-        "  architecture: {}",
-        arch.name.as_deref().unwrap_or("unknown (no config.json)")
-    );
+    println!("  architecture: {}", arch.name.as_deref().unwrap_or("unknown (no config.json)"));
     println!("  layers:       {}", arch.n_layers);
     println!("  tensors:      {}", arch.tensors.len());
-    println!(
-        "  parameters:   {}",
-        fuse::check::value::human_count(arch.params())
-    );
-    let dtypes: Vec<String> = ck
-        .dtype_counts()
-        .iter()
-        .map(|(d, n)| format!("{d} ({})", fuse::check::value::human_count(*n)))
-        .collect();
+    println!("  parameters:   {}", fuse::check::value::human_count(arch.params()));
+    let dtypes: Vec<String> =
+        ck.dtype_counts().iter().map(|(d, n)| format!("{d} ({})", fuse::check::value::human_count(*n))).collect();
     println!("  dtypes:       {}", dtypes.join(", "));
     println!("  files:        {}", ck.files.len());
     if tensors {
         for t in &arch.tensors {
-            println!(
-                "  {:60} {:>16} {}",
-                t.name,
-                format!("{:?}", t.shape),
-                t.dtype
-            );
+            println!("  {:60} {:>16} {}", t.name, format!("{:?}", t.shape), t.dtype);
         }
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_gen_model(
+    dir: &Path,
+    hidden: usize,
+    layers: usize,
+    vocab: usize,
+    intermediate: Option<usize>,
+    dtype: &str,
+    terms: &[String],
+    shard: Option<&str>,
+) -> CmdResult {
+    let bad = |what: String| fail(Diagnostic::error(Code::E0401, what));
+    let dtype = match dtype {
+        "f32" => fuse::io::DType::F32,
+        "bf16" => fuse::io::DType::BF16,
+        "f16" => fuse::io::DType::F16,
+        other => return bad(format!("unknown dtype `{other}`; use f32, bf16 or f16")),
+    };
+    let mut parsed = Vec::new();
+    for t in terms {
+        match t.split_once(':').and_then(|(s, c)| Some((s.parse().ok()?, c.parse().ok()?))) {
+            Some(p) => parsed.push(p),
+            None => return bad(format!("--term `{t}` is not SEED:SCALE")),
+        }
+    }
+    let max_shard = match shard {
+        Some(s) => match fuse::io::writer::parse_size(s) {
+            Some(n) => n,
+            None => return bad(format!("`{s}` is not a size")),
+        },
+        None => u64::MAX,
+    };
+    let heads = (hidden / 64).max(1).min(hidden);
+    let shape = fuse::testmodel::TinyLlama {
+        hidden,
+        intermediate: intermediate.unwrap_or(hidden * 11 / 4),
+        layers,
+        heads,
+        kv_heads: heads,
+        vocab,
+        dtype,
+        max_shard,
+    };
+    shape.write(dir, &parsed).or_else(|e| bad(format!("cannot write `{}`: {e}", dir.display())))?;
+    eprintln!("wrote {} ({} parameters, {dtype})", dir.display(), fuse::check::value::human_count(shape.params()));
     Ok(())
 }
 
@@ -333,20 +367,12 @@ base + lam*(ft_a - base) + ties(ft_b, ft_c, k=0.2)
 "#;
 
 fn cmd_demo(dir: &Path) -> CmdResult {
-    let shape = fuse::testmodel::TinyLlama {
-        hidden: 64,
-        intermediate: 128,
-        layers: 4,
-        vocab: 256,
-        ..Default::default()
-    };
+    let shape =
+        fuse::testmodel::TinyLlama { hidden: 64, intermediate: 128, layers: 4, vocab: 256, ..Default::default() };
     let models = dir.join("models");
     let gen = |name: &str, terms: &[(u64, f32)]| {
         shape.write(&models.join(name), terms).map_err(|e| {
-            let _ = fail(Diagnostic::error(
-                Code::E0403,
-                format!("cannot write demo model `{name}`: {e}"),
-            ));
+            let _ = fail(Diagnostic::error(Code::E0403, format!("cannot write demo model `{name}`: {e}")));
         })
     };
     gen("base", &[(1, 0.02)])?;
@@ -355,19 +381,12 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     gen("ft-chat", &[(1, 0.02), (13, 0.002)])?;
     let recipe = dir.join("merge.fuse");
     std::fs::write(&recipe, DEMO_RECIPE).map_err(|e| {
-        let _ = fail(Diagnostic::error(
-            Code::E0403,
-            format!("cannot write `{}`: {e}", recipe.display()),
-        ));
+        let _ = fail(Diagnostic::error(Code::E0403, format!("cannot write `{}`: {e}", recipe.display())));
     })?;
-    eprintln!(
-        "generated 4 Llama-layout models ({} parameters each) in {}",
-        shape.params(),
-        models.display()
-    );
+    eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
-    cmd_run(&recipe, Some(&out), &[], true, "cpu")?;
+    cmd_run(&recipe, Some(&out), &[], true, "cpu", "1GB")?;
     cmd_inspect(&out.display().to_string(), false)?;
     println!("merged model: {}", out.display());
     Ok(())

@@ -54,18 +54,9 @@ impl TinyLlama {
             v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
             v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
             v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            v.push((
-                format!("{p}.mlp.gate_proj.weight"),
-                vec![self.intermediate, h],
-            ));
-            v.push((
-                format!("{p}.mlp.up_proj.weight"),
-                vec![self.intermediate, h],
-            ));
-            v.push((
-                format!("{p}.mlp.down_proj.weight"),
-                vec![h, self.intermediate],
-            ));
+            v.push((format!("{p}.mlp.gate_proj.weight"), vec![self.intermediate, h]));
+            v.push((format!("{p}.mlp.up_proj.weight"), vec![self.intermediate, h]));
+            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, self.intermediate]));
         }
         v.push(("model.norm.weight".to_string(), vec![h]));
         v.push(("lm_head.weight".to_string(), vec![self.vocab, h]));
@@ -73,57 +64,37 @@ impl TinyLlama {
     }
 
     pub fn params(&self) -> usize {
-        self.tensors()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+        self.tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 
     /// Writes a checkpoint whose weights are the sum of the given
     /// `(seed, scale)` noise terms (norm weights are 1 plus the terms).
     pub fn write(&self, dir: &Path, terms: &[(u64, f32)]) -> Result<(), String> {
         let names = self.tensors();
-        let outs: Vec<OutTensor> = names
-            .iter()
-            .map(|(n, s)| OutTensor {
-                name: n.clone(),
-                shape: s.clone(),
-                dtype: self.dtype,
-            })
-            .collect();
+        let outs: Vec<OutTensor> =
+            names.iter().map(|(n, s)| OutTensor { name: n.clone(), shape: s.clone(), dtype: self.dtype }).collect();
         let layout = Layout::plan(outs, self.max_shard);
         let out = OutputDir::create(dir, true, &layout)?;
         use rayon::prelude::*;
-        names
-            .par_iter()
-            .enumerate()
-            .try_for_each(|(i, (name, shape))| {
-                let n: usize = shape.iter().product();
-                let mut vals = vec![if name.contains("norm") { 1.0f32 } else { 0.0 }; n];
-                for &(seed, scale) in terms {
-                    let mut rng = Rng::new(seed, name);
-                    for v in vals.iter_mut() {
-                        *v += scale * rng.normal();
-                    }
+        names.par_iter().enumerate().try_for_each(|(i, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let mut vals = vec![if name.contains("norm") { 1.0f32 } else { 0.0 }; n];
+            for &(seed, scale) in terms {
+                let mut rng = Rng::new(seed, name);
+                for v in vals.iter_mut() {
+                    *v += scale * rng.normal();
                 }
-                let slot = layout.slots[i];
-                out.write_at(
-                    slot.shard,
-                    slot.offset,
-                    &crate::exec::encode(&vals, self.dtype),
-                )
-                .map_err(|e| e.to_string())
-            })?;
+            }
+            let slot = layout.slots[i];
+            out.write_at(slot.shard, slot.offset, &crate::exec::encode(&vals, self.dtype)).map_err(|e| e.to_string())
+        })?;
         if let Some(index) = layout.index_json() {
             out.write_file("model.safetensors.index.json", index.as_bytes())?;
         }
         out.write_file("config.json", self.config_json().as_bytes())?;
         out.write_file("tokenizer.json", self.tokenizer_json().as_bytes())?;
         out.write_file("tokenizer_config.json", b"{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"model_max_length\": 128, \"tokenizer_class\": \"PreTrainedTokenizerFast\"}\n")?;
-        out.write_file(
-            "generation_config.json",
-            b"{\"bos_token_id\": 1, \"eos_token_id\": 2}\n",
-        )?;
+        out.write_file("generation_config.json", b"{\"bos_token_id\": 1, \"eos_token_id\": 2}\n")?;
         out.commit().map(|_| ())
     }
 

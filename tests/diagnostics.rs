@@ -95,23 +95,14 @@ fn run_case(case: &Path) -> String {
     let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
     if std::env::var_os("FUSE_BLESS").is_some() {
         bless(case, &text, &errors, &sources);
-        return render::render_plain(&diags, &sources)
-            .replace(&scratch().display().to_string(), "$DIR");
+        return render::render_plain(&diags, &sources).replace(&scratch().display().to_string(), "$DIR");
     }
     let got: Vec<String> = errors.iter().map(|d| d.code.to_string()).collect();
     let want: Vec<String> = expects.iter().map(|e| e.code.clone()).collect();
-    assert_eq!(
-        got,
-        want,
-        "{name}: error codes\n{}",
-        render::render_plain(&diags, &sources)
-    );
+    assert_eq!(got, want, "{name}: error codes\n{}", render::render_plain(&diags, &sources));
     for (d, e) in errors.iter().zip(&expects) {
         if let Some(at) = e.at {
-            let l = d
-                .labels
-                .first()
-                .unwrap_or_else(|| panic!("{name}: {} has no label", d.code));
+            let l = d.labels.first().unwrap_or_else(|| panic!("{name}: {} has no label", d.code));
             assert_eq!(
                 sources.line_col(l.file, l.span.start),
                 at,
@@ -167,10 +158,7 @@ const RUNTIME_CODES: &[&str] = &["E0402", "E0403"];
 
 #[test]
 fn every_code_is_tested() {
-    let names: Vec<String> = cases()
-        .iter()
-        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
-        .collect();
+    let names: Vec<String> = cases().iter().map(|p| p.file_stem().unwrap().to_str().unwrap().to_string()).collect();
     let cli = std::fs::read_to_string(root().join("tests/cli.rs")).unwrap();
     for code in Code::ALL {
         let c = code.as_str();
@@ -179,10 +167,6 @@ fn every_code_is_tested() {
         } else {
             names.iter().any(|n| n.starts_with(c))
         };
-        assert!(
-            covered,
-            "{c} ({}) has no test: add tests/diagnostics/{c}.fuse",
-            code.summary()
-        );
+        assert!(covered, "{c} ({}) has no test: add tests/diagnostics/{c}.fuse", code.summary());
     }
 }

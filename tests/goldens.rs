@@ -8,10 +8,7 @@ fn golden(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let recipe = root().join("tests/golden").join(format!("{name}.fuse"));
-    fuse_ok(
-        &root(),
-        &["run", recipe.to_str().unwrap(), "-o", out.to_str().unwrap()],
-    );
+    fuse_ok(&root(), &["run", recipe.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     let ours = read_model(&out);
     let expected = read_model(&fixtures().join("cases").join(name).join("expected"));
     assert_close(&ours, &expected, 1e-5);
@@ -53,14 +50,8 @@ fn every_port_names_a_case() {
     for e in std::fs::read_dir(root().join("tests/golden")).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_stem().unwrap().to_str().unwrap().to_string();
-        assert!(
-            fixtures().join("cases").join(&name).is_dir(),
-            "{name} is not a mergekit case"
-        );
+        assert!(fixtures().join("cases").join(&name).is_dir(), "{name} is not a mergekit case");
         let src = std::fs::read_to_string(root().join("tests/goldens.rs")).unwrap();
-        assert!(
-            src.contains(&format!("golden(\"{name}\")")),
-            "{name}.fuse has no test"
-        );
+        assert!(src.contains(&format!("golden(\"{name}\")")), "{name}.fuse has no test");
     }
 }

@@ -67,11 +67,7 @@ impl<'s> Checker<'s> {
             globals: HashMap::new(),
             overrides: overrides
                 .iter()
-                .map(|(n, t)| Override {
-                    name: n.clone(),
-                    text: t.clone(),
-                    used: false,
-                })
+                .map(|(n, t)| Override { name: n.clone(), text: t.clone(), used: false })
                 .collect(),
             saves: Vec::new(),
             result: None,
@@ -93,36 +89,22 @@ impl<'s> Checker<'s> {
         for o in &self.overrides {
             if !o.used {
                 let params: Vec<&str> = self.globals.keys().map(String::as_str).collect();
-                let mut d = Diagnostic::error(
-                    Code::E0109,
-                    format!("--set {}: the recipe has no `param {}`", o.name, o.name),
-                );
+                let mut d =
+                    Diagnostic::error(Code::E0109, format!("--set {}: the recipe has no `param {}`", o.name, o.name));
                 if let Some(s) = did_you_mean(&o.name, params) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 }
-                self.diags.push(d.with_note(
-                    "only names declared with `param` can be set from the command line",
-                ));
+                self.diags.push(d.with_note("only names declared with `param` can be set from the command line"));
             }
         }
     }
 
     pub fn finish(self, main: FileId) -> Recipe {
-        Recipe {
-            models: self.models,
-            exprs: self.exprs,
-            saves: self.saves,
-            result: self.result,
-            main_file: main,
-        }
+        Recipe { models: self.models, exprs: self.exprs, saves: self.saves, result: self.result, main_file: main }
     }
 
     fn run_file(&mut self, program: &Program, file: FileId, dir: &Path, is_main: bool) {
-        let ctx = Ctx {
-            file,
-            dir,
-            locals: None,
-        };
+        let ctx = Ctx { file, dir, locals: None };
         let last = program.stmts.len().saturating_sub(1);
         for (i, stmt) in program.stmts.iter().enumerate() {
             match &stmt.kind {
@@ -143,24 +125,16 @@ impl<'s> Checker<'s> {
                         file,
                         span: name.span,
                     };
-                    self.bind(
-                        &name.name,
-                        Value::Func(Func::User(Arc::new(f))),
-                        file,
-                        name.span,
-                    );
+                    self.bind(&name.name, Value::Func(Func::User(Arc::new(f))), file, name.span);
                 }
                 StmtKind::Import { path, path_span } => self.import(path, *path_span, ctx),
                 StmtKind::Save { args } => {
                     if !is_main {
-                        self.err(
-                            Diagnostic::error(Code::E0111, "`save` in an imported file")
-                                .with_label(
-                                file,
-                                stmt.span,
-                                "imported files define names; only the main recipe writes outputs",
-                            ),
-                        );
+                        self.err(Diagnostic::error(Code::E0111, "`save` in an imported file").with_label(
+                            file,
+                            stmt.span,
+                            "imported files define names; only the main recipe writes outputs",
+                        ));
                         continue;
                     }
                     self.save(args, stmt.span, ctx);
@@ -173,33 +147,21 @@ impl<'s> Checker<'s> {
                             "an imported file cannot have a result"
                         };
                         self.err(
-                            Diagnostic::error(
-                                Code::E0111,
-                                "bare expression is not the recipe's result",
-                            )
-                            .with_label(file, e.span, why)
-                            .with_help("bind it to a name (`x = ...`) or remove it"),
+                            Diagnostic::error(Code::E0111, "bare expression is not the recipe's result")
+                                .with_label(file, e.span, why)
+                                .with_help("bind it to a name (`x = ...`) or remove it"),
                         );
                         continue;
                     }
                     let v = self.eval(e, ctx);
                     match self.settle_value(v, e.span, file) {
-                        Value::Tensor(t) => {
-                            self.result = Some(ResultValue {
-                                value: t,
-                                file,
-                                span: e.span,
-                            })
-                        }
+                        Value::Tensor(t) => self.result = Some(ResultValue { value: t, file, span: e.span }),
                         Value::Poison => {}
                         other => {
                             self.err(
                                 Diagnostic::error(
                                     Code::E0106,
-                                    format!(
-                                        "the recipe's result is {}, not a model",
-                                        other.type_name()
-                                    ),
+                                    format!("the recipe's result is {}, not a model", other.type_name()),
                                 )
                                 .with_label(
                                     file,
@@ -223,8 +185,7 @@ impl<'s> Checker<'s> {
             self.diags.push(d);
             return;
         }
-        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name)
-        {
+        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name) {
             self.diags.push(
                 Diagnostic::error(Code::E0102, format!("`{name}` is a builtin name"))
                     .with_label(file, span, "this would hide the builtin")
@@ -232,8 +193,7 @@ impl<'s> Checker<'s> {
             );
             return;
         }
-        self.globals
-            .insert(name.to_string(), Binding { value, file, span });
+        self.globals.insert(name.to_string(), Binding { value, file, span });
     }
 
     fn param_value(&mut self, name: &str, default: &Expr, ctx: Ctx) -> Value {
@@ -248,26 +208,12 @@ impl<'s> Checker<'s> {
             Ok(e) => e,
             Err(d) => return self.err(d),
         };
-        let ov = self.eval(
-            &expr,
-            Ctx {
-                file,
-                dir: ctx.dir,
-                locals: None,
-            },
-        );
-        if !matches!(ov, Value::Poison)
-            && !matches!(dv, Value::Poison)
-            && ov.type_name() != dv.type_name()
-        {
+        let ov = self.eval(&expr, Ctx { file, dir: ctx.dir, locals: None });
+        if !matches!(ov, Value::Poison) && !matches!(dv, Value::Poison) && ov.type_name() != dv.type_name() {
             return self.err(
                 Diagnostic::error(
                     Code::E0106,
-                    format!(
-                        "--set {name}: expected {}, found {}",
-                        dv.type_name(),
-                        ov.type_name()
-                    ),
+                    format!("--set {name}: expected {}, found {}", dv.type_name(), ov.type_name()),
                 )
                 .with_label(file, expr.span, format!("this is {}", ov.type_name()))
                 .with_label(
@@ -283,30 +229,21 @@ impl<'s> Checker<'s> {
     fn import(&mut self, rel: &str, span: Span, ctx: Ctx) {
         let path = ctx.dir.join(rel);
         let canon = path.canonicalize().unwrap_or(path.clone());
-        if self
-            .importing
-            .iter()
-            .any(|p| p.canonicalize().unwrap_or(p.clone()) == canon)
-        {
-            self.err(
-                Diagnostic::error(Code::E0303, format!("`{rel}` imports itself")).with_label(
-                    ctx.file,
-                    span,
-                    "this import closes a cycle",
-                ),
-            );
+        if self.importing.iter().any(|p| p.canonicalize().unwrap_or(p.clone()) == canon) {
+            self.err(Diagnostic::error(Code::E0303, format!("`{rel}` imports itself")).with_label(
+                ctx.file,
+                span,
+                "this import closes a cycle",
+            ));
             return;
         }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
                 self.err(
-                    Diagnostic::error(
-                        Code::E0303,
-                        format!("cannot read `{}`: {e}", path.display()),
-                    )
-                    .with_label(ctx.file, span, "imported here")
-                    .with_help("import paths are relative to the importing file"),
+                    Diagnostic::error(Code::E0303, format!("cannot read `{}`: {e}", path.display()))
+                        .with_label(ctx.file, span, "imported here")
+                        .with_help("import paths are relative to the importing file"),
                 );
                 return;
             }
@@ -324,15 +261,7 @@ impl<'s> Checker<'s> {
     }
 
     fn save(&mut self, args: &[Arg], span: Span, ctx: Ctx) {
-        let mut bound = match self.bind_args(
-            "save",
-            &["model", "dir", "dtype", "shard"],
-            2,
-            2,
-            args,
-            span,
-            ctx,
-        ) {
+        let mut bound = match self.bind_args("save", &["model", "dir", "dtype", "shard"], 2, 2, args, span, ctx) {
             Some(b) => b,
             None => return,
         };
@@ -351,11 +280,8 @@ impl<'s> Checker<'s> {
             Value::Poison => return,
             other => {
                 self.err(
-                    Diagnostic::error(
-                        Code::E0106,
-                        format!("`save` needs a model, found {}", other.type_name()),
-                    )
-                    .with_label(ctx.file, mspan, "not a model"),
+                    Diagnostic::error(Code::E0106, format!("`save` needs a model, found {}", other.type_name()))
+                        .with_label(ctx.file, mspan, "not a model"),
                 );
                 return;
             }
@@ -367,16 +293,9 @@ impl<'s> Checker<'s> {
                 self.err(
                     Diagnostic::error(
                         Code::E0106,
-                        format!(
-                            "the output directory must be a string, found {}",
-                            other.type_name()
-                        ),
+                        format!("the output directory must be a string, found {}", other.type_name()),
                     )
-                    .with_label(
-                        ctx.file,
-                        dspan,
-                        "expected a path like \"out/merged\"",
-                    ),
+                    .with_label(ctx.file, dspan, "expected a path like \"out/merged\""),
                 );
                 return;
             }
@@ -389,10 +308,7 @@ impl<'s> Checker<'s> {
                 self.err(
                     Diagnostic::error(
                         Code::E0106,
-                        format!(
-                            "`dtype` must be bf16, f16 or f32, found {}",
-                            other.type_name()
-                        ),
+                        format!("`dtype` must be bf16, f16 or f32, found {}", other.type_name()),
                     )
                     .with_label(ctx.file, s, "expected a dtype"),
                 );
@@ -404,13 +320,11 @@ impl<'s> Checker<'s> {
             Some((Value::Str(s), sp)) => match crate::io::writer::parse_size(&s) {
                 Some(n) => n,
                 None => {
-                    self.err(
-                        Diagnostic::error(Code::E0401, format!("`{s}` is not a size")).with_label(
-                            ctx.file,
-                            sp,
-                            "expected a size like \"5GB\" or \"500MB\"",
-                        ),
-                    );
+                    self.err(Diagnostic::error(Code::E0401, format!("`{s}` is not a size")).with_label(
+                        ctx.file,
+                        sp,
+                        "expected a size like \"5GB\" or \"500MB\"",
+                    ));
                     return;
                 }
             },
@@ -426,14 +340,7 @@ impl<'s> Checker<'s> {
                 return;
             }
         };
-        self.saves.push(Output {
-            value,
-            dir,
-            dtype,
-            shard,
-            file: ctx.file,
-            span,
-        });
+        self.saves.push(Output { value, dir, dtype, shard, file: ctx.file, span });
     }
 
     // ---- expressions ----
@@ -454,10 +361,13 @@ impl<'s> Checker<'s> {
                 Value::Num(s) => Value::Num(Sched::negate(s)),
                 Value::Tensor(t) => self.scale(t, Sched::Const(-1.0)),
                 Value::Poison => Value::Poison,
-                other => self.err(
-                    Diagnostic::error(Code::E0203, format!("cannot negate {}", other.type_name()))
-                        .with_label(ctx.file, inner.span, "not a number or a model"),
-                ),
+                other => {
+                    self.err(Diagnostic::error(Code::E0203, format!("cannot negate {}", other.type_name())).with_label(
+                        ctx.file,
+                        inner.span,
+                        "not a number or a model",
+                    ))
+                }
             },
             ExprKind::Binary(op, l, r) => {
                 let lv = self.eval(l, ctx);
@@ -467,14 +377,9 @@ impl<'s> Checker<'s> {
             ExprKind::Call { callee, args } => self.call(callee, args, e.span, ctx),
             ExprKind::Match { scrutinee, arms } => self.eval_match(scrutinee, arms, e.span, ctx),
             ExprKind::Member(..) | ExprKind::Index(..) | ExprKind::Slice { .. } => self.err(
-                Diagnostic::error(
-                    Code::E0203,
-                    "layer slices and member access are not supported yet",
-                )
-                .with_label(ctx.file, e.span, "fuse cannot evaluate this yet")
-                .with_note(
-                    "`m.layers[i..j]` and `stack(...)` arrive with the model-structure work",
-                ),
+                Diagnostic::error(Code::E0203, "layer slices and member access are not supported yet")
+                    .with_label(ctx.file, e.span, "fuse cannot evaluate this yet")
+                    .with_note("`m.layers[i..j]` and `stack(...)` arrive with the model-structure work"),
             ),
         }
     }
@@ -511,9 +416,7 @@ impl<'s> Checker<'s> {
         if let Some(s) = did_you_mean(name, candidates) {
             d = d.with_help(format!("did you mean `{s}`?"));
         } else {
-            d = d.with_help(format!(
-                "bind it first, e.g. `{name} = model(\"path/to/checkpoint\")`"
-            ));
+            d = d.with_help(format!("bind it first, e.g. `{name} = model(\"path/to/checkpoint\")`"));
         }
         self.err(d)
     }
@@ -526,24 +429,11 @@ impl<'s> Checker<'s> {
     fn scale(&mut self, t: TVal, c: Sched) -> Value {
         let weight = Sched::bin(BinOp::Mul, c.clone(), t.weight.clone());
         let expr = self.push(TExpr::Lin(vec![(c, t.expr)]));
-        Value::Tensor(TVal {
-            expr,
-            arch: t.arch,
-            weight,
-        })
+        Value::Tensor(TVal { expr, arch: t.arch, weight })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn binary(
-        &mut self,
-        op: BinOp,
-        lv: Value,
-        rv: Value,
-        l: &Expr,
-        r: &Expr,
-        span: Span,
-        ctx: Ctx,
-    ) -> Value {
+    fn binary(&mut self, op: BinOp, lv: Value, rv: Value, l: &Expr, r: &Expr, span: Span, ctx: Ctx) -> Value {
         use Value::*;
         match (op, lv, rv) {
             (_, Poison, _) | (_, _, Poison) => Poison,
@@ -562,17 +452,24 @@ impl<'s> Checker<'s> {
             (BinOp::Mul, Tensor(_), Tensor(_)) => self.err(
                 Diagnostic::error(Code::E0203, "cannot multiply two models")
                     .with_label(ctx.file, span, "`*` between two tensor values")
-                    .with_help("scale a model by a number (`0.5*a + 0.5*b`) or use a merge method such as `linear(a, b)`"),
+                    .with_help(
+                        "scale a model by a number (`0.5*a + 0.5*b`) or use a merge method such as `linear(a, b)`",
+                    ),
             ),
             (op, lv, rv) => {
-                let d = Diagnostic::error(Code::E0203, format!("cannot apply `{op}` to {} and {}", lv.type_name(), rv.type_name()))
-                    .with_label(ctx.file, l.span, lv.type_name())
-                    .with_label(ctx.file, r.span, rv.type_name());
+                let d = Diagnostic::error(
+                    Code::E0203,
+                    format!("cannot apply `{op}` to {} and {}", lv.type_name(), rv.type_name()),
+                )
+                .with_label(ctx.file, l.span, lv.type_name())
+                .with_label(ctx.file, r.span, rv.type_name());
                 let d = match (&lv, &rv, op) {
                     (Num(_), Tensor(_), BinOp::Add | BinOp::Sub) | (Tensor(_), Num(_), BinOp::Add | BinOp::Sub) => {
                         d.with_help("numbers scale models (`0.3*(a - base)`); they cannot be added to them")
                     }
-                    (Num(_), Tensor(_), BinOp::Div) => d.with_help("a model can be divided by a number, not the other way round"),
+                    (Num(_), Tensor(_), BinOp::Div) => {
+                        d.with_help("a model can be divided by a number, not the other way round")
+                    }
                     _ => d,
                 };
                 self.err(d)
@@ -581,38 +478,21 @@ impl<'s> Checker<'s> {
     }
 
     /// Reports E0201 unless the two architectures agree.
-    fn same_arch(
-        &mut self,
-        a: &Arc<Arch>,
-        b: &Arc<Arch>,
-        la: Span,
-        lb: Span,
-        file: FileId,
-    ) -> bool {
+    fn same_arch(&mut self, a: &Arc<Arch>, b: &Arc<Arch>, la: Span, lb: Span, file: FileId) -> bool {
         if Arc::ptr_eq(a, b) {
             return true;
         }
         let Some(why) = a.mismatch(b) else {
             return true;
         };
-        let name = |x: &Arch| {
-            x.name
-                .clone()
-                .unwrap_or_else(|| "unknown architecture".into())
-        };
+        let name = |x: &Arch| x.name.clone().unwrap_or_else(|| "unknown architecture".into());
         let why = why
             .replace("on the left", &format!("in `{}`", self.snippet(file, la)))
             .replace("on the right", &format!("in `{}`", self.snippet(file, lb)));
         // Point first at the operand that differs from the recipe's first model.
-        let a_is_odd = self
-            .archs
-            .first()
-            .is_some_and(|first| first.mismatch(a).is_some() && first.mismatch(b).is_none());
-        let (odd, odd_arch, other, other_arch) = if a_is_odd {
-            (la, a, lb, b)
-        } else {
-            (lb, b, la, a)
-        };
+        let a_is_odd =
+            self.archs.first().is_some_and(|first| first.mismatch(a).is_some() && first.mismatch(b).is_none());
+        let (odd, odd_arch, other, other_arch) = if a_is_odd { (la, a, lb, b) } else { (lb, b, la, a) };
         self.diags.push(
             Diagnostic::error(Code::E0201, "operands have different architectures")
                 .with_label(file, odd, format!("this is {} with {} layers, hidden size {}", name(odd_arch), odd_arch.n_layers, hidden(odd_arch)))
@@ -624,16 +504,9 @@ impl<'s> Checker<'s> {
     }
 
     fn snippet(&self, file: FileId, span: Span) -> String {
-        let t = self
-            .sources
-            .text(file)
-            .get(span.start..span.end)
-            .unwrap_or("?");
+        let t = self.sources.text(file).get(span.start..span.end).unwrap_or("?");
         if t.len() > 40 {
-            format!(
-                "{}…",
-                &t[..t.char_indices().take(40).last().map_or(0, |(i, _)| i)]
-            )
+            format!("{}…", &t[..t.char_indices().take(40).last().map_or(0, |(i, _)| i)])
         } else {
             t.to_string()
         }
@@ -675,10 +548,7 @@ impl<'s> Checker<'s> {
                 });
                 match c {
                     Some(c) => (t.weight.eval(&c), Some(c.name.to_string())),
-                    None => (
-                        t.weight.eval(&t.arch.contexts().next().unwrap()),
-                        Some("some tensors".into()),
-                    ),
+                    None => (t.weight.eval(&t.arch.contexts().next().unwrap()), Some("some tensors".into())),
                 }
             }
         };
@@ -692,23 +562,14 @@ impl<'s> Checker<'s> {
         self.err(d)
     }
 
-    fn eval_match(
-        &mut self,
-        scrutinee: &Expr,
-        arms: &[syntax::MatchArm],
-        span: Span,
-        ctx: Ctx,
-    ) -> Value {
+    fn eval_match(&mut self, scrutinee: &Expr, arms: &[syntax::MatchArm], span: Span, ctx: Ctx) -> Value {
         match self.eval(scrutinee, ctx) {
             Value::TensorName => {}
             Value::Poison => return Value::Poison,
             other => {
                 return self.err(
-                    Diagnostic::error(
-                        Code::E0106,
-                        format!("`match` works on `tensor`, found {}", other.type_name()),
-                    )
-                    .with_label(ctx.file, scrutinee.span, "expected `tensor`"),
+                    Diagnostic::error(Code::E0106, format!("`match` works on `tensor`, found {}", other.type_name()))
+                        .with_label(ctx.file, scrutinee.span, "expected `tensor`"),
                 )
             }
         }
@@ -729,11 +590,7 @@ impl<'s> Checker<'s> {
                             Code::E0106,
                             format!("`match` arms must be numbers, found {}", other.type_name()),
                         )
-                        .with_label(
-                            ctx.file,
-                            arm.value.span,
-                            "expected a number",
-                        ),
+                        .with_label(ctx.file, arm.value.span, "expected a number"),
                     );
                     poisoned = true;
                     continue;
@@ -763,34 +620,26 @@ impl<'s> Checker<'s> {
 
     fn call(&mut self, callee: &Expr, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         let ExprKind::Ident(name) = &callee.kind else {
-            return self.err(
-                Diagnostic::error(Code::E0106, "only named functions can be called").with_label(
-                    ctx.file,
-                    callee.span,
-                    "not a function name",
-                ),
-            );
+            return self.err(Diagnostic::error(Code::E0106, "only named functions can be called").with_label(
+                ctx.file,
+                callee.span,
+                "not a function name",
+            ));
         };
-        let known =
-            ctx.locals.is_some_and(|l| l.contains_key(name)) || self.globals.contains_key(name);
-        let func = if known || BUILTINS.contains(&name.as_str()) || methods::method(name).is_some()
-        {
+        let known = ctx.locals.is_some_and(|l| l.contains_key(name)) || self.globals.contains_key(name);
+        let func = if known || BUILTINS.contains(&name.as_str()) || methods::method(name).is_some() {
             self.lookup(name, callee.span, ctx)
         } else {
             let mut cands: Vec<&str> = BUILTINS.to_vec();
             cands.extend(methods::METHODS.iter().map(|m| m.name));
             cands.extend(
-                self.globals
-                    .iter()
-                    .filter(|(_, b)| matches!(b.value, Value::Func(_)))
-                    .map(|(n, _)| n.as_str()),
+                self.globals.iter().filter(|(_, b)| matches!(b.value, Value::Func(_))).map(|(n, _)| n.as_str()),
             );
-            let mut d = Diagnostic::error(Code::E0103, format!("unknown function `{name}`"))
-                .with_label(
-                    ctx.file,
-                    callee.span,
-                    "no builtin, method or `fn` has this name",
-                );
+            let mut d = Diagnostic::error(Code::E0103, format!("unknown function `{name}`")).with_label(
+                ctx.file,
+                callee.span,
+                "no builtin, method or `fn` has this name",
+            );
             if let Some(s) = did_you_mean(name, cands) {
                 d = d.with_help(format!("did you mean `{s}`?"));
             }
@@ -805,11 +654,8 @@ impl<'s> Checker<'s> {
             Value::Func(Func::User(f)) => self.call_user(&f, args, span, ctx),
             Value::Poison => Value::Poison,
             other => self.err(
-                Diagnostic::error(
-                    Code::E0106,
-                    format!("`{name}` is {}, not a function", other.type_name()),
-                )
-                .with_label(ctx.file, callee.span, "called here"),
+                Diagnostic::error(Code::E0106, format!("`{name}` is {}, not a function", other.type_name()))
+                    .with_label(ctx.file, callee.span, "called here"),
             ),
         }
     }
@@ -837,11 +683,8 @@ impl<'s> Checker<'s> {
                 Some(n) => {
                     let canon = methods::canonical_param(&n.name);
                     if !params.contains(&canon) {
-                        let mut d = Diagnostic::error(
-                            Code::E0104,
-                            format!("`{fname}` has no argument `{}`", n.name),
-                        )
-                        .with_label(ctx.file, n.span, "unknown argument");
+                        let mut d = Diagnostic::error(Code::E0104, format!("`{fname}` has no argument `{}`", n.name))
+                            .with_label(ctx.file, n.span, "unknown argument");
                         if let Some(s) = did_you_mean(&n.name, params.iter().copied()) {
                             d = d.with_help(format!("did you mean `{s}`?"));
                         } else {
@@ -878,8 +721,11 @@ impl<'s> Checker<'s> {
             };
             if out.contains_key(&name) {
                 self.diags.push(
-                    Diagnostic::error(Code::E0107, format!("argument `{name}` is given twice"))
-                        .with_label(ctx.file, a.value.span, "given again here"),
+                    Diagnostic::error(Code::E0107, format!("argument `{name}` is given twice")).with_label(
+                        ctx.file,
+                        a.value.span,
+                        "given again here",
+                    ),
                 );
                 ok = false;
                 continue;
@@ -889,11 +735,11 @@ impl<'s> Checker<'s> {
         for p in &params[..required] {
             if !out.contains_key(*p) && ok {
                 self.diags.push(
-                    Diagnostic::error(
-                        Code::E0105,
-                        format!("`{fname}` is missing its argument `{p}`"),
-                    )
-                    .with_label(ctx.file, span, format!("`{p}` not given")),
+                    Diagnostic::error(Code::E0105, format!("`{fname}` is missing its argument `{p}`")).with_label(
+                        ctx.file,
+                        span,
+                        format!("`{p}` not given"),
+                    ),
                 );
                 ok = false;
             }
@@ -911,25 +757,15 @@ impl<'s> Checker<'s> {
             Value::Poison => return Value::Poison,
             other => {
                 return self.err(
-                    Diagnostic::error(
-                        Code::E0106,
-                        format!("`model` takes a path string, found {}", other.type_name()),
-                    )
-                    .with_label(
-                        ctx.file,
-                        pspan,
-                        "expected a string like \"models/base\"",
-                    ),
+                    Diagnostic::error(Code::E0106, format!("`model` takes a path string, found {}", other.type_name()))
+                        .with_label(ctx.file, pspan, "expected a string like \"models/base\""),
                 )
             }
         };
         let key = if spec.starts_with("hf:") {
             PathBuf::from(&spec)
         } else {
-            ctx.dir
-                .join(&spec)
-                .canonicalize()
-                .unwrap_or(ctx.dir.join(&spec))
+            ctx.dir.join(&spec).canonicalize().unwrap_or(ctx.dir.join(&spec))
         };
         if let Some(&i) = self.model_index.get(&key) {
             return Value::Tensor(self.load_value(i));
@@ -955,11 +791,7 @@ impl<'s> Checker<'s> {
 
     fn load_value(&mut self, model: usize) -> TVal {
         let expr = self.push(TExpr::Load { model });
-        TVal {
-            expr,
-            arch: self.archs[model].clone(),
-            weight: Sched::Const(1.0),
-        }
+        TVal { expr, arch: self.archs[model].clone(), weight: Sched::Const(1.0) }
     }
 
     fn call_over_layers(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
@@ -967,11 +799,7 @@ impl<'s> Checker<'s> {
         for a in args {
             if let Some(n) = &a.name {
                 return self.err(
-                    Diagnostic::error(
-                        Code::E0104,
-                        format!("`over_layers` has no argument `{}`", n.name),
-                    )
-                    .with_label(
+                    Diagnostic::error(Code::E0104, format!("`over_layers` has no argument `{}`", n.name)).with_label(
                         ctx.file,
                         n.span,
                         "over_layers takes only the values, by position",
@@ -987,20 +815,17 @@ impl<'s> Checker<'s> {
                             Code::E0106,
                             format!("`over_layers` takes numbers, found {}", other.type_name()),
                         )
-                        .with_label(
-                            ctx.file,
-                            a.value.span,
-                            "expected a number",
-                        ),
+                        .with_label(ctx.file, a.value.span, "expected a number"),
                     )
                 }
             }
         }
         if vals.is_empty() {
-            return self.err(
-                Diagnostic::error(Code::E0105, "`over_layers` needs at least one value")
-                    .with_label(ctx.file, span, "e.g. `over_layers(0, 0.5, 1)`"),
-            );
+            return self.err(Diagnostic::error(Code::E0105, "`over_layers` needs at least one value").with_label(
+                ctx.file,
+                span,
+                "e.g. `over_layers(0, 0.5, 1)`",
+            ));
         }
         Value::Num(Sched::OverLayers(vals))
     }
@@ -1011,14 +836,11 @@ impl<'s> Checker<'s> {
                 Diagnostic::error(Code::E0110, format!("`{}` calls itself", f.name))
                     .with_label(ctx.file, span, "this call never ends")
                     .with_label(f.file, f.span, "defined here")
-                    .with_note(format!(
-                        "calls nest more than {MAX_CALL_DEPTH} deep; recipes have no recursion"
-                    )),
+                    .with_note(format!("calls nest more than {MAX_CALL_DEPTH} deep; recipes have no recursion")),
             );
         }
         let names: Vec<&str> = f.params.iter().map(|p| p.name.name.as_str()).collect();
-        let Some(mut bound) = self.bind_args(&f.name, &names, names.len(), 0, args, span, ctx)
-        else {
+        let Some(mut bound) = self.bind_args(&f.name, &names, names.len(), 0, args, span, ctx) else {
             return Value::Poison;
         };
         let mut locals = HashMap::new();
@@ -1031,14 +853,7 @@ impl<'s> Checker<'s> {
                             .parent()
                             .map(Path::to_path_buf)
                             .unwrap_or_default();
-                        self.eval(
-                            d,
-                            Ctx {
-                                file: f.file,
-                                dir: &dir,
-                                locals: None,
-                            },
-                        )
+                        self.eval(d, Ctx { file: f.file, dir: &dir, locals: None })
                     }
                     None => {
                         return self.err(
@@ -1047,11 +862,7 @@ impl<'s> Checker<'s> {
                                 format!("`{}` is missing its argument `{}`", f.name, p.name.name),
                             )
                             .with_label(ctx.file, span, format!("`{}` not given", p.name.name))
-                            .with_label(
-                                f.file,
-                                p.name.span,
-                                "declared here",
-                            ),
+                            .with_label(f.file, p.name.span, "declared here"),
                         )
                     }
                 },
@@ -1059,18 +870,8 @@ impl<'s> Checker<'s> {
             locals.insert(p.name.name.clone(), v);
         }
         self.depth += 1;
-        let dir = PathBuf::from(self.sources.name(f.file))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let v = self.eval(
-            &f.body,
-            Ctx {
-                file: f.file,
-                dir: &dir,
-                locals: Some(&locals),
-            },
-        );
+        let dir = PathBuf::from(self.sources.name(f.file)).parent().map(Path::to_path_buf).unwrap_or_default();
+        let v = self.eval(&f.body, Ctx { file: f.file, dir: &dir, locals: Some(&locals) });
         self.depth -= 1;
         v
     }
@@ -1128,13 +929,7 @@ impl<'s> Checker<'s> {
             }
         }
         for w in 1..tvals.len() {
-            if !self.same_arch(
-                &tvals[0].0.arch,
-                &tvals[w].0.arch,
-                tvals[0].1,
-                tvals[w].1,
-                ctx.file,
-            ) {
+            if !self.same_arch(&tvals[0].0.arch, &tvals[w].0.arch, tvals[0].1, tvals[w].1, ctx.file) {
                 return Value::Poison;
             }
         }
@@ -1155,15 +950,8 @@ impl<'s> Checker<'s> {
                             PDefault::Num(d) => vec![Sched::Const(d); n],
                             _ => {
                                 return self.err(
-                                    Diagnostic::error(
-                                        Code::E0105,
-                                        format!("`{}` needs `{}`", spec.name, p.name),
-                                    )
-                                    .with_label(
-                                        ctx.file,
-                                        span,
-                                        format!("`{}=` not given", p.name),
-                                    ),
+                                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name))
+                                        .with_label(ctx.file, span, format!("`{}=` not given", p.name)),
                                 )
                             }
                         },
@@ -1177,32 +965,17 @@ impl<'s> Checker<'s> {
                             return self.err(
                                 Diagnostic::error(
                                     Code::E0106,
-                                    format!(
-                                        "`{}` must be a number, found {}",
-                                        p.name,
-                                        other.type_name()
-                                    ),
+                                    format!("`{}` must be a number, found {}", p.name, other.type_name()),
                                 )
-                                .with_label(
-                                    ctx.file,
-                                    s,
-                                    "expected a number",
-                                ),
+                                .with_label(ctx.file, s, "expected a number"),
                             )
                         }
                         None => match p.default {
                             PDefault::Num(d) => Sched::Const(d),
                             _ => {
                                 return self.err(
-                                    Diagnostic::error(
-                                        Code::E0105,
-                                        format!("`{}` needs `{}`", spec.name, p.name),
-                                    )
-                                    .with_label(
-                                        ctx.file,
-                                        span,
-                                        format!("`{}=` not given", p.name),
-                                    ),
+                                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name))
+                                        .with_label(ctx.file, span, format!("`{}=` not given", p.name)),
                                 )
                             }
                         },
@@ -1216,17 +989,9 @@ impl<'s> Checker<'s> {
                             return self.err(
                                 Diagnostic::error(
                                     Code::E0106,
-                                    format!(
-                                        "`{}` must be true or false, found {}",
-                                        p.name,
-                                        other.type_name()
-                                    ),
+                                    format!("`{}` must be true or false, found {}", p.name, other.type_name()),
                                 )
-                                .with_label(
-                                    ctx.file,
-                                    s,
-                                    "expected a Bool",
-                                ),
+                                .with_label(ctx.file, s, "expected a Bool"),
                             )
                         }
                         None => matches!(p.default, PDefault::Bool(true)),
@@ -1245,19 +1010,12 @@ impl<'s> Checker<'s> {
                 if let Some(c) = s.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
                     let at = args
                         .iter()
-                        .find(|a| {
-                            a.name
-                                .as_ref()
-                                .is_some_and(|n| methods::canonical_param(&n.name) == "density")
-                        })
+                        .find(|a| a.name.as_ref().is_some_and(|n| methods::canonical_param(&n.name) == "density"))
                         .map_or(span, |a| a.value.span);
                     return self.err(
-                        Diagnostic::error(
-                            Code::E0106,
-                            format!("density {} is outside [0, 1]", fmt_num(c)),
-                        )
-                        .with_label(ctx.file, at, "a density is the fraction of entries kept")
-                        .with_help("use a value between 0 and 1, e.g. `density=0.2`"),
+                        Diagnostic::error(Code::E0106, format!("density {} is outside [0, 1]", fmt_num(c)))
+                            .with_label(ctx.file, at, "a density is the fraction of entries kept")
+                            .with_help("use a value between 0 and 1, e.g. `density=0.2`"),
                     );
                 }
             }
@@ -1269,32 +1027,18 @@ impl<'s> Checker<'s> {
             if kinds.iter().any(|k| *k != kinds[0]) {
                 let i = kinds.iter().position(|k| *k != kinds[0]).unwrap();
                 return self.err(
-                    Diagnostic::error(
-                        Code::E0106,
-                        format!("`{}` mixes models and task vectors", spec.name),
-                    )
-                    .with_label(ctx.file, tvals[i].1, "this one differs from the first")
-                    .with_help("average models with models, or task vectors with task vectors"),
+                    Diagnostic::error(Code::E0106, format!("`{}` mixes models and task vectors", spec.name))
+                        .with_label(ctx.file, tvals[i].1, "this one differs from the first")
+                        .with_help("average models with models, or task vectors with task vectors"),
                 );
             }
             let normalize = bools["normalize"];
-            let total = weights
-                .iter()
-                .cloned()
-                .reduce(|a, b| Sched::bin(BinOp::Add, a, b))
-                .unwrap();
+            let total = weights.iter().cloned().reduce(|a, b| Sched::bin(BinOp::Add, a, b)).unwrap();
             let terms: Vec<(Sched, TId)> = weights
                 .iter()
                 .zip(&tvals)
                 .map(|(w, (t, _))| {
-                    (
-                        if normalize {
-                            Sched::bin(BinOp::Div, w.clone(), total.clone())
-                        } else {
-                            w.clone()
-                        },
-                        t.expr,
-                    )
+                    (if normalize { Sched::bin(BinOp::Div, w.clone(), total.clone()) } else { w.clone() }, t.expr)
                 })
                 .collect();
             let weight = terms
@@ -1304,33 +1048,24 @@ impl<'s> Checker<'s> {
                 .reduce(|a, b| Sched::bin(BinOp::Add, a, b))
                 .unwrap();
             let expr = self.push(TExpr::Lin(terms));
-            return Value::Tensor(TVal {
-                expr,
-                arch: tvals[0].0.arch.clone(),
-                weight,
-            });
+            return Value::Tensor(TVal { expr, arch: tvals[0].0.arch.clone(), weight });
         }
         // Task-vector methods: models become `model - base`.
         let base = match bound.remove("base") {
             Some((Value::Tensor(b), s)) => match self.kind(&b) {
                 Some(Kind::Model) => Some((b, s)),
                 _ => {
-                    return self.err(
-                        Diagnostic::error(Code::E0106, "`base` must be a model").with_label(
-                            ctx.file,
-                            s,
-                            "this is not a model",
-                        ),
-                    )
+                    return self.err(Diagnostic::error(Code::E0106, "`base` must be a model").with_label(
+                        ctx.file,
+                        s,
+                        "this is not a model",
+                    ))
                 }
             },
             Some((other, s)) => {
                 return self.err(
-                    Diagnostic::error(
-                        Code::E0106,
-                        format!("`base` must be a model, found {}", other.type_name()),
-                    )
-                    .with_label(ctx.file, s, "expected a model"),
+                    Diagnostic::error(Code::E0106, format!("`base` must be a model, found {}", other.type_name()))
+                        .with_label(ctx.file, s, "expected a model"),
                 )
             }
             None => None,
@@ -1343,9 +1078,7 @@ impl<'s> Checker<'s> {
                     let base = match &base {
                         Some((b, bs)) => Some((b.clone(), *bs)),
                         None => match self.globals.get("base").map(|b| (b.value.clone(), b.span)) {
-                            Some((Value::Tensor(b), bs)) if self.kind(&b) == Some(Kind::Model) => {
-                                Some((b, bs))
-                            }
+                            Some((Value::Tensor(b), bs)) if self.kind(&b) == Some(Kind::Model) => Some((b, bs)),
                             _ => None,
                         },
                     };
@@ -1357,10 +1090,7 @@ impl<'s> Checker<'s> {
                     if !self.same_arch(&b.arch, &t.arch, bs, *s, ctx.file) {
                         return Value::Poison;
                     }
-                    deltas.push(self.push(TExpr::Lin(vec![
-                        (Sched::Const(1.0), t.expr),
-                        (Sched::Const(-1.0), b.expr),
-                    ])));
+                    deltas.push(self.push(TExpr::Lin(vec![(Sched::Const(1.0), t.expr), (Sched::Const(-1.0), b.expr)])));
                 }
             }
         }
@@ -1371,46 +1101,29 @@ impl<'s> Checker<'s> {
         let expr = self.push(TExpr::TaskMerge {
             deltas,
             weights,
-            densities: per_model
-                .remove("density")
-                .unwrap_or_else(|| vec![Sched::Const(1.0); n]),
+            densities: per_model.remove("density").unwrap_or_else(|| vec![Sched::Const(1.0); n]),
             sparsify,
             sign_election,
             normalize: bools["normalize"],
             lambda: nums.remove("lambda").unwrap_or(Sched::Const(1.0)),
         });
-        Value::Tensor(TVal {
-            expr,
-            arch: tvals[0].0.arch.clone(),
-            weight: Sched::Const(0.0),
-        })
+        Value::Tensor(TVal { expr, arch: tvals[0].0.arch.clone(), weight: Sched::Const(0.0) })
     }
 
     /// A per-model argument: one number for all, or a list of one per model.
-    fn per_model(
-        &mut self,
-        method: &str,
-        param: &str,
-        v: Value,
-        span: Span,
-        n: usize,
-        ctx: Ctx,
-    ) -> Option<Vec<Sched>> {
+    fn per_model(&mut self, method: &str, param: &str, v: Value, span: Span, n: usize, ctx: Ctx) -> Option<Vec<Sched>> {
         match v {
             Value::Num(s) => Some(vec![s; n]),
             Value::List(items) => {
                 if items.len() != n {
                     self.diags.push(
-                        Diagnostic::error(
-                            Code::E0108,
-                            format!("`{param}` has {} values for {n} models", items.len()),
-                        )
-                        .with_label(
-                            ctx.file,
-                            span,
-                            format!("expected {n} values, one per model, or a single number"),
-                        )
-                        .with_note(format!("`{method}` was given {n} models")),
+                        Diagnostic::error(Code::E0108, format!("`{param}` has {} values for {n} models", items.len()))
+                            .with_label(
+                                ctx.file,
+                                span,
+                                format!("expected {n} values, one per model, or a single number"),
+                            )
+                            .with_note(format!("`{method}` was given {n} models")),
                     );
                     return None;
                 }
@@ -1422,16 +1135,9 @@ impl<'s> Checker<'s> {
                             self.diags.push(
                                 Diagnostic::error(
                                     Code::E0106,
-                                    format!(
-                                        "`{param}` must hold numbers, found {}",
-                                        other.type_name()
-                                    ),
+                                    format!("`{param}` must hold numbers, found {}", other.type_name()),
                                 )
-                                .with_label(
-                                    ctx.file,
-                                    span,
-                                    "expected numbers",
-                                ),
+                                .with_label(ctx.file, span, "expected numbers"),
                             );
                             return None;
                         }
@@ -1443,10 +1149,7 @@ impl<'s> Checker<'s> {
                 self.diags.push(
                     Diagnostic::error(
                         Code::E0106,
-                        format!(
-                            "`{param}` must be a number or a list of numbers, found {}",
-                            other.type_name()
-                        ),
+                        format!("`{param}` must be a number or a list of numbers, found {}", other.type_name()),
                     )
                     .with_label(ctx.file, span, "expected a number"),
                 );
@@ -1458,10 +1161,7 @@ impl<'s> Checker<'s> {
 
 /// The hidden size as the first dimension of the last 1-D tensor (a norm), for messages.
 fn hidden(a: &Arch) -> String {
-    a.tensors
-        .iter()
-        .find(|t| t.shape.len() == 1)
-        .map_or("?".into(), |t| t.shape[0].to_string())
+    a.tensors.iter().find(|t| t.shape.len() == 1).map_or("?".into(), |t| t.shape[0].to_string())
 }
 
 pub fn fmt_num(x: f64) -> String {

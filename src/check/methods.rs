@@ -48,32 +48,13 @@ pub struct MethodSpec {
 }
 
 const fn p(name: &'static str, kind: PKind, default: Default, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        kind,
-        default,
-        doc,
-    }
+    ParamSpec { name, kind, default, doc }
 }
 
-const BASE: ParamSpec = p(
-    "base",
-    PKind::Model,
-    Default::Absent,
-    "the model task vectors are taken against (default: the binding `base`)",
-);
-const WEIGHT: ParamSpec = p(
-    "weight",
-    PKind::PerModel,
-    Default::Num(1.0),
-    "weight of each input",
-);
-const LAMBDA: ParamSpec = p(
-    "lambda",
-    PKind::Num,
-    Default::Num(1.0),
-    "scale of the merged task vector",
-);
+const BASE: ParamSpec =
+    p("base", PKind::Model, Default::Absent, "the model task vectors are taken against (default: the binding `base`)");
+const WEIGHT: ParamSpec = p("weight", PKind::PerModel, Default::Num(1.0), "weight of each input");
+const LAMBDA: ParamSpec = p("lambda", PKind::Num, Default::Num(1.0), "scale of the merged task vector");
 
 pub const METHODS: &[MethodSpec] = &[
     MethodSpec {

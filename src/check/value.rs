@@ -86,11 +86,9 @@ impl Sched {
                 let (a, b) = (vals[i].eval(ctx), vals[i + 1].eval(ctx));
                 a + (b - a) * frac
             }
-            Sched::Match(arms, default) => arms
-                .iter()
-                .find(|(g, _)| glob_match(g, ctx.name))
-                .map_or(&**default, |(_, v)| v)
-                .eval(ctx),
+            Sched::Match(arms, default) => {
+                arms.iter().find(|(g, _)| glob_match(g, ctx.name)).map_or(&**default, |(_, v)| v).eval(ctx)
+            }
             Sched::Bin(op, a, b) => {
                 let (x, y) = (a.eval(ctx), b.eval(ctx));
                 match op {
@@ -160,19 +158,11 @@ impl Arch {
                 layer: layer_of(name),
             })
             .collect();
-        Arch {
-            tensors,
-            n_layers: ck.n_layers(),
-            name: ck.architecture().map(str::to_string),
-            origin,
-        }
+        Arch { tensors, n_layers: ck.n_layers(), name: ck.architecture().map(str::to_string), origin }
     }
 
     pub fn params(&self) -> usize {
-        self.tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<usize>())
-            .sum()
+        self.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum()
     }
 
     /// The first difference from `other`, in words, or None when they agree.
@@ -193,17 +183,9 @@ impl Arch {
                     b.next();
                 }
                 (Some(x), y) if y.is_none_or(|y| x.name < y.name) => {
-                    return Some(format!(
-                        "tensor `{}` ({:?}) exists only on the left",
-                        x.name, x.shape
-                    ));
+                    return Some(format!("tensor `{}` ({:?}) exists only on the left", x.name, x.shape));
                 }
-                (_, Some(y)) => {
-                    return Some(format!(
-                        "tensor `{}` ({:?}) exists only on the right",
-                        y.name, y.shape
-                    ))
-                }
+                (_, Some(y)) => return Some(format!("tensor `{}` ({:?}) exists only on the right", y.name, y.shape)),
                 (Some(_), None) => unreachable!(),
             }
         }
@@ -211,11 +193,7 @@ impl Arch {
 
     /// Per-tensor contexts, for evaluating schedules over the whole model.
     pub fn contexts(&self) -> impl Iterator<Item = TensorCtx<'_>> {
-        self.tensors.iter().map(|t| TensorCtx {
-            name: &t.name,
-            layer: t.layer,
-            n_layers: self.n_layers,
-        })
+        self.tensors.iter().map(|t| TensorCtx { name: &t.name, layer: t.layer, n_layers: self.n_layers })
     }
 
     pub fn summary(&self) -> String {
@@ -349,35 +327,16 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match(
-            "*self_attn*",
-            "model.layers.0.self_attn.q_proj.weight"
-        ));
-        assert!(!glob_match(
-            "*mlp*",
-            "model.layers.0.self_attn.q_proj.weight"
-        ));
-        assert!(glob_match(
-            "model.layers.?.mlp*",
-            "model.layers.3.mlp.up_proj.weight"
-        ));
+        assert!(glob_match("*self_attn*", "model.layers.0.self_attn.q_proj.weight"));
+        assert!(!glob_match("*mlp*", "model.layers.0.self_attn.q_proj.weight"));
+        assert!(glob_match("model.layers.?.mlp*", "model.layers.3.mlp.up_proj.weight"));
         assert!(glob_match("lm_head.weight", "lm_head.weight"));
     }
 
     #[test]
     fn gradients_follow_mergekit() {
-        let g = Sched::OverLayers(vec![
-            Sched::Const(0.0),
-            Sched::Const(0.5),
-            Sched::Const(1.0),
-        ]);
-        let at = |layer| {
-            g.eval(&TensorCtx {
-                name: "x",
-                layer,
-                n_layers: 5,
-            })
-        };
+        let g = Sched::OverLayers(vec![Sched::Const(0.0), Sched::Const(0.5), Sched::Const(1.0)]);
+        let at = |layer| g.eval(&TensorCtx { name: "x", layer, n_layers: 5 });
         assert_eq!(at(None), 0.0);
         assert_eq!(at(Some(0)), 0.0);
         assert!((at(Some(1)) - 0.25).abs() < 1e-12);

@@ -83,17 +83,10 @@ impl Diagnostic {
         }
     }
     pub fn warning(code: Code, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(code, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message) }
     }
     pub fn with_label(mut self, file: FileId, span: Span, message: impl Into<String>) -> Self {
-        self.labels.push(Label {
-            file,
-            span,
-            message: message.into(),
-        });
+        self.labels.push(Label { file, span, message: message.into() });
         self
     }
     pub fn with_note(mut self, note: impl Into<String>) -> Self {
@@ -111,10 +104,7 @@ impl Diagnostic {
 
 /// The closest candidate to `name` by edit distance, if any is close enough to
 /// be a likely typo.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -137,9 +127,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -155,10 +143,7 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         assert_eq!(did_you_mean("tise", ["ties", "linear"]), Some("ties"));
-        assert_eq!(
-            did_you_mean("densty", ["density", "weight"]),
-            Some("density")
-        );
+        assert_eq!(did_you_mean("densty", ["density", "weight"]), Some("density"));
         assert_eq!(did_you_mean("zzz", ["ties", "linear"]), None);
     }
 }

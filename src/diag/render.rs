@@ -22,11 +22,8 @@ pub fn render(diag: &Diagnostic, sources: &Sources, color: bool, out: &mut dyn W
         }
         return;
     };
-    let config = Config::default()
-        .with_index_type(IndexType::Byte)
-        .with_color(color);
-    let span_of =
-        |file: FileId, span: crate::syntax::Span| (file.0, visible(sources.text(file), span));
+    let config = Config::default().with_index_type(IndexType::Byte).with_color(color);
+    let span_of = |file: FileId, span: crate::syntax::Span| (file.0, visible(sources.text(file), span));
     let mut report = Report::build(kind, span_of(first.file, first.span))
         .with_config(config)
         .with_code(diag.code)
@@ -48,10 +45,7 @@ pub fn render(diag: &Diagnostic, sources: &Sources, color: bool, out: &mut dyn W
     for help in &diag.help {
         report = report.with_help(help);
     }
-    let cache = FileCache {
-        sources,
-        cached: Vec::new(),
-    };
+    let cache = FileCache { sources, cached: Vec::new() };
     let _ = report.finish().write(cache, out);
 }
 

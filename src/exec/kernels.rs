@@ -29,11 +29,7 @@ pub fn load(bytes: &[u8], dtype: DType, shape: &[usize], device: &Device) -> Res
 pub fn lin(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for (c, x) in terms {
-        let scaled = if *c == 1.0 {
-            (*x).clone()
-        } else {
-            x.affine(*c, 0.0)?
-        };
+        let scaled = if *c == 1.0 { (*x).clone() } else { x.affine(*c, 0.0)? };
         acc = Some(match acc {
             None => scaled,
             Some(a) => (a + scaled)?,
@@ -67,41 +63,39 @@ pub fn task_merge(mut deltas: Vec<Vec<f32>>, p: &TaskMerge) -> Vec<f32> {
     let lambda = p.lambda as f32;
     let mut out = vec![0f32; n];
     const CHUNK: usize = 1 << 16;
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let base = c * CHUNK;
-            for (j, o) in chunk.iter_mut().enumerate() {
-                let i = base + j;
-                let (mut mixed, mut divisor) = (0f32, 0f32);
-                if p.sign_election {
-                    let sum: f32 = deltas.iter().zip(&w).map(|(d, w)| d[i] * w).sum();
-                    let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-                    for (d, w) in deltas.iter().zip(&w) {
-                        let wd = d[i] * w;
-                        if sign(wd) == majority {
-                            mixed += wd;
-                            divisor += w;
-                        }
-                    }
-                    if divisor == 0.0 {
-                        divisor = 1.0;
-                    }
-                } else {
-                    for (d, w) in deltas.iter().zip(&w) {
-                        mixed += d[i] * w;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let base = c * CHUNK;
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let i = base + j;
+            let (mut mixed, mut divisor) = (0f32, 0f32);
+            if p.sign_election {
+                let sum: f32 = deltas.iter().zip(&w).map(|(d, w)| d[i] * w).sum();
+                let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+                for (d, w) in deltas.iter().zip(&w) {
+                    let wd = d[i] * w;
+                    if sign(wd) == majority {
+                        mixed += wd;
                         divisor += w;
                     }
-                    if divisor.abs() < 1e-8 {
-                        divisor = 1.0;
-                    }
                 }
-                if p.normalize {
-                    mixed /= divisor;
+                if divisor == 0.0 {
+                    divisor = 1.0;
                 }
-                *o = mixed * lambda;
+            } else {
+                for (d, w) in deltas.iter().zip(&w) {
+                    mixed += d[i] * w;
+                    divisor += w;
+                }
+                if divisor.abs() < 1e-8 {
+                    divisor = 1.0;
+                }
             }
-        });
+            if p.normalize {
+                mixed /= divisor;
+            }
+            *o = mixed * lambda;
+        }
+    });
     out
 }
 

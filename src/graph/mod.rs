@@ -81,11 +81,7 @@ impl Plan {
     /// Bytes of f32 intermediates the largest single output tensor needs at
     /// once, a lower bound on the working memory per worker thread.
     pub fn largest_tensor_bytes(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.shape.iter().product::<usize>() as u64 * 4)
-            .max()
-            .unwrap_or(0)
+        self.nodes.iter().map(|n| n.shape.iter().product::<usize>() as u64 * 4).max().unwrap_or(0)
     }
 }
 
@@ -100,71 +96,36 @@ impl Builder<'_> {
         if let Some(&id) = self.shared.get(&op) {
             return id;
         }
-        self.nodes.push(Node {
-            op: op.clone(),
-            shape: shape.to_vec(),
-        });
+        self.nodes.push(Node { op: op.clone(), shape: shape.to_vec() });
         self.shared.insert(op, self.nodes.len() - 1);
         self.nodes.len() - 1
     }
 
-    fn lower(
-        &mut self,
-        e: TId,
-        ctx: &TensorCtx,
-        shape: &[usize],
-        memo: &mut HashMap<TId, NodeId>,
-    ) -> NodeId {
+    fn lower(&mut self, e: TId, ctx: &TensorCtx, shape: &[usize], memo: &mut HashMap<TId, NodeId>) -> NodeId {
         if let Some(&n) = memo.get(&e) {
             return n;
         }
         let ev = |s: &Sched| F::new(s.eval(ctx));
         let id = match &self.recipe.exprs[e] {
-            TExpr::Load { model } => self.node(
-                Op::Load {
-                    model: *model,
-                    tensor: ctx.name.to_string(),
-                },
-                shape,
-            ),
+            TExpr::Load { model } => self.node(Op::Load { model: *model, tensor: ctx.name.to_string() }, shape),
             TExpr::Lin(terms) => {
-                let terms: Vec<(F, NodeId)> = terms
-                    .iter()
-                    .map(|(c, t)| (ev(c), self.lower(*t, ctx, shape, memo)))
-                    .collect();
+                let terms: Vec<(F, NodeId)> =
+                    terms.iter().map(|(c, t)| (ev(c), self.lower(*t, ctx, shape, memo))).collect();
                 match terms.as_slice() {
                     [(c, only)] if c.get() == 1.0 => *only,
                     _ => self.node(Op::Lin(terms), shape),
                 }
             }
-            TExpr::TaskMerge {
-                deltas,
-                weights,
-                densities,
-                sparsify,
-                sign_election,
-                normalize,
-                lambda,
-            } => {
-                let deltas: Vec<NodeId> = deltas
-                    .iter()
-                    .map(|d| self.lower(*d, ctx, shape, memo))
-                    .collect();
+            TExpr::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => {
+                let deltas: Vec<NodeId> = deltas.iter().map(|d| self.lower(*d, ctx, shape, memo)).collect();
                 let weights: Vec<F> = weights.iter().map(ev).collect();
                 let lambda = ev(lambda);
                 if *sparsify == Sparsify::None && !sign_election {
                     // Plain task arithmetic is a linear combination.
                     let sum: f64 = weights.iter().map(|w| w.get()).sum();
-                    let div = if *normalize && sum.abs() >= 1e-8 {
-                        sum
-                    } else {
-                        1.0
-                    };
-                    let terms = weights
-                        .iter()
-                        .zip(&deltas)
-                        .map(|(w, d)| (F::new(w.get() / div * lambda.get()), *d))
-                        .collect();
+                    let div = if *normalize && sum.abs() >= 1e-8 { sum } else { 1.0 };
+                    let terms =
+                        weights.iter().zip(&deltas).map(|(w, d)| (F::new(w.get() / div * lambda.get()), *d)).collect();
                     self.node(Op::Lin(terms), shape)
                 } else {
                     let op = Op::TaskMerge {
@@ -188,11 +149,7 @@ impl Builder<'_> {
 /// Lowers `value` to a plan for one output checkpoint.
 pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64) -> Plan {
     let arch = &value.arch;
-    let mut b = Builder {
-        recipe,
-        nodes: Vec::new(),
-        shared: HashMap::new(),
-    };
+    let mut b = Builder { recipe, nodes: Vec::new(), shared: HashMap::new() };
     let mut order: Vec<usize> = (0..arch.tensors.len()).collect();
     // Embeddings first, then layer by layer, then the final norm and head:
     // the order people expect in a checkpoint, and the order layers stream in.
@@ -209,26 +166,14 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
     let mut outs = Vec::new();
     for i in order {
         let t = &arch.tensors[i];
-        let ctx = TensorCtx {
-            name: &t.name,
-            layer: t.layer,
-            n_layers: arch.n_layers,
-        };
+        let ctx = TensorCtx { name: &t.name, layer: t.layer, n_layers: arch.n_layers };
         let node = b.lower(value.expr, &ctx, &t.shape, &mut HashMap::new());
-        outputs.push(OutputTensor {
-            name: t.name.clone(),
-            node,
-            layer: t.layer,
-        });
+        outputs.push(OutputTensor { name: t.name.clone(), node, layer: t.layer });
         let out_dtype = match dtype {
             Some(d) if t.dtype.is_float() => d,
             _ => t.dtype,
         };
-        outs.push(OutTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            dtype: out_dtype,
-        });
+        outs.push(OutTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: out_dtype });
     }
     Plan {
         nodes: b.nodes,

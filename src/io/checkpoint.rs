@@ -55,10 +55,7 @@ impl Checkpoint {
 
     /// Opens a checkpoint directory or a single .safetensors file.
     pub fn open_path(root: &Path) -> Result<Checkpoint, OpenError> {
-        let bad = |file: &Path, what: String| OpenError::Bad {
-            file: file.to_path_buf(),
-            what,
-        };
+        let bad = |file: &Path, what: String| OpenError::Bad { file: file.to_path_buf(), what };
         let (dir, files) = if root.is_file() {
             (None, vec![root.to_path_buf()])
         } else {
@@ -77,7 +74,10 @@ impl Checkpoint {
                 found.sort();
                 if found.is_empty() {
                     return Err(OpenError::NotFound {
-                        what: format!("`{}` holds no model.safetensors, no model.safetensors.index.json and no .safetensors file", root.display()),
+                        what: format!(
+                            "`{}` holds no model.safetensors, no model.safetensors.index.json and no .safetensors file",
+                            root.display()
+                        ),
                         help: "point model(...) at a Hugging Face checkpoint directory or a .safetensors file".into(),
                     });
                 }
@@ -88,10 +88,8 @@ impl Checkpoint {
         let config = match &dir {
             Some(d) if d.join("config.json").is_file() => {
                 let p = d.join("config.json");
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| bad(&p, format!("cannot read: {e}")))?;
-                let v: Value = serde_json::from_str(&text)
-                    .map_err(|e| bad(&p, format!("not valid JSON: {e}")))?;
+                let text = std::fs::read_to_string(&p).map_err(|e| bad(&p, format!("cannot read: {e}")))?;
+                let v: Value = serde_json::from_str(&text).map_err(|e| bad(&p, format!("not valid JSON: {e}")))?;
                 if !v.is_object() {
                     return Err(bad(&p, "config.json is not a JSON object".into()));
                 }
@@ -104,21 +102,12 @@ impl Checkpoint {
             let header = read_header(f).map_err(|what| bad(f, what))?;
             for (name, info) in header.tensors {
                 if tensors.contains_key(&name) {
-                    return Err(bad(
-                        f,
-                        format!("tensor `{name}` appears in more than one shard"),
-                    ));
+                    return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
                 }
                 tensors.insert(name, TensorEntry { file: i, info });
             }
         }
-        Ok(Checkpoint {
-            root: root.to_path_buf(),
-            dir,
-            config,
-            files,
-            tensors,
-        })
+        Ok(Checkpoint { root: root.to_path_buf(), dir, config, files, tensors })
     }
 
     /// Layer count: config.json's `num_hidden_layers`, else one past the
@@ -129,13 +118,7 @@ impl Checkpoint {
             .and_then(|c| c.get("num_hidden_layers"))
             .and_then(Value::as_u64)
             .map(|n| n as usize)
-            .unwrap_or_else(|| {
-                self.tensors
-                    .keys()
-                    .filter_map(|n| layer_of(n))
-                    .max()
-                    .map_or(0, |m| m + 1)
-            })
+            .unwrap_or_else(|| self.tensors.keys().filter_map(|n| layer_of(n)).max().map_or(0, |m| m + 1))
     }
 
     /// The architecture name from config.json, e.g. `LlamaForCausalLM`.
@@ -168,27 +151,17 @@ pub fn layer_of(name: &str) -> Option<usize> {
 }
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpenError> {
-    let bad = |what: String| OpenError::Bad {
-        file: index.to_path_buf(),
-        what,
-    };
+    let bad = |what: String| OpenError::Bad { file: index.to_path_buf(), what };
     let text = std::fs::read_to_string(index).map_err(|e| bad(format!("cannot read: {e}")))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no `weight_map` object".into()))?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut names: Vec<&str> = Vec::new();
     for (tensor, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| bad(format!("`{tensor}` maps to a non-string")))?;
+        let file = file.as_str().ok_or_else(|| bad(format!("`{tensor}` maps to a non-string")))?;
         // A shard name is a plain file name: an index cannot point outside its directory.
         if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
-            return Err(bad(format!(
-                "shard name `{file}` is not a plain file name in the checkpoint directory"
-            )));
+            return Err(bad(format!("shard name `{file}` is not a plain file name in the checkpoint directory")));
         }
         if !names.contains(&file) {
             names.push(file);
@@ -213,17 +186,14 @@ fn resolve_hf(repo: &str) -> Result<PathBuf, OpenError> {
     let (name, rev) = repo.split_once('@').unwrap_or((repo, "main"));
     let cache = hf_cache_dir();
     let repo_dir = cache.join(format!("models--{}", name.replace('/', "--")));
-    let not_found = |what: String| {
-        OpenError::NotFound {
+    let not_found = |what: String| OpenError::NotFound {
         what,
-        help: format!("fuse never downloads; fetch it first, e.g. `huggingface-cli download {name}`, or set HF_HUB_CACHE"),
-    }
+        help: format!(
+            "fuse never downloads; fetch it first, e.g. `huggingface-cli download {name}`, or set HF_HUB_CACHE"
+        ),
     };
     if !repo_dir.is_dir() {
-        return Err(not_found(format!(
-            "`{name}` is not in the local Hugging Face cache at `{}`",
-            cache.display()
-        )));
+        return Err(not_found(format!("`{name}` is not in the local Hugging Face cache at `{}`", cache.display())));
     }
     let snapshots = repo_dir.join("snapshots");
     let commit = std::fs::read_to_string(repo_dir.join("refs").join(rev))
@@ -233,10 +203,7 @@ fn resolve_hf(repo: &str) -> Result<PathBuf, OpenError> {
     if snap.is_dir() {
         return Ok(snap);
     }
-    Err(not_found(format!(
-        "revision `{rev}` of `{name}` is not in the cache at `{}`",
-        repo_dir.display()
-    )))
+    Err(not_found(format!("revision `{rev}` of `{name}` is not in the cache at `{}`", repo_dir.display())))
 }
 
 /// HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
@@ -247,9 +214,7 @@ pub fn hf_cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME") {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
     home.join(".cache").join("huggingface").join("hub")
 }
 

@@ -125,35 +125,25 @@ pub fn read_header(path: &Path) -> Result<Header, String> {
     let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let file_len = f.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
     if file_len < 8 {
-        return Err(format!(
-            "file is {file_len} bytes, too short for a safetensors header"
-        ));
+        return Err(format!("file is {file_len} bytes, too short for a safetensors header"));
     }
     let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes)
-        .map_err(|e| format!("cannot read header length: {e}"))?;
+    f.read_exact(&mut len_bytes).map_err(|e| format!("cannot read header length: {e}"))?;
     let n = u64::from_le_bytes(len_bytes);
     if n > file_len - 8 {
-        return Err(format!(
-            "header claims {n} bytes but the file has only {} after the length",
-            file_len - 8
-        ));
+        return Err(format!("header claims {n} bytes but the file has only {} after the length", file_len - 8));
     }
     if n > MAX_HEADER {
-        return Err(format!(
-            "header claims {n} bytes, more than the {MAX_HEADER} accepted"
-        ));
+        return Err(format!("header claims {n} bytes, more than the {MAX_HEADER} accepted"));
     }
     let mut buf = vec![0u8; n as usize];
-    f.read_exact(&mut buf)
-        .map_err(|e| format!("cannot read header: {e}"))?;
+    f.read_exact(&mut buf).map_err(|e| format!("cannot read header: {e}"))?;
     let data_start = 8 + n;
     parse_header(&buf, data_start, file_len - data_start)
 }
 
 fn parse_header(buf: &[u8], data_start: u64, data_len: u64) -> Result<Header, String> {
-    let json: Value =
-        serde_json::from_slice(buf).map_err(|e| format!("header is not valid JSON: {e}"))?;
+    let json: Value = serde_json::from_slice(buf).map_err(|e| format!("header is not valid JSON: {e}"))?;
     let Value::Object(map) = json else {
         return Err("header is not a JSON object".into());
     };
@@ -170,22 +160,15 @@ fn parse_header(buf: &[u8], data_start: u64, data_len: u64) -> Result<Header, St
             }
             continue;
         }
-        let info =
-            tensor_entry(&name, &v, data_len).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let info = tensor_entry(&name, &v, data_len).map_err(|e| format!("tensor `{name}`: {e}"))?;
         tensors.insert(name, info);
     }
     // Overlapping data would let two tensors alias each other's bytes.
-    let mut ranges: Vec<(u64, u64, &str)> = tensors
-        .iter()
-        .map(|(n, t)| (t.start, t.end, n.as_str()))
-        .collect();
+    let mut ranges: Vec<(u64, u64, &str)> = tensors.iter().map(|(n, t)| (t.start, t.end, n.as_str())).collect();
     ranges.sort();
     for w in ranges.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(format!(
-                "tensors `{}` and `{}` overlap in the data section",
-                w[0].2, w[1].2
-            ));
+            return Err(format!("tensors `{}` and `{}` overlap in the data section", w[0].2, w[1].2));
         }
     }
     let tensors = tensors
@@ -207,46 +190,21 @@ fn tensor_entry(_name: &str, v: &Value, data_len: u64) -> Result<TensorInfo, Str
         .and_then(Value::as_array)
         .ok_or("no `shape`")?
         .iter()
-        .map(|d| {
-            d.as_u64()
-                .map(|d| d as usize)
-                .ok_or("shape has a non-integer dimension")
-        })
+        .map(|d| d.as_u64().map(|d| d as usize).ok_or("shape has a non-integer dimension"))
         .collect::<Result<Vec<_>, _>>()?;
-    let offs = v
-        .get("data_offsets")
-        .and_then(Value::as_array)
-        .ok_or("no `data_offsets`")?;
-    let (Some(start), Some(end)) = (
-        offs.first().and_then(Value::as_u64),
-        offs.get(1).and_then(Value::as_u64),
-    ) else {
+    let offs = v.get("data_offsets").and_then(Value::as_array).ok_or("no `data_offsets`")?;
+    let (Some(start), Some(end)) = (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) else {
         return Err("`data_offsets` is not two integers".into());
     };
     if start > end || end > data_len {
-        return Err(format!(
-            "data_offsets [{start}, {end}] lie outside the {data_len}-byte data section"
-        ));
+        return Err(format!("data_offsets [{start}, {end}] lie outside the {data_len}-byte data section"));
     }
-    let numel = shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .ok_or("shape overflows")?;
-    let want = numel
-        .checked_mul(dtype.size() as u64)
-        .ok_or("shape overflows")?;
+    let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or("shape overflows")?;
+    let want = numel.checked_mul(dtype.size() as u64).ok_or("shape overflows")?;
     if end - start != want {
-        return Err(format!(
-            "shape {shape:?} of {dtype_s} needs {want} bytes but data_offsets span {}",
-            end - start
-        ));
+        return Err(format!("shape {shape:?} of {dtype_s} needs {want} bytes but data_offsets span {}", end - start));
     }
-    Ok(TensorInfo {
-        dtype,
-        shape,
-        start,
-        end,
-    })
+    Ok(TensorInfo { dtype, shape, start, end })
 }
 
 #[cfg(test)]
@@ -261,17 +219,9 @@ mod tests {
     fn rejects_bad_headers() {
         assert!(header("[1]", 0).unwrap_err().contains("not a JSON object"));
         assert!(header("{", 0).unwrap_err().contains("not valid JSON"));
-        let e = header(
-            r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}"#,
-            1,
-        )
-        .unwrap_err();
+        let e = header(r#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}"#, 1).unwrap_err();
         assert!(e.contains("unknown dtype `Q4`"), "{e}");
-        let e = header(
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
-            4,
-        )
-        .unwrap_err();
+        let e = header(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4).unwrap_err();
         assert!(e.contains("outside"), "{e}");
         let e = header(
             r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
@@ -286,10 +236,7 @@ mod tests {
         let json = r#"{"a":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]},"__metadata__":{"format":"pt"}}"#;
         let h = header(json, 8).unwrap();
         let a = &h.tensors["a"];
-        assert_eq!(
-            (a.start, a.end),
-            (8 + json.len() as u64, 16 + json.len() as u64)
-        );
+        assert_eq!((a.start, a.end), (8 + json.len() as u64, 16 + json.len() as u64));
         assert_eq!(h.metadata["format"], "pt");
     }
 }

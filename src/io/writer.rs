@@ -64,13 +64,7 @@ impl Layout {
             used += t.bytes();
         }
         let n = groups.len();
-        let mut slots = vec![
-            Slot {
-                shard: 0,
-                offset: 0
-            };
-            tensors.len()
-        ];
+        let mut slots = vec![Slot { shard: 0, offset: 0 }; tensors.len()];
         let shards = groups
             .into_iter()
             .enumerate()
@@ -103,25 +97,13 @@ impl Layout {
                 header.extend_from_slice(json.as_bytes());
                 let mut pos = data_start;
                 for &i in &members {
-                    slots[i] = Slot {
-                        shard: s,
-                        offset: pos,
-                    };
+                    slots[i] = Slot { shard: s, offset: pos };
                     pos += tensors[i].bytes();
                 }
-                Shard {
-                    file_name,
-                    header,
-                    size: pos,
-                    tensors: members,
-                }
+                Shard { file_name, header, size: pos, tensors: members }
             })
             .collect();
-        Layout {
-            shards,
-            slots,
-            tensors,
-        }
+        Layout { shards, slots, tensors }
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -158,52 +140,27 @@ impl OutputDir {
     /// at its final size with its header written.
     pub fn create(target: &Path, force: bool, layout: &Layout) -> Result<OutputDir, String> {
         if target.exists() {
-            let empty = target.is_dir()
-                && fs::read_dir(target)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
+            let empty = target.is_dir() && fs::read_dir(target).map(|mut d| d.next().is_none()).unwrap_or(false);
             if !empty && !force {
-                return Err(format!(
-                    "`{}` exists and is not empty; pass --force to replace it",
-                    target.display()
-                ));
+                return Err(format!("`{}` exists and is not empty; pass --force to replace it", target.display()));
             }
             if !target.is_dir() {
-                return Err(format!(
-                    "`{}` exists and is not a directory",
-                    target.display()
-                ));
+                return Err(format!("`{}` exists and is not a directory", target.display()));
             }
         }
-        let parent = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or("the output path has no directory name")?;
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
+        let name = target.file_name().and_then(|n| n.to_str()).ok_or("the output path has no directory name")?;
         clean_stale(parent, name);
         let partial = parent.join(format!(".{name}.fuse-partial-{}", std::process::id()));
         let _ = fs::remove_dir_all(&partial);
-        fs::create_dir(&partial)
-            .map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
-        let mut out = OutputDir {
-            target: target.to_path_buf(),
-            partial,
-            files: Vec::new(),
-            committed: false,
-        };
+        fs::create_dir(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
+        let mut out = OutputDir { target: target.to_path_buf(), partial, files: Vec::new(), committed: false };
         for shard in &layout.shards {
             let path = out.partial.join(&shard.file_name);
-            let f = File::create(&path)
-                .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
-            f.set_len(shard.size)
-                .map_err(|e| format!("cannot size `{}`: {e}", path.display()))?;
-            f.write_all_at(&shard.header, 0)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            let f = File::create(&path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+            f.set_len(shard.size).map_err(|e| format!("cannot size `{}`: {e}", path.display()))?;
+            f.write_all_at(&shard.header, 0).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             out.files.push(f);
         }
         Ok(out)
@@ -223,16 +180,13 @@ impl OutputDir {
 
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<(), String> {
         let p = self.partial.join(name);
-        fs::copy(from, &p)
-            .map(|_| ())
-            .map_err(|e| format!("cannot copy `{}`: {e}", from.display()))
+        fs::copy(from, &p).map(|_| ()).map_err(|e| format!("cannot copy `{}`: {e}", from.display()))
     }
 
     /// Flushes everything and moves the finished directory onto the target.
     pub fn commit(mut self) -> Result<PathBuf, String> {
         for f in &self.files {
-            f.sync_all()
-                .map_err(|e| format!("cannot flush output: {e}"))?;
+            f.sync_all().map_err(|e| format!("cannot flush output: {e}"))?;
         }
         let old = self.partial.with_file_name(format!(
             ".{}.fuse-old-{}",
@@ -241,18 +195,14 @@ impl OutputDir {
         ));
         let had_old = self.target.exists();
         if had_old {
-            fs::rename(&self.target, &old).map_err(|e| {
-                format!("cannot move the old `{}` aside: {e}", self.target.display())
-            })?;
+            fs::rename(&self.target, &old)
+                .map_err(|e| format!("cannot move the old `{}` aside: {e}", self.target.display()))?;
         }
         if let Err(e) = fs::rename(&self.partial, &self.target) {
             if had_old {
                 let _ = fs::rename(&old, &self.target);
             }
-            return Err(format!(
-                "cannot move the output into place at `{}`: {e}",
-                self.target.display()
-            ));
+            return Err(format!("cannot move the output into place at `{}`: {e}", self.target.display()));
         }
         self.committed = true;
         if had_old {
@@ -281,8 +231,7 @@ fn clean_stale(parent: &Path, name: &str) {
         for tag in [".fuse-partial-", ".fuse-old-"] {
             let prefix = format!(".{name}{tag}");
             if let Some(pid) = f.strip_prefix(&prefix) {
-                let alive =
-                    Path::new("/proc").join(pid).exists() && pid != std::process::id().to_string();
+                let alive = Path::new("/proc").join(pid).exists() && pid != std::process::id().to_string();
                 if !alive {
                     let _ = fs::remove_dir_all(e.path());
                 }
@@ -294,9 +243,7 @@ fn clean_stale(parent: &Path, name: &str) {
 /// Parses a size such as `5GB`, `500MB`, `2GiB` or a plain byte count.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
@@ -328,20 +275,13 @@ mod tests {
 
     #[test]
     fn shards_split_by_size_and_align() {
-        let t = |n: &str, k| OutTensor {
-            name: n.into(),
-            shape: vec![k],
-            dtype: DType::F32,
-        };
+        let t = |n: &str, k| OutTensor { name: n.into(), shape: vec![k], dtype: DType::F32 };
         let l = Layout::plan(vec![t("a", 10), t("b", 10), t("c", 30)], 80);
         assert_eq!(l.shards.len(), 2);
         assert_eq!(l.shards[0].file_name, "model-00001-of-00002.safetensors");
         assert_eq!(l.shards[0].tensors, vec![0, 1]);
         assert_eq!(l.slots[0].offset % 8, 0);
         assert_eq!(l.slots[1].offset, l.slots[0].offset + 40);
-        assert!(l
-            .index_json()
-            .unwrap()
-            .contains("\"c\": \"model-00002-of-00002.safetensors\""));
+        assert!(l.index_json().unwrap().contains("\"c\": \"model-00002-of-00002.safetensors\""));
     }
 }

@@ -47,11 +47,7 @@ pub enum StmtKind {
     /// `param name = expr`: a binding the command line may override.
     Param { name: Ident, value: Expr },
     /// `fn name(a, b=default) = expr`
-    Fn {
-        name: Ident,
-        params: Vec<FnParam>,
-        body: Expr,
-    },
+    Fn { name: Ident, params: Vec<FnParam>, body: Expr },
     /// `import "file.fuse"`
     Import { path: String, path_span: Span },
     /// `save(expr, "dir", ...)`
@@ -109,21 +105,11 @@ pub enum ExprKind {
     List(Vec<Expr>),
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    Call {
-        callee: Box<Expr>,
-        args: Vec<Arg>,
-    },
+    Call { callee: Box<Expr>, args: Vec<Arg> },
     Member(Box<Expr>, Ident),
     Index(Box<Expr>, Box<Expr>),
-    Slice {
-        target: Box<Expr>,
-        lo: Option<Box<Expr>>,
-        hi: Option<Box<Expr>>,
-    },
-    Match {
-        scrutinee: Box<Expr>,
-        arms: Vec<MatchArm>,
-    },
+    Slice { target: Box<Expr>, lo: Option<Box<Expr>>, hi: Option<Box<Expr>> },
+    Match { scrutinee: Box<Expr>, arms: Vec<MatchArm> },
 }
 
 /// One argument of a call: positional (`name` is None) or named.

@@ -23,14 +23,9 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 /// Parses one recipe file. A syntax error is reported with what was expected
 /// in words, at the place the parser stopped.
 pub fn parse(text: &str, file: FileId) -> Result<Program, Diagnostic> {
-    let mut pairs =
-        FuseParser::parse(Rule::program, text).map_err(|e| syntax_error(e, text, file))?;
+    let mut pairs = FuseParser::parse(Rule::program, text).map_err(|e| syntax_error(e, text, file))?;
     let program = pairs.next().expect("program rule");
-    let stmts = program
-        .into_inner()
-        .filter(|p| p.as_rule() != Rule::EOI)
-        .map(stmt)
-        .collect();
+    let stmts = program.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(stmt).collect();
     Ok(Program { stmts })
 }
 
@@ -38,17 +33,12 @@ pub fn parse(text: &str, file: FileId) -> Result<Program, Diagnostic> {
 pub fn parse_expr(text: &str, file: FileId) -> Result<Expr, Diagnostic> {
     let program = parse(text, file)?;
     match program.stmts.as_slice() {
-        [Stmt {
-            kind: StmtKind::Expr(e),
-            ..
-        }] => Ok(e.clone()),
-        _ => Err(
-            Diagnostic::error(Code::E0001, "expected a single expression").with_label(
-                file,
-                Span::new(0, text.len()),
-                "this is not one expression",
-            ),
-        ),
+        [Stmt { kind: StmtKind::Expr(e), .. }] => Ok(e.clone()),
+        _ => Err(Diagnostic::error(Code::E0001, "expected a single expression").with_label(
+            file,
+            Span::new(0, text.len()),
+            "this is not one expression",
+        )),
     }
 }
 
@@ -58,10 +48,7 @@ fn span(p: &Pair<Rule>) -> Span {
 }
 
 fn ident(p: Pair<Rule>) -> Ident {
-    Ident {
-        name: p.as_str().to_string(),
-        span: span(&p),
-    }
+    Ident { name: p.as_str().to_string(), span: span(&p) }
 }
 
 fn stmt(p: Pair<Rule>) -> Stmt {
@@ -72,19 +59,10 @@ fn stmt(p: Pair<Rule>) -> Stmt {
         Rule::import_stmt => {
             let s = inner.next().unwrap();
             let path_span = span(&s);
-            StmtKind::Import {
-                path: string_value(s),
-                path_span,
-            }
+            StmtKind::Import { path: string_value(s), path_span }
         }
-        Rule::param_stmt => StmtKind::Param {
-            name: ident(inner.next().unwrap()),
-            value: expr(inner.next().unwrap()),
-        },
-        Rule::let_stmt => StmtKind::Let {
-            name: ident(inner.next().unwrap()),
-            value: expr(inner.next().unwrap()),
-        },
+        Rule::param_stmt => StmtKind::Param { name: ident(inner.next().unwrap()), value: expr(inner.next().unwrap()) },
+        Rule::let_stmt => StmtKind::Let { name: ident(inner.next().unwrap()), value: expr(inner.next().unwrap()) },
         Rule::fn_stmt => {
             let name = ident(inner.next().unwrap());
             let mut params = Vec::new();
@@ -94,19 +72,12 @@ fn stmt(p: Pair<Rule>) -> Stmt {
                     Rule::fn_param => {
                         let mut qi = q.into_inner();
                         let name = ident(qi.next().unwrap());
-                        params.push(FnParam {
-                            name,
-                            default: qi.next().map(expr),
-                        });
+                        params.push(FnParam { name, default: qi.next().map(expr) });
                     }
                     _ => body = Some(expr(q)),
                 }
             }
-            StmtKind::Fn {
-                name,
-                params,
-                body: body.expect("fn body"),
-            }
+            StmtKind::Fn { name, params, body: body.expect("fn body") }
         }
         Rule::expr_stmt => {
             let e = expr(inner.next().unwrap());
@@ -123,10 +94,7 @@ fn stmt(p: Pair<Rule>) -> Stmt {
 }
 
 fn is_keyword(r: Rule) -> bool {
-    matches!(
-        r,
-        Rule::kw_import | Rule::kw_param | Rule::kw_fn | Rule::kw_match
-    )
+    matches!(r, Rule::kw_import | Rule::kw_param | Rule::kw_fn | Rule::kw_match)
 }
 
 fn expr(p: Pair<Rule>) -> Expr {
@@ -139,10 +107,7 @@ fn pratt(pairs: Pairs<Rule>) -> Expr {
         .map_primary(primary)
         .map_prefix(|op, rhs| {
             let sp = span(&op).to(rhs.span);
-            Expr {
-                kind: ExprKind::Neg(Box::new(rhs)),
-                span: sp,
-            }
+            Expr { kind: ExprKind::Neg(Box::new(rhs)), span: sp }
         })
         .map_postfix(postfix)
         .map_infix(|lhs, op, rhs| {
@@ -154,10 +119,7 @@ fn pratt(pairs: Pairs<Rule>) -> Expr {
                 r => unreachable!("infix {r:?}"),
             };
             let sp = lhs.span.to(rhs.span);
-            Expr {
-                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                span: sp,
-            }
+            Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span: sp }
         })
         .parse(pairs)
 }
@@ -165,10 +127,7 @@ fn pratt(pairs: Pairs<Rule>) -> Expr {
 fn postfix(lhs: Expr, op: Pair<Rule>) -> Expr {
     let sp = lhs.span.to(span(&op));
     let kind = match op.as_rule() {
-        Rule::call => ExprKind::Call {
-            callee: Box::new(lhs),
-            args: op.into_inner().map(arg).collect(),
-        },
+        Rule::call => ExprKind::Call { callee: Box::new(lhs), args: op.into_inner().map(arg).collect() },
         Rule::member => ExprKind::Member(Box::new(lhs), ident(op.into_inner().next().unwrap())),
         Rule::index => {
             let inner = op.into_inner().next().unwrap();
@@ -182,11 +141,7 @@ fn postfix(lhs: Expr, op: Pair<Rule>) -> Expr {
                         hi = Some(e)
                     }
                 }
-                ExprKind::Slice {
-                    target: Box::new(lhs),
-                    lo,
-                    hi,
-                }
+                ExprKind::Slice { target: Box::new(lhs), lo, hi }
             } else {
                 ExprKind::Index(Box::new(lhs), Box::new(expr(inner)))
             }
@@ -201,26 +156,16 @@ fn arg(p: Pair<Rule>) -> Arg {
     if inner.as_rule() == Rule::named_arg {
         let mut i = inner.into_inner();
         let name = ident(i.next().unwrap());
-        Arg {
-            name: Some(name),
-            value: expr(i.next().unwrap()),
-        }
+        Arg { name: Some(name), value: expr(i.next().unwrap()) }
     } else {
-        Arg {
-            name: None,
-            value: expr(inner),
-        }
+        Arg { name: None, value: expr(inner) }
     }
 }
 
 fn primary(p: Pair<Rule>) -> Expr {
     let sp = span(&p);
     let kind = match p.as_rule() {
-        Rule::number => ExprKind::Num(
-            p.as_str()
-                .parse()
-                .expect("grammar admits only valid numbers"),
-        ),
+        Rule::number => ExprKind::Num(p.as_str().parse().expect("grammar admits only valid numbers")),
         Rule::string => ExprKind::Str(string_value(p)),
         Rule::boolean => ExprKind::Bool(p.as_str() == "true"),
         Rule::dtype => ExprKind::DType(match p.as_str() {
@@ -245,10 +190,7 @@ fn primary(p: Pair<Rule>) -> Expr {
                         }
                         _ => Pattern::Wildcard(span(&pat)),
                     };
-                    MatchArm {
-                        pattern,
-                        value: expr(a.next().unwrap()),
-                    }
+                    MatchArm { pattern, value: expr(a.next().unwrap()) }
                 })
                 .collect();
             ExprKind::Match { scrutinee, arms }
@@ -285,9 +227,7 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: FileId) -> Diagno
         InputLocation::Span((s, _)) => s,
     };
     let mut expected: Vec<&str> = match &e.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            positives.iter().map(|r| describe(*r)).collect()
-        }
+        ErrorVariant::ParsingError { positives, .. } => positives.iter().map(|r| describe(*r)).collect(),
         ErrorVariant::CustomError { .. } => Vec::new(),
     };
     expected.sort();
@@ -303,16 +243,9 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: FileId) -> Diagno
         Some(tok) => (pos + tok.len(), format!("unexpected `{tok}`")),
         None => (pos, "unexpected end of input".to_string()),
     };
-    let wanted = if expected.is_empty() {
-        "something else".to_string()
-    } else {
-        join_words(&expected)
-    };
-    let mut d = Diagnostic::error(Code::E0001, message).with_label(
-        file,
-        Span::new(pos, end),
-        format!("expected {wanted}"),
-    );
+    let wanted = if expected.is_empty() { "something else".to_string() } else { join_words(&expected) };
+    let mut d =
+        Diagnostic::error(Code::E0001, message).with_label(file, Span::new(pos, end), format!("expected {wanted}"));
     if found.is_none() && text[..pos].matches('(').count() > text[..pos].matches(')').count() {
         d = d.with_help("a `(` is still open: close it with `)`");
     }
@@ -324,8 +257,7 @@ fn found_at(text: &str, pos: usize) -> Option<&str> {
     let rest = text.get(pos..)?;
     let c = rest.chars().next()?;
     let len = if c.is_alphanumeric() || c == '_' {
-        rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-            .unwrap_or(rest.len())
+        rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')).unwrap_or(rest.len())
     } else {
         c.len_utf8()
     };
@@ -350,15 +282,11 @@ fn describe(rule: Rule) -> &'static str {
         Rule::index | Rule::range => "`[`",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::infix => "an operator",
         Rule::arg | Rule::named_arg => "an argument",
-        Rule::match_arm | Rule::pattern | Rule::wildcard => {
-            "a match arm (`\"glob\" => value` or `_ => value`)"
-        }
+        Rule::match_arm | Rule::pattern | Rule::wildcard => "a match arm (`\"glob\" => value` or `_ => value`)",
         Rule::EOI => "end of input",
         Rule::kw_import | Rule::kw_param | Rule::kw_fn => "a statement",
         Rule::kw_match => "an expression",
-        Rule::import_stmt | Rule::param_stmt | Rule::fn_stmt | Rule::expr_stmt | Rule::stmt => {
-            "a statement"
-        }
+        Rule::import_stmt | Rule::param_stmt | Rule::fn_stmt | Rule::expr_stmt | Rule::stmt => "a statement",
         _ => "something else",
     }
 }

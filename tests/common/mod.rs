@@ -18,11 +18,7 @@ pub fn fixtures() -> PathBuf {
 
 /// Runs the fuse binary with `args` in `cwd`.
 pub fn fuse(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fuse"))
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("fuse runs")
+    Command::new(env!("CARGO_BIN_EXE_fuse")).current_dir(cwd).args(args).output().expect("fuse runs")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -65,11 +61,7 @@ pub fn read_model(dir: &Path) -> BTreeMap<String, T> {
             let data = decode(view.data(), view.dtype());
             out.insert(
                 name.to_string(),
-                T {
-                    shape: view.shape().to_vec(),
-                    dtype: format!("{:?}", view.dtype()),
-                    data,
-                },
+                T { shape: view.shape().to_vec(), dtype: format!("{:?}", view.dtype()), data },
             );
         }
     }
@@ -79,18 +71,9 @@ pub fn read_model(dir: &Path) -> BTreeMap<String, T> {
 fn decode(b: &[u8], dtype: safetensors::Dtype) -> Vec<f32> {
     use safetensors::Dtype;
     match dtype {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         other => panic!("unexpected dtype {other:?}"),
     }
 }
@@ -106,10 +89,7 @@ pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, 
         assert_eq!(o.shape, e.shape, "shape of {name}");
         assert_eq!(o.dtype, e.dtype, "dtype of {name}");
         for (i, (x, y)) in o.data.iter().zip(&e.data).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * y.abs().max(1.0),
-                "{name}[{i}]: ours {x}, expected {y}"
-            );
+            assert!((x - y).abs() <= tol * y.abs().max(1.0), "{name}[{i}]: ours {x}, expected {y}");
         }
     }
 }
