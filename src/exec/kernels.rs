@@ -110,8 +110,9 @@ fn sign(x: f32) -> f32 {
 }
 
 /// Keeps the `int(density * n)` entries of largest magnitude (at least one),
-/// zeroing the rest. Selection is O(n); ties at the threshold are kept in
-/// index order so that exactly k entries survive.
+/// zeroing the rest. The threshold is found by a two-pass radix select on
+/// the magnitudes' bits: O(n), no sort and no copy of the tensor. Entries
+/// equal to the threshold are kept in index order so that exactly k survive.
 pub fn magnitude(x: &mut [f32], density: f64) {
     if density >= 1.0 {
         return;
@@ -122,10 +123,8 @@ pub fn magnitude(x: &mut [f32], density: f64) {
     }
     let n = x.len();
     let k = ((density * n as f64) as usize).clamp(1, n);
-    let mut mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-    let (_, kth, _) = mags.select_nth_unstable_by(n - k, |a, b| a.total_cmp(b));
-    let threshold = *kth;
-    let above = x.iter().filter(|v| v.abs() > threshold).count();
+    let threshold = kth_largest_magnitude(x, k);
+    let above = x.par_iter().filter(|v| v.abs() > threshold).count();
     let mut equal_budget = k - above;
     for v in x.iter_mut() {
         let m = v.abs();
@@ -140,6 +139,47 @@ pub fn magnitude(x: &mut [f32], density: f64) {
     }
 }
 
+/// The k-th largest |x| (1-based). Non-negative floats order like their
+/// bits, so a histogram of the high 16 bits finds the bucket, and one of the
+/// low 16 bits inside it finds the value.
+pub fn kth_largest_magnitude(x: &[f32], k: usize) -> f32 {
+    let bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
+    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Vec<usize> {
+        x.par_chunks(1 << 20)
+            .map(|c| {
+                let mut h = vec![0usize; 1 << 16];
+                for v in c {
+                    if let Some(b) = select(bits(v)) {
+                        h[b] += 1;
+                    }
+                }
+                h
+            })
+            .reduce(
+                || vec![0usize; 1 << 16],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    };
+    // Walk buckets from the top until k elements are covered.
+    let find = |h: &[usize], mut k: usize| -> (usize, usize) {
+        for b in (0..h.len()).rev() {
+            if h[b] >= k {
+                return (b, k);
+            }
+            k -= h[b];
+        }
+        (0, k)
+    };
+    let high = histogram(&|b| Some((b >> 16) as usize));
+    let (hb, k_in) = find(&high, k);
+    let low = histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize));
+    let (lb, _) = find(&low, k_in);
+    f32::from_bits(((hb as u32) << 16) | lb as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +192,17 @@ mod tests {
         let mut y = vec![1.0, -1.0, 1.0, 1.0];
         magnitude(&mut y, 0.5);
         assert_eq!(y.iter().filter(|v| **v != 0.0).count(), 2);
+    }
+
+    #[test]
+    fn radix_select_matches_a_sort() {
+        let x: Vec<f32> =
+            (0..5000).map(|i| ((i * 7919) % 1013) as f32 * if i % 3 == 0 { -0.01 } else { 0.013 }).collect();
+        let mut sorted: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        for k in [1, 2, 17, 2500, 4999, 5000] {
+            assert_eq!(kth_largest_magnitude(&x, k), sorted[k - 1], "k = {k}");
+        }
     }
 
     #[test]

@@ -66,12 +66,12 @@ fn whole_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
     out
 }
 
-/// Bytes a whole node holds while it is computed: its inputs, a scratch
-/// copy and its result, in f32.
+/// Bytes a whole node holds while it is computed: its inputs and its
+/// result, in f32.
 pub fn working_set(plan: &Plan, n: NodeId) -> u64 {
     let numel: u64 = plan.nodes[n].shape.iter().product::<usize>() as u64;
     let inputs = super::children(&plan.nodes[n].op).len() as u64;
-    (inputs + 2) * numel * 4
+    (inputs + 1) * numel * 4
 }
 
 fn materialize(plan: &Plan, inputs: &Inputs, mat: &Materialized, n: NodeId) -> Result<Vec<f32>, String> {

@@ -298,3 +298,109 @@ fn join_words(words: &[&str]) -> String {
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Program {
+        parse(text, FileId(0)).unwrap_or_else(|d| panic!("{}: {d:?}", text))
+    }
+
+    /// Renders an expression back with full parentheses: precedence made visible.
+    fn show(e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Num(n) => n.to_string(),
+            ExprKind::Str(s) => format!("{s:?}"),
+            ExprKind::Bool(b) => b.to_string(),
+            ExprKind::DType(d) => format!("{d:?}"),
+            ExprKind::Ident(n) => n.clone(),
+            ExprKind::List(items) => format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", ")),
+            ExprKind::Neg(x) => format!("(-{})", show(x)),
+            ExprKind::Binary(op, a, b) => format!("({} {op} {})", show(a), show(b)),
+            ExprKind::Call { callee, args } => {
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| match &a.name {
+                        Some(n) => format!("{}={}", n.name, show(&a.value)),
+                        None => show(&a.value),
+                    })
+                    .collect();
+                format!("{}({})", show(callee), args.join(", "))
+            }
+            ExprKind::Member(x, m) => format!("{}.{}", show(x), m.name),
+            ExprKind::Index(x, i) => format!("{}[{}]", show(x), show(i)),
+            ExprKind::Slice { target, lo, hi } => format!(
+                "{}[{}..{}]",
+                show(target),
+                lo.as_ref().map_or(String::new(), |e| show(e)),
+                hi.as_ref().map_or(String::new(), |e| show(e))
+            ),
+            ExprKind::Match { scrutinee, arms } => {
+                let arms: Vec<String> = arms
+                    .iter()
+                    .map(|a| match &a.pattern {
+                        Pattern::Glob(g, _) => format!("{g:?} => {}", show(&a.value)),
+                        Pattern::Wildcard(_) => format!("_ => {}", show(&a.value)),
+                    })
+                    .collect();
+                format!("match {} {{ {} }}", show(scrutinee), arms.join(", "))
+            }
+        }
+    }
+
+    fn show_stmt(s: &Stmt) -> String {
+        match &s.kind {
+            StmtKind::Let { name, value } => format!("let {} = {}", name.name, show(value)),
+            StmtKind::Param { name, value } => format!("param {} = {}", name.name, show(value)),
+            StmtKind::Fn { name, params, body } => {
+                let ps: Vec<String> = params
+                    .iter()
+                    .map(|p| match &p.default {
+                        Some(d) => format!("{}={}", p.name.name, show(d)),
+                        None => p.name.name.clone(),
+                    })
+                    .collect();
+                format!("fn {}({}) = {}", name.name, ps.join(", "), show(body))
+            }
+            StmtKind::Import { path, .. } => format!("import {path:?}"),
+            StmtKind::Save { args } => format!("save/{}", args.len()),
+            StmtKind::Expr(e) => format!("expr {}", show(e)),
+        }
+    }
+
+    #[test]
+    fn every_construct_parses_to_our_ast() {
+        let text = r#"# a comment
+import "lib.fuse"
+param lam = 0.3   # trailing comment
+fn blend(a, b, t=0.5) = (1 - t)*a + t*b
+x = -a + b * 2 / c - -1e-3
+t = match tensor { "*self_attn*" => over_layers(0, .5, 1), _ => 0.5, }
+s = m.layers[0..8]
+i = xs[2]
+l = [1, 2.5, true, "s", bf16]
+save(x, "out", dtype=f16, shard="5GB")
+base + lam*(ft - base) + ties(b, c, k=0.2)
+"#;
+        let shown: Vec<String> = p(text).stmts.iter().map(show_stmt).collect();
+        insta::assert_snapshot!(shown.join("\n"));
+    }
+
+    #[test]
+    fn spans_are_byte_ranges() {
+        let text = "x = ab + cd";
+        let prog = p(text);
+        let StmtKind::Let { value, .. } = &prog.stmts[0].kind else { panic!() };
+        assert_eq!(&text[value.span.start..value.span.end], "ab + cd");
+        let ExprKind::Binary(_, l, r) = &value.kind else { panic!() };
+        assert_eq!((&text[l.span.start..l.span.end], &text[r.span.start..r.span.end]), ("ab", "cd"));
+    }
+
+    #[test]
+    fn keywords_are_not_names_but_prefixes_are() {
+        let prog = p("params = 1\nfnord = 2\nmatching = 3\n");
+        assert_eq!(prog.stmts.len(), 3);
+        assert!(parse("param = 1", FileId(0)).is_err());
+    }
+}
