@@ -252,7 +252,7 @@ fn inspect_and_graph_describe_without_computing() {
     std::fs::copy(root().join("examples/design_card.fuse"), tmp.path().join("examples/d.fuse")).unwrap();
     let o = fuse_ok(tmp.path(), &["graph", "examples/d.fuse"]);
     let s = stdout(&o);
-    assert!(s.contains("task_merge(") && s.contains("out lm_head.weight"), "{s}");
+    assert!(s.contains("Consensus") && s.contains("out lm_head.weight"), "{s}");
 }
 
 #[test]

@@ -3,35 +3,33 @@
 //! are collected and evaluation goes on with a poison value, so one run
 //! reports everything it can.
 
-use super::methods::{self, Default as PDefault, Family, MethodSpec, PKind};
+use super::builtins::BUILTINS;
+use super::methods;
 use super::value::*;
 use super::{Output, Recipe, ResultValue};
 use crate::diag::{did_you_mean, Code, Diagnostic, FileId, Sources};
-use crate::io::{Checkpoint, DType, OpenError};
+use crate::io::{Checkpoint, DType};
 use crate::syntax::{self, Arg, BinOp, Expr, ExprKind, Pattern, Program, Span, StmtKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Builtin functions other than the merge methods.
-const BUILTINS: &[&str] = &["model", "over_layers"];
 /// Names bound per tensor inside arguments.
-const PER_TENSOR: &[&str] = &["tensor", "layer", "depth"];
-const MAX_CALL_DEPTH: usize = 64;
+pub(super) const PER_TENSOR: &[&str] = &["tensor", "layer", "depth"];
 
-struct Binding {
-    value: Value,
-    file: FileId,
-    span: Span,
+pub(super) struct Binding {
+    pub value: Value,
+    pub file: FileId,
+    pub span: Span,
 }
 
 /// Where an expression is being evaluated: its file (for spans and relative
 /// paths) and the parameters of the `fn` it is in, if any.
 #[derive(Clone, Copy)]
-struct Ctx<'a> {
-    file: FileId,
-    dir: &'a Path,
-    locals: Option<&'a HashMap<String, Value>>,
+pub(super) struct Ctx<'a> {
+    pub file: FileId,
+    pub dir: &'a Path,
+    pub locals: Option<&'a HashMap<String, Value>>,
 }
 
 struct Override {
@@ -41,17 +39,21 @@ struct Override {
 }
 
 pub(super) struct Checker<'s> {
-    sources: &'s mut Sources,
+    pub sources: &'s mut Sources,
     pub diags: Vec<Diagnostic>,
-    models: Vec<Arc<Checkpoint>>,
-    archs: Vec<Arc<Arch>>,
-    model_index: HashMap<PathBuf, usize>,
-    exprs: Vec<TExpr>,
-    globals: HashMap<String, Binding>,
+    pub models: Vec<Arc<Checkpoint>>,
+    pub archs: Vec<Arc<Arch>>,
+    pub model_index: HashMap<PathBuf, usize>,
+    pub exprs: Vec<TExpr>,
+    pub globals: HashMap<String, Binding>,
+    /// The standard library's functions, visible everywhere, never rebound.
+    pub prelude: HashMap<String, Binding>,
+    pub stdlib_files: Vec<FileId>,
+    /// Call sites of the `fn`s being evaluated, innermost last.
+    pub frames: Vec<(String, FileId, Span)>,
     overrides: Vec<Override>,
     saves: Vec<Output>,
     result: Option<ResultValue>,
-    depth: usize,
     importing: Vec<PathBuf>,
 }
 
@@ -65,20 +67,36 @@ impl<'s> Checker<'s> {
             model_index: HashMap::new(),
             exprs: Vec::new(),
             globals: HashMap::new(),
+            prelude: HashMap::new(),
+            stdlib_files: Vec::new(),
+            frames: Vec::new(),
             overrides: overrides
                 .iter()
                 .map(|(n, t)| Override { name: n.clone(), text: t.clone(), used: false })
                 .collect(),
             saves: Vec::new(),
             result: None,
-            depth: 0,
             importing: Vec::new(),
         }
     }
 
-    fn err(&mut self, d: Diagnostic) -> Value {
-        self.diags.push(d);
+    pub fn err(&mut self, d: Diagnostic) -> Value {
+        self.report(d);
         Value::Poison
+    }
+
+    /// Defines the standard library's functions (their bodies are checked
+    /// where they are called).
+    pub fn load_stdlib(&mut self) {
+        for (name, text) in super::STDLIB {
+            let file = self.sources.add(*name, *text);
+            self.stdlib_files.push(file);
+            match syntax::parse(text, file) {
+                Ok(program) => self.run_file(&program, file, Path::new("stdlib"), false),
+                Err(d) => self.report(d),
+            }
+        }
+        self.prelude = std::mem::take(&mut self.globals);
     }
 
     /// Checks the main recipe file.
@@ -86,15 +104,17 @@ impl<'s> Checker<'s> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         self.importing.push(path.to_path_buf());
         self.run_file(program, file, &dir, true);
-        for o in &self.overrides {
-            if !o.used {
+        let unused: Vec<String> = self.overrides.iter().filter(|o| !o.used).map(|o| o.name.clone()).collect();
+        for name in unused {
+            {
+                let o = Override { name, text: String::new(), used: false };
                 let params: Vec<&str> = self.globals.keys().map(String::as_str).collect();
                 let mut d =
                     Diagnostic::error(Code::E0109, format!("--set {}: the recipe has no `param {}`", o.name, o.name));
                 if let Some(s) = did_you_mean(&o.name, params) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 }
-                self.diags.push(d.with_note("only names declared with `param` can be set from the command line"));
+                self.report(d.with_note("only names declared with `param` can be set from the command line"));
             }
         }
     }
@@ -103,7 +123,7 @@ impl<'s> Checker<'s> {
         Recipe { models: self.models, exprs: self.exprs, saves: self.saves, result: self.result, main_file: main }
     }
 
-    fn run_file(&mut self, program: &Program, file: FileId, dir: &Path, is_main: bool) {
+    pub fn run_file(&mut self, program: &Program, file: FileId, dir: &Path, is_main: bool) {
         let ctx = Ctx { file, dir, locals: None };
         let last = program.stmts.len().saturating_sub(1);
         for (i, stmt) in program.stmts.iter().enumerate() {
@@ -176,17 +196,17 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn bind(&mut self, name: &str, value: Value, file: FileId, span: Span) {
-        if let Some(prev) = self.globals.get(name) {
+    pub fn bind(&mut self, name: &str, value: Value, file: FileId, span: Span) {
+        if let Some(prev) = self.globals.get(name).or_else(|| self.prelude.get(name)) {
             let d = Diagnostic::error(Code::E0102, format!("`{name}` is bound twice"))
                 .with_label(file, span, "bound again here")
                 .with_label(prev.file, prev.span, "first bound here")
                 .with_help("a name is bound once; pick another name for one of them");
-            self.diags.push(d);
+            self.report(d);
             return;
         }
-        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name) {
-            self.diags.push(
+        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name) || name == "none" {
+            self.report(
                 Diagnostic::error(Code::E0102, format!("`{name}` is a builtin name"))
                     .with_label(file, span, "this would hide the builtin")
                     .with_help("pick another name"),
@@ -256,7 +276,7 @@ impl<'s> Checker<'s> {
                 self.run_file(&program, file, &dir, false);
                 self.importing.pop();
             }
-            Err(d) => self.diags.push(d),
+            Err(d) => self.report(d),
         }
     }
 
@@ -345,11 +365,12 @@ impl<'s> Checker<'s> {
 
     // ---- expressions ----
 
-    fn eval(&mut self, e: &Expr, ctx: Ctx) -> Value {
+    pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Value {
         match &e.kind {
             ExprKind::Num(n) => Value::Num(Sched::Const(*n)),
             ExprKind::Str(s) => Value::Str(s.clone()),
             ExprKind::Bool(b) => Value::Bool(*b),
+            ExprKind::None => Value::None,
             ExprKind::DType(d) => Value::DType(match d {
                 syntax::DTypeLit::BF16 => DType::BF16,
                 syntax::DTypeLit::F16 => DType::F16,
@@ -384,11 +405,11 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn lookup(&mut self, name: &str, span: Span, ctx: Ctx) -> Value {
+    pub fn lookup(&mut self, name: &str, span: Span, ctx: Ctx) -> Value {
         if let Some(v) = ctx.locals.and_then(|l| l.get(name)) {
             return v.clone();
         }
-        if let Some(b) = self.globals.get(name) {
+        if let Some(b) = self.globals.get(name).or_else(|| self.prelude.get(name)) {
             return b.value.clone();
         }
         match name {
@@ -421,12 +442,12 @@ impl<'s> Checker<'s> {
         self.err(d)
     }
 
-    fn push(&mut self, e: TExpr) -> TId {
+    pub fn push(&mut self, e: TExpr) -> TId {
         self.exprs.push(e);
         self.exprs.len() - 1
     }
 
-    fn scale(&mut self, t: TVal, c: Sched) -> Value {
+    pub fn scale(&mut self, t: TVal, c: Sched) -> Value {
         let weight = Sched::bin(BinOp::Mul, c.clone(), t.weight.clone());
         let expr = self.push(TExpr::Lin(vec![(c, t.expr)]));
         Value::Tensor(TVal { expr, arch: t.arch, weight })
@@ -478,7 +499,7 @@ impl<'s> Checker<'s> {
     }
 
     /// Reports E0201 unless the two architectures agree.
-    fn same_arch(&mut self, a: &Arc<Arch>, b: &Arc<Arch>, la: Span, lb: Span, file: FileId) -> bool {
+    pub fn same_arch(&mut self, a: &Arc<Arch>, b: &Arc<Arch>, la: Span, lb: Span, file: FileId) -> bool {
         if Arc::ptr_eq(a, b) {
             return true;
         }
@@ -493,7 +514,7 @@ impl<'s> Checker<'s> {
         let a_is_odd =
             self.archs.first().is_some_and(|first| first.mismatch(a).is_some() && first.mismatch(b).is_none());
         let (odd, odd_arch, other, other_arch) = if a_is_odd { (la, a, lb, b) } else { (lb, b, la, a) };
-        self.diags.push(
+        self.report(
             Diagnostic::error(Code::E0201, "operands have different architectures")
                 .with_label(file, odd, format!("this is {} with {} layers, hidden size {}", name(odd_arch), odd_arch.n_layers, hidden(odd_arch)))
                 .with_label(file, other, format!("but this is {} with {} layers, hidden size {}", name(other_arch), other_arch.n_layers, hidden(other_arch)))
@@ -503,7 +524,7 @@ impl<'s> Checker<'s> {
         false
     }
 
-    fn snippet(&self, file: FileId, span: Span) -> String {
+    pub fn snippet(&self, file: FileId, span: Span) -> String {
         let t = self.sources.text(file).get(span.start..span.end).unwrap_or("?");
         if t.len() > 40 {
             format!("{}…", &t[..t.char_indices().take(40).last().map_or(0, |(i, _)| i)])
@@ -514,7 +535,7 @@ impl<'s> Checker<'s> {
 
     /// Whether a tensor value is a model (weights sum to 1) or a task vector
     /// (sum to 0), checked at every tensor when the weights vary.
-    fn kind(&self, t: &TVal) -> Option<Kind> {
+    pub fn kind(&self, t: &TVal) -> Option<Kind> {
         let classify = |w: f64| {
             if (w - 1.0).abs() < 1e-9 {
                 Some(Kind::Model)
@@ -534,7 +555,7 @@ impl<'s> Checker<'s> {
 
     /// At a binding, an argument or an output a weighted sum must be settled
     /// as a model or a task vector; otherwise this reports E0202.
-    fn settle_value(&mut self, v: Value, span: Span, file: FileId) -> Value {
+    pub fn settle_value(&mut self, v: Value, span: Span, file: FileId) -> Value {
         let Value::Tensor(t) = &v else { return v };
         if self.kind(t).is_some() {
             return v;
@@ -613,548 +634,6 @@ impl<'s> Checker<'s> {
                     .with_label(ctx.file, span, "some tensors match no pattern")
                     .with_help("add a last arm `_ => value` for the tensors no glob matches"),
             ),
-        }
-    }
-
-    // ---- calls ----
-
-    fn call(&mut self, callee: &Expr, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        let ExprKind::Ident(name) = &callee.kind else {
-            return self.err(Diagnostic::error(Code::E0106, "only named functions can be called").with_label(
-                ctx.file,
-                callee.span,
-                "not a function name",
-            ));
-        };
-        let known = ctx.locals.is_some_and(|l| l.contains_key(name)) || self.globals.contains_key(name);
-        let func = if known || BUILTINS.contains(&name.as_str()) || methods::method(name).is_some() {
-            self.lookup(name, callee.span, ctx)
-        } else {
-            let mut cands: Vec<&str> = BUILTINS.to_vec();
-            cands.extend(methods::METHODS.iter().map(|m| m.name));
-            cands.extend(
-                self.globals.iter().filter(|(_, b)| matches!(b.value, Value::Func(_))).map(|(n, _)| n.as_str()),
-            );
-            let mut d = Diagnostic::error(Code::E0103, format!("unknown function `{name}`")).with_label(
-                ctx.file,
-                callee.span,
-                "no builtin, method or `fn` has this name",
-            );
-            if let Some(s) = did_you_mean(name, cands) {
-                d = d.with_help(format!("did you mean `{s}`?"));
-            }
-            return self.err(d);
-        };
-        match func {
-            Value::Func(Func::Builtin("model")) => self.call_model(args, span, ctx),
-            Value::Func(Func::Builtin("over_layers")) => self.call_over_layers(args, span, ctx),
-            Value::Func(Func::Builtin(m)) => {
-                self.call_method(methods::method(m).expect("builtin method"), args, span, ctx)
-            }
-            Value::Func(Func::User(f)) => self.call_user(&f, args, span, ctx),
-            Value::Poison => Value::Poison,
-            other => self.err(
-                Diagnostic::error(Code::E0106, format!("`{name}` is {}, not a function", other.type_name()))
-                    .with_label(ctx.file, callee.span, "called here"),
-            ),
-        }
-    }
-
-    /// Evaluates arguments and matches them to `params` (the first
-    /// `positional` of which may be given by position). Returns None after
-    /// reporting when they do not fit.
-    #[allow(clippy::too_many_arguments)]
-    fn bind_args(
-        &mut self,
-        fname: &str,
-        params: &[&str],
-        positional: usize,
-        required: usize,
-        args: &[Arg],
-        span: Span,
-        ctx: Ctx,
-    ) -> Option<HashMap<String, (Value, Span)>> {
-        let mut out: HashMap<String, (Value, Span)> = HashMap::new();
-        let mut pos = 0;
-        let mut ok = true;
-        for a in args {
-            let v = self.eval(&a.value, ctx);
-            let name = match &a.name {
-                Some(n) => {
-                    let canon = methods::canonical_param(&n.name);
-                    if !params.contains(&canon) {
-                        let mut d = Diagnostic::error(Code::E0104, format!("`{fname}` has no argument `{}`", n.name))
-                            .with_label(ctx.file, n.span, "unknown argument");
-                        if let Some(s) = did_you_mean(&n.name, params.iter().copied()) {
-                            d = d.with_help(format!("did you mean `{s}`?"));
-                        } else {
-                            d = d.with_note(format!("`{fname}` takes: {}", params.join(", ")));
-                        }
-                        self.diags.push(d);
-                        ok = false;
-                        continue;
-                    }
-                    canon.to_string()
-                }
-                None => {
-                    if pos >= positional {
-                        self.diags.push(
-                            Diagnostic::error(
-                                Code::E0107,
-                                format!(
-                                    "`{fname}` takes {positional} positional argument{}",
-                                    if positional == 1 { "" } else { "s" }
-                                ),
-                            )
-                            .with_label(ctx.file, a.value.span, "one too many")
-                            .with_help(format!(
-                                "name the argument, e.g. `{}=...`",
-                                params.get(positional).unwrap_or(&"name")
-                            )),
-                        );
-                        ok = false;
-                        continue;
-                    }
-                    pos += 1;
-                    params[pos - 1].to_string()
-                }
-            };
-            if out.contains_key(&name) {
-                self.diags.push(
-                    Diagnostic::error(Code::E0107, format!("argument `{name}` is given twice")).with_label(
-                        ctx.file,
-                        a.value.span,
-                        "given again here",
-                    ),
-                );
-                ok = false;
-                continue;
-            }
-            out.insert(name, (v, a.value.span));
-        }
-        for p in &params[..required] {
-            if !out.contains_key(*p) && ok {
-                self.diags.push(
-                    Diagnostic::error(Code::E0105, format!("`{fname}` is missing its argument `{p}`")).with_label(
-                        ctx.file,
-                        span,
-                        format!("`{p}` not given"),
-                    ),
-                );
-                ok = false;
-            }
-        }
-        ok.then_some(out)
-    }
-
-    fn call_model(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        let Some(mut b) = self.bind_args("model", &["path"], 1, 1, args, span, ctx) else {
-            return Value::Poison;
-        };
-        let (v, pspan) = b.remove("path").unwrap();
-        let spec = match v {
-            Value::Str(s) => s,
-            Value::Poison => return Value::Poison,
-            other => {
-                return self.err(
-                    Diagnostic::error(Code::E0106, format!("`model` takes a path string, found {}", other.type_name()))
-                        .with_label(ctx.file, pspan, "expected a string like \"models/base\""),
-                )
-            }
-        };
-        let key = if spec.starts_with("hf:") {
-            PathBuf::from(&spec)
-        } else {
-            ctx.dir.join(&spec).canonicalize().unwrap_or(ctx.dir.join(&spec))
-        };
-        if let Some(&i) = self.model_index.get(&key) {
-            return Value::Tensor(self.load_value(i));
-        }
-        match Checkpoint::open(&spec, ctx.dir) {
-            Ok(ck) => {
-                let i = self.models.len();
-                self.archs.push(Arc::new(Arch::from_checkpoint(&ck, i)));
-                self.models.push(Arc::new(ck));
-                self.model_index.insert(key, i);
-                Value::Tensor(self.load_value(i))
-            }
-            Err(OpenError::NotFound { what, help }) => {
-                self.err(Diagnostic::error(Code::E0301, format!("model not found: {what}")).with_label(ctx.file, pspan, "no checkpoint here").with_help(help))
-            }
-            Err(OpenError::Bad { file, what }) => self.err(
-                Diagnostic::error(Code::E0302, format!("bad checkpoint `{}`: {what}", file.display()))
-                    .with_label(ctx.file, pspan, "this checkpoint cannot be read")
-                    .with_help("re-download or re-save the checkpoint; fuse reads safetensors files with a config.json beside them"),
-            ),
-        }
-    }
-
-    fn load_value(&mut self, model: usize) -> TVal {
-        let expr = self.push(TExpr::Load { model });
-        TVal { expr, arch: self.archs[model].clone(), weight: Sched::Const(1.0) }
-    }
-
-    fn call_over_layers(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        let mut vals = Vec::new();
-        for a in args {
-            if let Some(n) = &a.name {
-                return self.err(
-                    Diagnostic::error(Code::E0104, format!("`over_layers` has no argument `{}`", n.name)).with_label(
-                        ctx.file,
-                        n.span,
-                        "over_layers takes only the values, by position",
-                    ),
-                );
-            }
-            match self.eval(&a.value, ctx) {
-                Value::Num(s) => vals.push(s),
-                Value::Poison => return Value::Poison,
-                other => {
-                    return self.err(
-                        Diagnostic::error(
-                            Code::E0106,
-                            format!("`over_layers` takes numbers, found {}", other.type_name()),
-                        )
-                        .with_label(ctx.file, a.value.span, "expected a number"),
-                    )
-                }
-            }
-        }
-        if vals.is_empty() {
-            return self.err(Diagnostic::error(Code::E0105, "`over_layers` needs at least one value").with_label(
-                ctx.file,
-                span,
-                "e.g. `over_layers(0, 0.5, 1)`",
-            ));
-        }
-        Value::Num(Sched::OverLayers(vals))
-    }
-
-    fn call_user(&mut self, f: &Arc<UserFn>, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        if self.depth >= MAX_CALL_DEPTH {
-            return self.err(
-                Diagnostic::error(Code::E0110, format!("`{}` calls itself", f.name))
-                    .with_label(ctx.file, span, "this call never ends")
-                    .with_label(f.file, f.span, "defined here")
-                    .with_note(format!("calls nest more than {MAX_CALL_DEPTH} deep; recipes have no recursion")),
-            );
-        }
-        let names: Vec<&str> = f.params.iter().map(|p| p.name.name.as_str()).collect();
-        let Some(mut bound) = self.bind_args(&f.name, &names, names.len(), 0, args, span, ctx) else {
-            return Value::Poison;
-        };
-        let mut locals = HashMap::new();
-        for p in &f.params {
-            let v = match bound.remove(&p.name.name) {
-                Some((v, _)) => v,
-                None => match &p.default {
-                    Some(d) => {
-                        let dir = PathBuf::from(self.sources.name(f.file))
-                            .parent()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_default();
-                        self.eval(d, Ctx { file: f.file, dir: &dir, locals: None })
-                    }
-                    None => {
-                        return self.err(
-                            Diagnostic::error(
-                                Code::E0105,
-                                format!("`{}` is missing its argument `{}`", f.name, p.name.name),
-                            )
-                            .with_label(ctx.file, span, format!("`{}` not given", p.name.name))
-                            .with_label(f.file, p.name.span, "declared here"),
-                        )
-                    }
-                },
-            };
-            locals.insert(p.name.name.clone(), v);
-        }
-        self.depth += 1;
-        let dir = PathBuf::from(self.sources.name(f.file)).parent().map(Path::to_path_buf).unwrap_or_default();
-        let v = self.eval(&f.body, Ctx { file: f.file, dir: &dir, locals: Some(&locals) });
-        self.depth -= 1;
-        v
-    }
-
-    fn call_method(&mut self, spec: &MethodSpec, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        // Positional arguments are the inputs; everything else is named.
-        let mut inputs = Vec::new();
-        let mut named = Vec::new();
-        for a in args {
-            if a.name.is_some() {
-                named.push(a.clone());
-            } else {
-                let v = self.eval(&a.value, ctx);
-                inputs.push((self.settle_value(v, a.value.span, ctx.file), a.value.span));
-            }
-        }
-        let pnames: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
-        let Some(mut bound) = self.bind_args(spec.name, &pnames, 0, 0, &named, span, ctx) else {
-            return Value::Poison;
-        };
-        if inputs.iter().any(|(v, _)| matches!(v, Value::Poison))
-            || bound.values().any(|(v, _)| matches!(v, Value::Poison))
-        {
-            return Value::Poison;
-        }
-        if inputs.len() < spec.min_inputs {
-            return self.err(
-                Diagnostic::error(
-                    Code::E0105,
-                    format!(
-                        "`{}` needs at least {} model{}",
-                        spec.name,
-                        spec.min_inputs,
-                        if spec.min_inputs == 1 { "" } else { "s" }
-                    ),
-                )
-                .with_label(ctx.file, span, "no models given")
-                .with_help(format!("pass the models first: `{}(a, b, ...)`", spec.name)),
-            );
-        }
-        let mut tvals = Vec::new();
-        for (v, s) in &inputs {
-            match v {
-                Value::Tensor(t) => tvals.push((t.clone(), *s)),
-                other => {
-                    return self.err(
-                        Diagnostic::error(
-                            Code::E0106,
-                            format!("`{}` merges models, found {}", spec.name, other.type_name()),
-                        )
-                        .with_label(ctx.file, *s, "expected a model or task vector")
-                        .with_help("named arguments are written `name=value`"),
-                    )
-                }
-            }
-        }
-        for w in 1..tvals.len() {
-            if !self.same_arch(&tvals[0].0.arch, &tvals[w].0.arch, tvals[0].1, tvals[w].1, ctx.file) {
-                return Value::Poison;
-            }
-        }
-        let n = tvals.len();
-        let mut per_model = HashMap::new();
-        let mut nums = HashMap::new();
-        let mut bools = HashMap::new();
-        for p in spec.params {
-            let given = bound.remove(p.name);
-            match p.kind {
-                PKind::PerModel => {
-                    let v = match given {
-                        Some((v, s)) => match self.per_model(spec.name, p.name, v, s, n, ctx) {
-                            Some(v) => v,
-                            None => return Value::Poison,
-                        },
-                        None => match p.default {
-                            PDefault::Num(d) => vec![Sched::Const(d); n],
-                            _ => {
-                                return self.err(
-                                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name))
-                                        .with_label(ctx.file, span, format!("`{}=` not given", p.name)),
-                                )
-                            }
-                        },
-                    };
-                    per_model.insert(p.name, v);
-                }
-                PKind::Num => {
-                    let v = match given {
-                        Some((Value::Num(s), _)) => s,
-                        Some((other, s)) => {
-                            return self.err(
-                                Diagnostic::error(
-                                    Code::E0106,
-                                    format!("`{}` must be a number, found {}", p.name, other.type_name()),
-                                )
-                                .with_label(ctx.file, s, "expected a number"),
-                            )
-                        }
-                        None => match p.default {
-                            PDefault::Num(d) => Sched::Const(d),
-                            _ => {
-                                return self.err(
-                                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name))
-                                        .with_label(ctx.file, span, format!("`{}=` not given", p.name)),
-                                )
-                            }
-                        },
-                    };
-                    nums.insert(p.name, v);
-                }
-                PKind::Bool => {
-                    let v = match given {
-                        Some((Value::Bool(b), _)) => b,
-                        Some((other, s)) => {
-                            return self.err(
-                                Diagnostic::error(
-                                    Code::E0106,
-                                    format!("`{}` must be true or false, found {}", p.name, other.type_name()),
-                                )
-                                .with_label(ctx.file, s, "expected a Bool"),
-                            )
-                        }
-                        None => matches!(p.default, PDefault::Bool(true)),
-                    };
-                    bools.insert(p.name, v);
-                }
-                PKind::Model => {
-                    if let Some((v, s)) = given {
-                        bound.insert(p.name.to_string(), (v, s));
-                    }
-                }
-            }
-        }
-        if let Some(d) = per_model.get("density") {
-            for s in d {
-                if let Some(c) = s.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
-                    let at = args
-                        .iter()
-                        .find(|a| a.name.as_ref().is_some_and(|n| methods::canonical_param(&n.name) == "density"))
-                        .map_or(span, |a| a.value.span);
-                    return self.err(
-                        Diagnostic::error(Code::E0106, format!("density {} is outside [0, 1]", fmt_num(c)))
-                            .with_label(ctx.file, at, "a density is the fraction of entries kept")
-                            .with_help("use a value between 0 and 1, e.g. `density=0.2`"),
-                    );
-                }
-            }
-        }
-        let weights = per_model.remove("weight").unwrap_or_default();
-        if !spec.task_vectors {
-            // linear: a weighted average of models, or of task vectors.
-            let kinds: Vec<Option<Kind>> = tvals.iter().map(|(t, _)| self.kind(t)).collect();
-            if kinds.iter().any(|k| *k != kinds[0]) {
-                let i = kinds.iter().position(|k| *k != kinds[0]).unwrap();
-                return self.err(
-                    Diagnostic::error(Code::E0106, format!("`{}` mixes models and task vectors", spec.name))
-                        .with_label(ctx.file, tvals[i].1, "this one differs from the first")
-                        .with_help("average models with models, or task vectors with task vectors"),
-                );
-            }
-            let normalize = bools["normalize"];
-            let total = weights.iter().cloned().reduce(|a, b| Sched::bin(BinOp::Add, a, b)).unwrap();
-            let terms: Vec<(Sched, TId)> = weights
-                .iter()
-                .zip(&tvals)
-                .map(|(w, (t, _))| {
-                    (if normalize { Sched::bin(BinOp::Div, w.clone(), total.clone()) } else { w.clone() }, t.expr)
-                })
-                .collect();
-            let weight = terms
-                .iter()
-                .zip(&tvals)
-                .map(|((c, _), (t, _))| Sched::bin(BinOp::Mul, c.clone(), t.weight.clone()))
-                .reduce(|a, b| Sched::bin(BinOp::Add, a, b))
-                .unwrap();
-            let expr = self.push(TExpr::Lin(terms));
-            return Value::Tensor(TVal { expr, arch: tvals[0].0.arch.clone(), weight });
-        }
-        // Task-vector methods: models become `model - base`.
-        let base = match bound.remove("base") {
-            Some((Value::Tensor(b), s)) => match self.kind(&b) {
-                Some(Kind::Model) => Some((b, s)),
-                _ => {
-                    return self.err(Diagnostic::error(Code::E0106, "`base` must be a model").with_label(
-                        ctx.file,
-                        s,
-                        "this is not a model",
-                    ))
-                }
-            },
-            Some((other, s)) => {
-                return self.err(
-                    Diagnostic::error(Code::E0106, format!("`base` must be a model, found {}", other.type_name()))
-                        .with_label(ctx.file, s, "expected a model"),
-                )
-            }
-            None => None,
-        };
-        let mut deltas = Vec::new();
-        for (t, s) in &tvals {
-            match self.kind(t) {
-                Some(Kind::Delta) => deltas.push(t.expr),
-                _ => {
-                    let base = match &base {
-                        Some((b, bs)) => Some((b.clone(), *bs)),
-                        None => match self.globals.get("base").map(|b| (b.value.clone(), b.span)) {
-                            Some((Value::Tensor(b), bs)) if self.kind(&b) == Some(Kind::Model) => Some((b, bs)),
-                            _ => None,
-                        },
-                    };
-                    let Some((b, bs)) = base else {
-                        return self.err(Diagnostic::error(Code::E0204, format!("`{}` takes task vectors, but no base model is known", spec.name))
-                            .with_label(ctx.file, *s, "this model would become `model - base`")
-                            .with_help(format!("pass `base=...` to `{}`, bind a model to the name `base`, or give task vectors (`a - b`)", spec.name)));
-                    };
-                    if !self.same_arch(&b.arch, &t.arch, bs, *s, ctx.file) {
-                        return Value::Poison;
-                    }
-                    deltas.push(self.push(TExpr::Lin(vec![(Sched::Const(1.0), t.expr), (Sched::Const(-1.0), b.expr)])));
-                }
-            }
-        }
-        let (sparsify, sign_election) = match spec.family {
-            Family::Ties => (Sparsify::Magnitude, true),
-            Family::TaskArithmetic | Family::Linear => (Sparsify::None, false),
-        };
-        let expr = self.push(TExpr::TaskMerge {
-            deltas,
-            weights,
-            densities: per_model.remove("density").unwrap_or_else(|| vec![Sched::Const(1.0); n]),
-            sparsify,
-            sign_election,
-            normalize: bools["normalize"],
-            lambda: nums.remove("lambda").unwrap_or(Sched::Const(1.0)),
-        });
-        Value::Tensor(TVal { expr, arch: tvals[0].0.arch.clone(), weight: Sched::Const(0.0) })
-    }
-
-    /// A per-model argument: one number for all, or a list of one per model.
-    fn per_model(&mut self, method: &str, param: &str, v: Value, span: Span, n: usize, ctx: Ctx) -> Option<Vec<Sched>> {
-        match v {
-            Value::Num(s) => Some(vec![s; n]),
-            Value::List(items) => {
-                if items.len() != n {
-                    self.diags.push(
-                        Diagnostic::error(Code::E0108, format!("`{param}` has {} values for {n} models", items.len()))
-                            .with_label(
-                                ctx.file,
-                                span,
-                                format!("expected {n} values, one per model, or a single number"),
-                            )
-                            .with_note(format!("`{method}` was given {n} models")),
-                    );
-                    return None;
-                }
-                let mut out = Vec::new();
-                for i in items {
-                    match i {
-                        Value::Num(s) => out.push(s),
-                        other => {
-                            self.diags.push(
-                                Diagnostic::error(
-                                    Code::E0106,
-                                    format!("`{param}` must hold numbers, found {}", other.type_name()),
-                                )
-                                .with_label(ctx.file, span, "expected numbers"),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                Some(out)
-            }
-            other => {
-                self.diags.push(
-                    Diagnostic::error(
-                        Code::E0106,
-                        format!("`{param}` must be a number or a list of numbers, found {}", other.type_name()),
-                    )
-                    .with_label(ctx.file, span, "expected a number"),
-                );
-                None
-            }
         }
     }
 }

@@ -3,18 +3,23 @@
 //! tensor data), types the affine arithmetic, checks that operands agree, and
 //! collects every error it can find in one pass.
 
+mod builtins;
+mod call;
 mod eval;
 pub mod methods;
 pub mod value;
 
 pub use eval::fmt_num;
-pub use value::{Arch, Kind, Sched, Sparsify, TExpr, TId, TVal, TensorCtx};
+pub use value::{Arch, Kind, Sched, TExpr, TId, TVal, TensorCtx};
 
 use crate::diag::{Diagnostic, FileId, Sources};
 use crate::io::{Checkpoint, DType};
 use crate::syntax::{self, Span};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The standard library, embedded: (file name, source).
+pub const STDLIB: &[(&str, &str)] = &[("stdlib/merge.fuse", include_str!("../../stdlib/merge.fuse"))];
 
 /// A checked recipe: the models it reads, the symbolic expressions over
 /// them, and what to write where.
@@ -61,6 +66,7 @@ pub fn check(
         Err(d) => return (None, vec![d]),
     };
     let mut checker = eval::Checker::new(sources, overrides);
+    checker.load_stdlib();
     checker.run_main(&program, file, path);
     let diags = std::mem::take(&mut checker.diags);
     let ok = !diags.iter().any(Diagnostic::is_error);

@@ -21,6 +21,8 @@ pub enum Sched {
     Match(Vec<(String, Sched)>, Box<Sched>),
     Bin(BinOp, Box<Sched>, Box<Sched>),
     Neg(Box<Sched>),
+    /// `a / b`, or the fallback where `|b| < 1e-6` (nuslerp's weight ratio).
+    Ratio(Box<Sched>, Box<Sched>, f64),
 }
 
 /// What a per-tensor number is evaluated against.
@@ -99,6 +101,14 @@ impl Sched {
                 }
             }
             Sched::Neg(a) => -a.eval(ctx),
+            Sched::Ratio(a, b, fallback) => {
+                let d = b.eval(ctx);
+                if d.abs() < 1e-6 {
+                    *fallback
+                } else {
+                    a.eval(ctx) / d
+                }
+            }
         }
     }
 }
@@ -219,14 +229,6 @@ pub fn human_count(n: usize) -> String {
 /// Index of a [`TExpr`] in the recipe's arena.
 pub type TId = usize;
 
-/// How sparsification picks the entries of a task vector to keep.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Sparsify {
-    None,
-    /// TIES: the `density` fraction of largest magnitudes.
-    Magnitude,
-}
-
 /// A tensor-valued expression over the recipe's models, the same for every
 /// tensor name; `graph/` instantiates it per tensor.
 #[derive(Clone, Debug)]
@@ -235,18 +237,8 @@ pub enum TExpr {
     Load { model: usize },
     /// `sum_i c_i * x_i`.
     Lin(Vec<(Sched, TId)>),
-    /// The task-vector merge family (mergekit's generalized task arithmetic):
-    /// sparsify each delta, weight, optionally elect signs, sum, optionally
-    /// normalize, scale by lambda. The result is a delta.
-    TaskMerge {
-        deltas: Vec<TId>,
-        weights: Vec<Sched>,
-        densities: Vec<Sched>,
-        sparsify: Sparsify,
-        sign_election: bool,
-        normalize: bool,
-        lambda: Sched,
-    },
+    /// A native kernel over its inputs, with numbers that may vary per tensor.
+    Kernel { kernel: crate::graph::Kernel<Sched>, inputs: Vec<TId> },
 }
 
 /// A symbolic tensor-valued value: an expression, its architecture, and the
@@ -293,6 +285,8 @@ pub enum Value {
     Func(Func),
     /// The `tensor` binding: the name of the tensor being computed.
     TensorName,
+    /// `none`: an optional argument left out.
+    None,
     /// An error was already reported for this value; uses stay quiet.
     Poison,
 }
@@ -316,6 +310,7 @@ impl Value {
             },
             Value::Func(_) => "a function".into(),
             Value::TensorName => "the tensor name".into(),
+            Value::None => "none".into(),
             Value::Poison => "an erroneous value".into(),
         }
     }

@@ -198,23 +198,14 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
                 let ts: Vec<(f64, &Tensor)> = terms.iter().map(|(c, x)| (c.get(), &values[x])).collect();
                 kernels::lin(&ts).map_err(ce)?
             }
-            Op::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => {
-                let ds = deltas
+            Op::Kernel { kernel, inputs: ins } => {
+                let xs = ins
                     .iter()
                     .map(|d| values[d].flatten_all().and_then(|t| t.to_vec1::<f32>()))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(ce)?;
-                let w: Vec<f64> = weights.iter().map(|w| w.get()).collect();
-                let dens: Vec<f64> = densities.iter().map(|d| d.get()).collect();
-                let p = kernels::TaskMerge {
-                    weights: &w,
-                    densities: &dens,
-                    sparsify: *sparsify,
-                    sign_election: *sign_election,
-                    normalize: *normalize,
-                    lambda: lambda.get(),
-                };
-                let v = kernels::task_merge(ds, &p);
+                let name = stream::tensor_name(plan, n);
+                let v = kernels::whole(kernel, xs, &kernels::TensorInfo { name: &name, shape: &node.shape })?;
                 Tensor::from_vec(v, node.shape.as_slice(), device).map_err(ce)?
             }
         };
@@ -235,7 +226,7 @@ fn children(op: &Op) -> Vec<NodeId> {
     match op {
         Op::Load { .. } => Vec::new(),
         Op::Lin(terms) => terms.iter().map(|(_, x)| *x).collect(),
-        Op::TaskMerge { deltas, .. } => deltas.clone(),
+        Op::Kernel { inputs, .. } => inputs.clone(),
     }
 }
 

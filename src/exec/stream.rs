@@ -57,7 +57,7 @@ fn whole_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
         for c in super::children(&plan.nodes[n].op) {
             visit(plan, c, seen, out);
         }
-        if matches!(plan.nodes[n].op, Op::TaskMerge { .. }) {
+        if matches!(&plan.nodes[n].op, Op::Kernel { kernel, .. } if !kernel.is_elementwise()) {
             out.push(n);
         }
     }
@@ -81,23 +81,22 @@ fn materialize(plan: &Plan, inputs: &Inputs, mat: &Materialized, n: NodeId) -> R
         v.par_chunks_mut(CHUNK).enumerate().try_for_each(|(i, chunk)| eval(plan, inputs, mat, c, i * CHUNK, chunk))?;
         Ok(v)
     };
-    match &plan.nodes[n].op {
-        Op::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => {
-            let ds = deltas.iter().map(|&d| whole_input(d)).collect::<Result<Vec<_>, _>>()?;
-            let w: Vec<f64> = weights.iter().map(|w| w.get()).collect();
-            let dens: Vec<f64> = densities.iter().map(|d| d.get()).collect();
-            let p = kernels::TaskMerge {
-                weights: &w,
-                densities: &dens,
-                sparsify: *sparsify,
-                sign_election: *sign_election,
-                normalize: *normalize,
-                lambda: lambda.get(),
-            };
-            Ok(kernels::task_merge(ds, &p))
+    let Op::Kernel { kernel, inputs: ins } = &plan.nodes[n].op else { unreachable!("only kernels are whole") };
+    let ins = ins.iter().map(|&c| whole_input(c)).collect::<Result<Vec<_>, _>>()?;
+    let name = tensor_name(plan, n);
+    kernels::whole(kernel, ins, &kernels::TensorInfo { name: &name, shape: &plan.nodes[n].shape })
+}
+
+/// The tensor a node computes a piece of: the name its loads read.
+pub fn tensor_name(plan: &Plan, n: NodeId) -> String {
+    let mut stack = vec![n];
+    while let Some(m) = stack.pop() {
+        if let Op::Load { tensor, .. } = &plan.nodes[m].op {
+            return tensor.clone();
         }
-        other => unreachable!("{other:?} is elementwise"),
+        stack.extend(super::children(&plan.nodes[m].op));
     }
+    String::new()
 }
 
 /// Evaluates elements `start .. start + out.len()` of node `n` into `out`.
@@ -139,7 +138,17 @@ fn eval(
             }
             Ok(())
         }
-        Op::TaskMerge { .. } => unreachable!("task merges are materialized first"),
+        Op::Kernel { kernel, inputs: ins } => {
+            let mut bufs = Vec::with_capacity(ins.len());
+            for &c in ins {
+                let mut b = vec![0f32; out.len()];
+                eval(plan, inputs, mat, c, start, &mut b)?;
+                bufs.push(b);
+            }
+            let refs: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
+            kernels::chunk(kernel, &refs, out);
+            Ok(())
+        }
     }
 }
 

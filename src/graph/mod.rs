@@ -4,7 +4,11 @@
 //! output layout (names, shapes, dtypes, shard offsets) is fixed before any
 //! tensor data is read.
 
-use crate::check::{Recipe, Sched, Sparsify, TExpr, TId, TVal, TensorCtx};
+mod kernel;
+
+pub use kernel::{Kernel, Sparsify};
+
+use crate::check::{Recipe, Sched, TExpr, TId, TVal, TensorCtx};
 use crate::io::writer::{Layout, OutTensor};
 use crate::io::{Checkpoint, DType};
 use std::collections::HashMap;
@@ -39,16 +43,8 @@ pub enum Op {
     Load { model: usize, tensor: String },
     /// `sum_i c_i * x_i`.
     Lin(Vec<(F, NodeId)>),
-    /// The task-vector merge family, on deltas (see `exec::kernels::task_merge`).
-    TaskMerge {
-        deltas: Vec<NodeId>,
-        weights: Vec<F>,
-        densities: Vec<F>,
-        sparsify: Sparsify,
-        sign_election: bool,
-        normalize: bool,
-        lambda: F,
-    },
+    /// A native kernel over its inputs (see `kernel.rs`).
+    Kernel { kernel: Kernel<F>, inputs: Vec<NodeId> },
 }
 
 #[derive(Clone, Debug)]
@@ -116,28 +112,17 @@ impl Builder<'_> {
                     _ => self.node(Op::Lin(terms), shape),
                 }
             }
-            TExpr::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => {
-                let deltas: Vec<NodeId> = deltas.iter().map(|d| self.lower(*d, ctx, shape, memo)).collect();
-                let weights: Vec<F> = weights.iter().map(ev).collect();
-                let lambda = ev(lambda);
-                if *sparsify == Sparsify::None && !sign_election {
-                    // Plain task arithmetic is a linear combination.
-                    let sum: f64 = weights.iter().map(|w| w.get()).sum();
-                    let div = if *normalize && sum.abs() >= 1e-8 { sum } else { 1.0 };
-                    let terms =
-                        weights.iter().zip(&deltas).map(|(w, d)| (F::new(w.get() / div * lambda.get()), *d)).collect();
-                    self.node(Op::Lin(terms), shape)
-                } else {
-                    let op = Op::TaskMerge {
-                        deltas,
-                        weights,
-                        densities: densities.iter().map(ev).collect(),
-                        sparsify: *sparsify,
-                        sign_election: *sign_election,
-                        normalize: *normalize,
-                        lambda,
-                    };
-                    self.node(op, shape)
+            TExpr::Kernel { kernel, inputs } => {
+                let inputs: Vec<NodeId> = inputs.iter().map(|x| self.lower(*x, ctx, shape, memo)).collect();
+                match kernel.map(&ev) {
+                    // Without sign election a consensus is a linear combination.
+                    Kernel::Consensus { weights, elect_sign: false, normalize } => {
+                        let sum: f64 = weights.iter().map(|w| w.get()).sum();
+                        let div = if normalize && sum.abs() >= 1e-8 { sum } else { 1.0 };
+                        let terms = weights.iter().zip(&inputs).map(|(w, d)| (F::new(w.get() / div), *d)).collect();
+                        self.node(Op::Lin(terms), shape)
+                    }
+                    kernel => self.node(Op::Kernel { kernel, inputs }, shape),
                 }
             }
         };
@@ -192,9 +177,9 @@ impl fmt::Display for Plan {
             let op = match &n.op {
                 Op::Load { model, tensor } => format!("load m{model}[{tensor}]"),
                 Op::Lin(terms) => terms.iter().map(|(c, x)| format!("{:?}*%{x}", c)).collect::<Vec<_>>().join(" + "),
-                Op::TaskMerge { deltas, weights, densities, sparsify, sign_election, normalize, lambda } => format!(
-                    "task_merge(deltas={deltas:?}, weights={weights:?}, densities={densities:?}, sparsify={sparsify:?}, sign={sign_election}, normalize={normalize}, lambda={lambda:?})"
-                ),
+                Op::Kernel { kernel, inputs } => {
+                    format!("{kernel:?}({})", inputs.iter().map(|x| format!("%{x}")).collect::<Vec<_>>().join(", "))
+                }
             };
             writeln!(f, "%{i} {:?} = {op}", n.shape)?;
         }

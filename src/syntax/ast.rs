@@ -60,6 +60,8 @@ pub enum StmtKind {
 pub struct FnParam {
     pub name: Ident,
     pub default: Option<Expr>,
+    /// `..name`: collects the remaining positional arguments into a list.
+    pub variadic: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,16 +102,28 @@ pub enum ExprKind {
     Num(f64),
     Str(String),
     Bool(bool),
+    /// `none`: an absent optional argument.
+    None,
     DType(DTypeLit),
     Ident(String),
     List(Vec<Expr>),
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    Call { callee: Box<Expr>, args: Vec<Arg> },
+    Call {
+        callee: Box<Expr>,
+        args: Vec<Arg>,
+    },
     Member(Box<Expr>, Ident),
     Index(Box<Expr>, Box<Expr>),
-    Slice { target: Box<Expr>, lo: Option<Box<Expr>>, hi: Option<Box<Expr>> },
-    Match { scrutinee: Box<Expr>, arms: Vec<MatchArm> },
+    Slice {
+        target: Box<Expr>,
+        lo: Option<Box<Expr>>,
+        hi: Option<Box<Expr>>,
+    },
+    Match {
+        scrutinee: Box<Expr>,
+        arms: Vec<MatchArm>,
+    },
 }
 
 /// One argument of a call: positional (`name` is None) or named.

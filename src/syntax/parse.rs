@@ -70,9 +70,10 @@ fn stmt(p: Pair<Rule>) -> Stmt {
             for q in inner {
                 match q.as_rule() {
                     Rule::fn_param => {
-                        let mut qi = q.into_inner();
+                        let mut qi = q.into_inner().peekable();
+                        let variadic = qi.next_if(|p| p.as_rule() == Rule::variadic).is_some();
                         let name = ident(qi.next().unwrap());
-                        params.push(FnParam { name, default: qi.next().map(expr) });
+                        params.push(FnParam { name, default: qi.next().map(expr), variadic });
                     }
                     _ => body = Some(expr(q)),
                 }
@@ -168,6 +169,7 @@ fn primary(p: Pair<Rule>) -> Expr {
         Rule::number => ExprKind::Num(p.as_str().parse().expect("grammar admits only valid numbers")),
         Rule::string => ExprKind::Str(string_value(p)),
         Rule::boolean => ExprKind::Bool(p.as_str() == "true"),
+        Rule::none => ExprKind::None,
         Rule::dtype => ExprKind::DType(match p.as_str() {
             "bf16" => DTypeLit::BF16,
             "f16" => DTypeLit::F16,
@@ -270,6 +272,7 @@ fn describe(rule: Rule) -> &'static str {
         | Rule::primary
         | Rule::number
         | Rule::boolean
+        | Rule::none
         | Rule::dtype
         | Rule::list
         | Rule::match_expr
@@ -313,6 +316,7 @@ mod tests {
             ExprKind::Num(n) => n.to_string(),
             ExprKind::Str(s) => format!("{s:?}"),
             ExprKind::Bool(b) => b.to_string(),
+            ExprKind::None => "none".into(),
             ExprKind::DType(d) => format!("{d:?}"),
             ExprKind::Ident(n) => n.clone(),
             ExprKind::List(items) => format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", ")),
@@ -356,9 +360,12 @@ mod tests {
             StmtKind::Fn { name, params, body } => {
                 let ps: Vec<String> = params
                     .iter()
-                    .map(|p| match &p.default {
-                        Some(d) => format!("{}={}", p.name.name, show(d)),
-                        None => p.name.name.clone(),
+                    .map(|p| {
+                        let dots = if p.variadic { ".." } else { "" };
+                        match &p.default {
+                            Some(d) => format!("{dots}{}={}", p.name.name, show(d)),
+                            None => format!("{dots}{}", p.name.name),
+                        }
                     })
                     .collect();
                 format!("fn {}({}) = {}", name.name, ps.join(", "), show(body))
@@ -375,6 +382,7 @@ mod tests {
 import "lib.fuse"
 param lam = 0.3   # trailing comment
 fn blend(a, b, t=0.5) = (1 - t)*a + t*b
+fn many(..models, base=none) = models
 x = -a + b * 2 / c - -1e-3
 t = match tensor { "*self_attn*" => over_layers(0, .5, 1), _ => 0.5, }
 s = m.layers[0..8]

@@ -1,0 +1,649 @@
+//! Builtin functions: `model`, `over_layers`, the primitives the standard
+//! library is written in, and the merge methods that are native kernels.
+
+use super::call::Bound;
+use super::eval::{Checker, Ctx};
+use super::methods::{Arity, BaseUse, Default as PDefault, Family, MethodSpec};
+use super::value::*;
+use crate::diag::{Code, Diagnostic};
+use crate::graph::{Kernel, Sparsify};
+use crate::io::{Checkpoint, OpenError};
+use crate::syntax::{Arg, BinOp, Span};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Builtins other than the native methods: (name, parameters).
+pub const PRIMITIVES: &[(&str, &[&str])] = &[
+    ("model", &["path"]),
+    ("task_vectors", &["models", "base"]),
+    ("weighted_sum", &["xs", "weight", "normalize"]),
+    ("merge_deltas", &["deltas", "weight", "elect_sign", "normalize"]),
+    ("trim_magnitude", &["deltas", "density", "rescale"]),
+    ("trim_outliers", &["deltas", "density", "gamma", "rescale"]),
+    ("drop_random", &["deltas", "density", "rescale", "seed"]),
+    ("drop_della", &["deltas", "density", "epsilon", "rescale", "seed"]),
+];
+
+/// Every builtin name but the native methods.
+pub const BUILTINS: &[&str] = &[
+    "model",
+    "over_layers",
+    "task_vectors",
+    "weighted_sum",
+    "merge_deltas",
+    "trim_magnitude",
+    "trim_outliers",
+    "drop_random",
+    "drop_della",
+];
+
+impl Checker<'_> {
+    pub fn call_builtin(&mut self, name: &str, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+        if name == "over_layers" {
+            return self.call_over_layers(args, span, ctx);
+        }
+        let params = PRIMITIVES.iter().find(|(n, _)| *n == name).expect("primitive").1;
+        let Some(mut b) = self.bind_args(name, params, params.len(), 1, args, span, ctx) else {
+            return Value::Poison;
+        };
+        if b.values().any(|(v, _)| matches!(v, Value::Poison)) {
+            return Value::Poison;
+        }
+        match name {
+            "model" => self.call_model(b.remove("path").unwrap(), ctx),
+            "task_vectors" => self.task_vectors(&mut b, span, ctx),
+            "weighted_sum" => self.weighted_sum(&mut b, span, ctx),
+            "merge_deltas" => self.merge_deltas(&mut b, span, ctx),
+            _ => self.sparsify(name, &mut b, span, ctx),
+        }
+    }
+
+    fn call_model(&mut self, (v, pspan): (Value, Span), ctx: Ctx) -> Value {
+        let spec = match v {
+            Value::Str(s) => s,
+            other => {
+                return self.err(
+                    Diagnostic::error(Code::E0106, format!("`model` takes a path string, found {}", other.type_name()))
+                        .with_label(ctx.file, pspan, "expected a string like \"models/base\""),
+                )
+            }
+        };
+        let key = if spec.starts_with("hf:") {
+            PathBuf::from(&spec)
+        } else {
+            ctx.dir.join(&spec).canonicalize().unwrap_or(ctx.dir.join(&spec))
+        };
+        if let Some(&i) = self.model_index.get(&key) {
+            return Value::Tensor(self.load_value(i));
+        }
+        match Checkpoint::open(&spec, ctx.dir) {
+            Ok(ck) => {
+                let i = self.models.len();
+                self.archs.push(Arc::new(Arch::from_checkpoint(&ck, i)));
+                self.models.push(Arc::new(ck));
+                self.model_index.insert(key, i);
+                Value::Tensor(self.load_value(i))
+            }
+            Err(OpenError::NotFound { what, help }) => self.err(
+                Diagnostic::error(Code::E0301, format!("model not found: {what}"))
+                    .with_label(ctx.file, pspan, "no checkpoint here")
+                    .with_help(help),
+            ),
+            Err(OpenError::Bad { file, what }) => self.err(
+                Diagnostic::error(Code::E0302, format!("bad checkpoint `{}`: {what}", file.display()))
+                    .with_label(ctx.file, pspan, "this checkpoint cannot be read")
+                    .with_help("re-download or re-save the checkpoint; fuse reads safetensors files with a config.json beside them"),
+            ),
+        }
+    }
+
+    fn load_value(&mut self, model: usize) -> TVal {
+        let expr = self.push(TExpr::Load { model });
+        TVal { expr, arch: self.archs[model].clone(), weight: Sched::Const(1.0) }
+    }
+
+    fn call_over_layers(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+        let mut vals = Vec::new();
+        for a in args {
+            if let Some(n) = &a.name {
+                return self.err(
+                    Diagnostic::error(Code::E0104, format!("`over_layers` has no argument `{}`", n.name)).with_label(
+                        ctx.file,
+                        n.span,
+                        "over_layers takes only the values, by position",
+                    ),
+                );
+            }
+            match self.eval(&a.value, ctx) {
+                Value::Num(s) => vals.push(s),
+                Value::Poison => return Value::Poison,
+                other => {
+                    return self.err(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("`over_layers` takes numbers, found {}", other.type_name()),
+                        )
+                        .with_label(ctx.file, a.value.span, "expected a number"),
+                    )
+                }
+            }
+        }
+        if vals.is_empty() {
+            return self.err(Diagnostic::error(Code::E0105, "`over_layers` needs at least one value").with_label(
+                ctx.file,
+                span,
+                "e.g. `over_layers(0, 0.5, 1)`",
+            ));
+        }
+        Value::Num(Sched::OverLayers(vals))
+    }
+
+    // ---- primitives of the standard library ----
+
+    /// A list of tensor values (or one), settled, of one architecture.
+    fn tensors(&mut self, (v, s): (Value, Span), what: &str, ctx: Ctx) -> Option<Vec<TVal>> {
+        let items = match v {
+            Value::List(items) => items,
+            Value::Tensor(t) => vec![Value::Tensor(t)],
+            other => {
+                self.report(
+                    Diagnostic::error(Code::E0106, format!("expected a list of {what}, found {}", other.type_name()))
+                        .with_label(ctx.file, s, format!("expected {what}")),
+                );
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match self.settle_value(item, s, ctx.file) {
+                Value::Tensor(t) => out.push(t),
+                Value::Poison => return None,
+                other => {
+                    self.report(
+                        Diagnostic::error(Code::E0106, format!("expected {what}, found {}", other.type_name()))
+                            .with_label(ctx.file, s, format!("this holds {}", other.type_name())),
+                    );
+                    return None;
+                }
+            }
+        }
+        if out.is_empty() {
+            self.report(
+                Diagnostic::error(Code::E0105, format!("no {what} given"))
+                    .with_label(ctx.file, s, "an empty list")
+                    .with_help("pass the models first: `method(a, b, ...)`"),
+            );
+            return None;
+        }
+        for i in 1..out.len() {
+            if !self.same_arch(&out[0].arch.clone(), &out[i].arch.clone(), s, s, ctx.file) {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    /// The base for task vectors: the one given, else the binding `base`.
+    fn base_model(&mut self, given: Option<(Value, Span)>, span: Span, who: &str, ctx: Ctx) -> Option<TVal> {
+        let (v, s) = match given {
+            Some((Value::None, _)) | None => match self.globals.get("base").map(|b| (b.value.clone(), b.span)) {
+                Some(b) => b,
+                None => {
+                    self.report(
+                        Diagnostic::error(Code::E0204, format!("`{who}` needs task vectors, but no base model is known"))
+                            .with_label(ctx.file, span, "these models would become `model - base`")
+                            .with_help(format!(
+                                "pass `base=...` to `{who}`, bind a model to the name `base`, or give task vectors (`a - b`)"
+                            )),
+                    );
+                    return None;
+                }
+            },
+            Some(g) => g,
+        };
+        match v {
+            Value::Tensor(b) if self.kind(&b) == Some(Kind::Model) => Some(b),
+            Value::Poison => None,
+            other => {
+                self.report(
+                    Diagnostic::error(Code::E0106, format!("the base must be a model, found {}", other.type_name()))
+                        .with_label(ctx.file, s, "not a model"),
+                );
+                None
+            }
+        }
+    }
+
+    fn task_vectors(&mut self, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+        let Some(models) = self.tensors(b.remove("models").unwrap(), "models or task vectors", ctx) else {
+            return Value::Poison;
+        };
+        let mut base = None;
+        let mut given = b.remove("base");
+        let mut out = Vec::new();
+        for m in models {
+            if self.kind(&m) == Some(Kind::Delta) {
+                out.push(Value::Tensor(m));
+                continue;
+            }
+            if base.is_none() {
+                let who = self.frame_name();
+                base = self.base_model(given.take(), span, &who, ctx);
+            }
+            let Some(bm) = &base else { return Value::Poison };
+            if !self.same_arch(&bm.arch.clone(), &m.arch, span, span, ctx.file) {
+                return Value::Poison;
+            }
+            let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), m.expr), (Sched::Const(-1.0), bm.expr)]));
+            out.push(Value::Tensor(TVal { expr, arch: m.arch.clone(), weight: Sched::Const(0.0) }));
+        }
+        Value::List(out)
+    }
+
+    /// The name users called: the innermost `fn` being evaluated.
+    fn frame_name(&self) -> String {
+        self.frames.last().map_or("task_vectors".into(), |f| f.0.clone())
+    }
+
+    fn weighted_sum(&mut self, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+        let Some(xs) = self.tensors(b.remove("xs").unwrap(), "models or task vectors", ctx) else {
+            return Value::Poison;
+        };
+        let kinds: Vec<Option<Kind>> = xs.iter().map(|t| self.kind(t)).collect();
+        if kinds.iter().any(|k| *k != kinds[0]) {
+            return self.err(
+                Diagnostic::error(Code::E0106, "a weighted sum mixes models and task vectors")
+                    .with_label(ctx.file, span, "models and task vectors together")
+                    .with_help("average models with models, or task vectors with task vectors"),
+            );
+        }
+        let Some(weights) = self.per_model("weight", b.remove("weight"), xs.len(), 1.0, ctx) else {
+            return Value::Poison;
+        };
+        let Some(normalize) = self.flag(b.remove("normalize"), true, ctx) else { return Value::Poison };
+        let total = weights.iter().cloned().reduce(|a, b| Sched::bin(BinOp::Add, a, b)).unwrap();
+        let terms: Vec<(Sched, TId)> = weights
+            .iter()
+            .zip(&xs)
+            .map(|(w, t)| {
+                (if normalize { Sched::bin(BinOp::Div, w.clone(), total.clone()) } else { w.clone() }, t.expr)
+            })
+            .collect();
+        let weight = terms
+            .iter()
+            .zip(&xs)
+            .map(|((c, _), t)| Sched::bin(BinOp::Mul, c.clone(), t.weight.clone()))
+            .reduce(|a, b| Sched::bin(BinOp::Add, a, b))
+            .unwrap();
+        let expr = self.push(TExpr::Lin(terms));
+        Value::Tensor(TVal { expr, arch: xs[0].arch.clone(), weight })
+    }
+
+    /// Task vectors only: models here mean a missing `task_vectors(...)`.
+    fn deltas(&mut self, v: (Value, Span), ctx: Ctx) -> Option<Vec<TVal>> {
+        let s = v.1;
+        let xs = self.tensors(v, "task vectors", ctx)?;
+        if xs.iter().any(|t| self.kind(t) != Some(Kind::Delta)) {
+            self.report(
+                Diagnostic::error(Code::E0106, "expected task vectors, found models")
+                    .with_label(ctx.file, s, "these are models")
+                    .with_help("turn models into task vectors first: `task_vectors(models, base)` or `m - base`"),
+            );
+            return None;
+        }
+        Some(xs)
+    }
+
+    fn merge_deltas(&mut self, b: &mut Bound, _span: Span, ctx: Ctx) -> Value {
+        let Some(ds) = self.deltas(b.remove("deltas").unwrap(), ctx) else { return Value::Poison };
+        let Some(weights) = self.per_model("weight", b.remove("weight"), ds.len(), 1.0, ctx) else {
+            return Value::Poison;
+        };
+        let Some(elect_sign) = self.flag(b.remove("elect_sign"), false, ctx) else { return Value::Poison };
+        let Some(normalize) = self.flag(b.remove("normalize"), false, ctx) else { return Value::Poison };
+        let kernel = Kernel::Consensus { weights, elect_sign, normalize };
+        let expr = self.push(TExpr::Kernel { kernel, inputs: ds.iter().map(|d| d.expr).collect() });
+        Value::Tensor(TVal { expr, arch: ds[0].arch.clone(), weight: Sched::Const(0.0) })
+    }
+
+    /// trim_magnitude, trim_outliers, drop_random, drop_della: one sparsify
+    /// kernel per task vector.
+    fn sparsify(&mut self, name: &str, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+        let Some(ds) = self.deltas(b.remove("deltas").unwrap(), ctx) else { return Value::Poison };
+        let n = ds.len();
+        let dspan = b.get("density").map_or(span, |d| d.1);
+        let Some(density) = self.per_model("density", b.remove("density"), n, 1.0, ctx) else { return Value::Poison };
+        for d in &density {
+            if let Some(c) = d.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
+                return self.err(
+                    Diagnostic::error(Code::E0106, format!("density {} is outside [0, 1]", super::fmt_num(c)))
+                        .with_label(ctx.file, dspan, "a density is the fraction of entries kept")
+                        .with_help("use a value between 0 and 1, e.g. `density=0.2`"),
+                );
+            }
+        }
+        let random = matches!(name, "drop_random" | "drop_della");
+        let Some(rescale) = self.flag(b.remove("rescale"), random, ctx) else { return Value::Poison };
+        let seed = match b.remove("seed") {
+            None => 0,
+            Some((Value::Num(Sched::Const(s)), _)) if s >= 0.0 && s.fract() == 0.0 => s as u64,
+            Some((v, s)) => {
+                return self.err(
+                    Diagnostic::error(Code::E0106, format!("`seed` must be a whole number, found {}", v.type_name()))
+                        .with_label(ctx.file, s, "expected e.g. `seed=42`"),
+                )
+            }
+        };
+        let extra = match name {
+            "trim_outliers" => self.per_model("gamma", b.remove("gamma"), n, 0.01, ctx),
+            "drop_della" => self.per_model("epsilon", b.remove("epsilon"), n, 0.15, ctx),
+            _ => Some(vec![Sched::Const(0.0); n]),
+        };
+        let Some(extra) = extra else { return Value::Poison };
+        let mut out = Vec::new();
+        for (i, ((d, density), x)) in ds.iter().zip(density).zip(extra).enumerate() {
+            if name == "drop_della" {
+                if let (Some(dc), Some(e)) = (density.as_const(), x.as_const()) {
+                    if dc < 1.0 && (dc - e <= 0.0 || dc + e >= 1.0) {
+                        return self.err(
+                            Diagnostic::error(
+                                Code::E0106,
+                                format!("della needs density ± epsilon inside (0, 1); density {dc} and epsilon {e} give [{}, {}]", super::fmt_num(dc - e), super::fmt_num(dc + e)),
+                            )
+                            .with_label(ctx.file, dspan, "keep probabilities would leave (0, 1)")
+                            .with_help("lower epsilon, or move density away from 0 and 1"),
+                        );
+                    }
+                }
+            }
+            let how = match name {
+                "trim_magnitude" => Sparsify::Magnitude { density },
+                "trim_outliers" => Sparsify::Outliers { density, gamma: x },
+                "drop_random" => Sparsify::Random { density },
+                _ => Sparsify::Della { density, epsilon: x },
+            };
+            let kernel = Kernel::Sparsify { how, rescale, seed, stream: i as u64 };
+            let expr = self.push(TExpr::Kernel { kernel, inputs: vec![d.expr] });
+            out.push(Value::Tensor(TVal { expr, arch: d.arch.clone(), weight: Sched::Const(0.0) }));
+        }
+        Value::List(out)
+    }
+
+    /// A per-model argument: absent (the default), one number for all, or a
+    /// list of one number per model.
+    pub fn per_model(
+        &mut self,
+        param: &str,
+        given: Option<(Value, Span)>,
+        n: usize,
+        default: f64,
+        ctx: Ctx,
+    ) -> Option<Vec<Sched>> {
+        let Some((v, span)) = given else { return Some(vec![Sched::Const(default); n]) };
+        match v {
+            Value::Num(s) => Some(vec![s; n]),
+            Value::List(items) => {
+                if items.len() != n {
+                    self.report(
+                        Diagnostic::error(Code::E0108, format!("`{param}` has {} values for {n} models", items.len()))
+                            .with_label(
+                                ctx.file,
+                                span,
+                                format!("expected {n} values, one per model, or a single number"),
+                            ),
+                    );
+                    return None;
+                }
+                let mut out = Vec::new();
+                for i in items {
+                    match i {
+                        Value::Num(s) => out.push(s),
+                        other => {
+                            self.report(
+                                Diagnostic::error(
+                                    Code::E0106,
+                                    format!("`{param}` must hold numbers, found {}", other.type_name()),
+                                )
+                                .with_label(ctx.file, span, "expected numbers"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Value::None => Some(vec![Sched::Const(default); n]),
+            other => {
+                self.report(
+                    Diagnostic::error(
+                        Code::E0106,
+                        format!("expected a number or a list of numbers, found {}", other.type_name()),
+                    )
+                    .with_label(ctx.file, span, "expected a number"),
+                );
+                None
+            }
+        }
+    }
+
+    fn flag(&mut self, given: Option<(Value, Span)>, default: bool, ctx: Ctx) -> Option<bool> {
+        match given {
+            None | Some((Value::None, _)) => Some(default),
+            Some((Value::Bool(b), _)) => Some(b),
+            Some((other, s)) => {
+                self.report(
+                    Diagnostic::error(Code::E0106, format!("expected true or false, found {}", other.type_name()))
+                        .with_label(ctx.file, s, "expected a Bool"),
+                );
+                None
+            }
+        }
+    }
+
+    fn num(&mut self, given: Option<(Value, Span)>, default: f64, ctx: Ctx) -> Option<Sched> {
+        match given {
+            None | Some((Value::None, _)) => Some(Sched::Const(default)),
+            Some((Value::Num(s), _)) => Some(s),
+            Some((other, s)) => {
+                self.report(
+                    Diagnostic::error(Code::E0106, format!("expected a number, found {}", other.type_name()))
+                        .with_label(ctx.file, s, "expected a number"),
+                );
+                None
+            }
+        }
+    }
+
+    // ---- native methods ----
+
+    /// A merge method implemented by one native kernel (see `methods.rs`).
+    pub fn call_method(&mut self, spec: &MethodSpec, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+        let mut inputs = Vec::new();
+        let mut named = Vec::new();
+        for a in args {
+            if a.name.is_some() {
+                named.push(a.clone());
+            } else {
+                let v = self.eval(&a.value, ctx);
+                inputs.push((self.settle_value(v, a.value.span, ctx.file), a.value.span));
+            }
+        }
+        let pnames: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
+        let Some(mut b) = self.bind_args(spec.name, &pnames, 0, 0, &named, span, ctx) else { return Value::Poison };
+        if inputs.iter().any(|(v, _)| matches!(v, Value::Poison)) || b.values().any(|(v, _)| matches!(v, Value::Poison))
+        {
+            return Value::Poison;
+        }
+        let n = inputs.len();
+        let arity_ok = match spec.arity {
+            Arity::Exactly(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        };
+        if !arity_ok {
+            let (code, want) = match spec.arity {
+                Arity::Exactly(k) => (if n > k { Code::E0107 } else { Code::E0105 }, format!("exactly {k}")),
+                Arity::AtLeast(k) => (Code::E0105, format!("at least {k}")),
+            };
+            let at = match spec.arity {
+                Arity::Exactly(k) if n > k => inputs[k].1.to(inputs[n - 1].1),
+                _ => span,
+            };
+            return self.err(
+                Diagnostic::error(code, format!("`{}` takes {want} models, got {n}", spec.name))
+                    .with_label(ctx.file, at, format!("{n} model{} given", if n == 1 { "" } else { "s" }))
+                    .with_help(format!("for example `{}`", spec.example)),
+            );
+        }
+        let mut tvals = Vec::new();
+        for (v, s) in &inputs {
+            match v {
+                Value::Tensor(t) => tvals.push((t.clone(), *s)),
+                other => {
+                    return self.err(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("`{}` merges models, found {}", spec.name, other.type_name()),
+                        )
+                        .with_label(ctx.file, *s, "expected a model")
+                        .with_help("parameters are named: `name=value`"),
+                    )
+                }
+            }
+        }
+        for w in 1..tvals.len() {
+            if !self.same_arch(&tvals[0].0.arch.clone(), &tvals[w].0.arch.clone(), tvals[0].1, tvals[w].1, ctx.file) {
+                return Value::Poison;
+            }
+        }
+        // Required arguments and defaults.
+        for p in spec.params {
+            if p.default == PDefault::Required && !b.contains_key(p.name) {
+                return self.err(
+                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name))
+                        .with_label(ctx.file, span, format!("`{}=` not given", p.name))
+                        .with_help(format!("for example `{}`", spec.example)),
+                );
+            }
+        }
+        let base = match spec.base {
+            BaseUse::Never => None,
+            BaseUse::Optional => match b.remove("base") {
+                None | Some((Value::None, _)) => None,
+                given => Some(self.base_model(given, span, spec.name, ctx)),
+            },
+            BaseUse::Required => Some(self.base_model(b.remove("base"), span, spec.name, ctx)),
+        };
+        let base = match base {
+            Some(None) => return Value::Poison,
+            Some(Some(bm)) => {
+                if !self.same_arch(&bm.arch.clone(), &tvals[0].0.arch.clone(), span, tvals[0].1, ctx.file) {
+                    return Value::Poison;
+                }
+                Some(bm)
+            }
+            None => None,
+        };
+        let kinds: Vec<Option<Kind>> = tvals.iter().map(|(t, _)| self.kind(t)).collect();
+        if let Some(i) = kinds.iter().position(|k| *k != kinds[0]) {
+            return self.err(
+                Diagnostic::error(Code::E0106, format!("`{}` mixes models and task vectors", spec.name))
+                    .with_label(ctx.file, tvals[i].1, "this one differs from the first")
+                    .with_help("give all models, or all task vectors"),
+            );
+        }
+        let on_deltas = spec.task_vectors || (spec.base == BaseUse::Optional && base.is_some());
+        let mut ins: Vec<TId> = Vec::new();
+        for (t, _) in &tvals {
+            match (&base, on_deltas && self.kind(t) == Some(Kind::Model)) {
+                (Some(bm), true) => {
+                    ins.push(self.push(TExpr::Lin(vec![(Sched::Const(1.0), t.expr), (Sched::Const(-1.0), bm.expr)])))
+                }
+                _ => ins.push(t.expr),
+            }
+        }
+        let Some(kernel) = self.method_kernel(spec, &mut b, n, base.as_ref(), &mut ins, span, ctx) else {
+            return Value::Poison;
+        };
+        let expr = self.push(TExpr::Kernel { kernel, inputs: ins });
+        let arch = tvals[0].0.arch.clone();
+        if spec.task_vectors {
+            return Value::Tensor(TVal { expr, arch, weight: Sched::Const(0.0) });
+        }
+        match (&base, on_deltas, spec.family) {
+            // Interpolated task vectors go back onto the base.
+            (Some(bm), true, _) => {
+                let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), bm.expr), (Sched::Const(1.0), expr)]));
+                Value::Tensor(TVal { expr, arch, weight: Sched::Const(1.0) })
+            }
+            _ => Value::Tensor(TVal { expr, arch, weight: tvals[0].0.weight.clone() }),
+        }
+    }
+
+    /// The kernel of a native method from its arguments.
+    #[allow(clippy::too_many_arguments)]
+    fn method_kernel(
+        &mut self,
+        spec: &MethodSpec,
+        b: &mut Bound,
+        n: usize,
+        base: Option<&TVal>,
+        ins: &mut Vec<TId>,
+        span: Span,
+        ctx: Ctx,
+    ) -> Option<Kernel<Sched>> {
+        Some(match spec.family {
+            Family::Slerp => Kernel::Slerp { t: self.num(b.remove("t"), 0.0, ctx)? },
+            Family::NearSwap => Kernel::NearSwap { t: self.num(b.remove("t"), 0.0, ctx)? },
+            Family::NuSlerp => {
+                let w = self.per_model("weight", b.remove("weight"), 2, 1.0, ctx)?;
+                let total = Sched::bin(BinOp::Add, w[0].clone(), w[1].clone());
+                let flatten = self.flag(b.remove("nuslerp_flatten"), true, ctx)?;
+                let row_wise = self.flag(b.remove("nuslerp_row_wise"), false, ctx)?;
+                let t = Sched::Ratio(Box::new(w[1].clone()), Box::new(total), 0.5);
+                Kernel::NuSlerp { t, flatten, row_wise }
+            }
+            Family::MultiSlerp => {
+                let w = self.per_model("weight", b.remove("weight"), n, 1.0, ctx)?;
+                let normalize = self.flag(b.remove("normalize_weights"), true, ctx)?;
+                let total = w.iter().cloned().reduce(|a, c| Sched::bin(BinOp::Add, a, c)).unwrap();
+                let weights = w
+                    .into_iter()
+                    .map(|x| if normalize { Sched::bin(BinOp::Div, x, total.clone()) } else { x })
+                    .collect();
+                Kernel::MultiSlerp { weights, eps: self.num(b.remove("eps"), 1e-8, ctx)? }
+            }
+            Family::Karcher => {
+                let max_iter = match self.num(b.remove("max_iter"), 10.0, ctx)?.as_const() {
+                    Some(m) if m >= 1.0 => m as u64,
+                    _ => {
+                        self.report(
+                            Diagnostic::error(Code::E0106, "`max_iter` must be a whole number of at least 1")
+                                .with_label(ctx.file, span, "in this call"),
+                        );
+                        return None;
+                    }
+                };
+                Kernel::Karcher { max_iter, tol: self.num(b.remove("tol"), 1e-5, ctx)? }
+            }
+            Family::ModelStock => {
+                let filter_wise = self.flag(b.remove("filter_wise"), false, ctx)?;
+                let bm = base.expect("model_stock has a base");
+                ins.insert(0, bm.expr);
+                Kernel::ModelStock { filter_wise }
+            }
+            Family::ArceeFusion => Kernel::ArceeFusion,
+            Family::Sce => {
+                let topk = self.num(b.remove("select_topk"), 1.0, ctx)?;
+                if let Some(c) = topk.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
+                    self.report(
+                        Diagnostic::error(Code::E0106, format!("select_topk {} is outside [0, 1]", super::fmt_num(c)))
+                            .with_label(ctx.file, span, "the fraction of positions kept")
+                            .with_help("use a value between 0 and 1, e.g. `select_topk=0.5`"),
+                    );
+                    return None;
+                }
+                Kernel::Sce { select_topk: topk }
+            }
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! Combining task vectors and base-relative methods: sign consensus (TIES,
+//! DARE-TIES, ...), SCE, Model Stock, NearSwap and Arcee Fusion, as mergekit
+//! 0.1.5 computes them.
+
+use super::{dot, norm, row_len};
+
+/// Per entry: `sum_i w_i d_i` over all inputs, or with `elect_sign` over the
+/// inputs whose weighted sign matches the sign of that sum (zeros never
+/// match); divided by the summed weights of those inputs when `normalize`.
+pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize: bool, out: &mut [f32]) {
+    let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    for (i, o) in out.iter_mut().enumerate() {
+        let (mut mixed, mut divisor) = (0f32, 0f32);
+        if elect_sign {
+            let sum: f32 = deltas.iter().zip(&w).map(|(d, w)| d[i] * w).sum();
+            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+            for (d, w) in deltas.iter().zip(&w) {
+                let wd = d[i] * w;
+                if wd != 0.0 && wd.signum() == majority {
+                    mixed += wd;
+                    divisor += w;
+                }
+            }
+            if divisor == 0.0 {
+                divisor = 1.0;
+            }
+        } else {
+            for (d, w) in deltas.iter().zip(&w) {
+                mixed += d[i] * w;
+                divisor += w;
+            }
+            if divisor.abs() < 1e-8 {
+                divisor = 1.0;
+            }
+        }
+        *o = if normalize { mixed / divisor } else { mixed };
+    }
+}
+
+/// `w b + (1 - w) a` with `w = clamp(t / max(|a - b|, 1e-6), 0, 1)`.
+pub fn nearswap(a: &[f32], b: &[f32], t: f64, out: &mut [f32]) {
+    let t = t as f32;
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        let w = (t / (x - y).abs().max(1e-6)).clamp(0.0, 1.0);
+        *o = w * y + (1.0 - w) * x;
+    }
+}
+
+/// SCE on deltas: keep the `select_topk` fraction of positions with the
+/// highest variance across deltas, elect signs (unweighted sum), weight each
+/// delta by its mean square, and average the agreeing entries.
+pub fn sce(deltas: &[Vec<f32>], select_topk: f64) -> Vec<f32> {
+    let n = deltas[0].len();
+    let m = deltas.len() as f64;
+    let mut ds: Vec<Vec<f32>> = deltas.to_vec();
+    if select_topk < 1.0 {
+        let var: Vec<f32> = (0..n)
+            .map(|i| {
+                let mean = ds.iter().map(|d| d[i] as f64).sum::<f64>() / m;
+                (ds.iter().map(|d| (d[i] as f64 - mean).powi(2)).sum::<f64>() / m) as f32
+            })
+            .collect();
+        let nonzero = var.iter().filter(|v| **v != 0.0).count();
+        let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
+        let mut keep = vec![false; n];
+        if k > 0 {
+            let threshold = super::kth_largest_magnitude(&var, k);
+            let mut budget = k - var.iter().filter(|v| **v > threshold).count();
+            for (i, v) in var.iter().enumerate() {
+                if *v > threshold
+                    || (*v == threshold && budget > 0 && {
+                        budget -= 1;
+                        true
+                    })
+                {
+                    keep[i] = true;
+                }
+            }
+        }
+        for d in ds.iter_mut() {
+            d.iter_mut().zip(&keep).for_each(|(v, k)| {
+                if !k {
+                    *v = 0.0
+                }
+            });
+        }
+    }
+    let energy: Vec<f64> = ds.iter().map(|d| d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64).collect();
+    let total: f64 = energy.iter().sum();
+    let w: Vec<f32> = energy.iter().map(|e| if total.abs() < 1e-6 { 1.0 / m } else { e / total } as f32).collect();
+    (0..n)
+        .map(|i| {
+            let sum: f32 = ds.iter().map(|d| d[i]).sum();
+            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+            let (mut mixed, mut divisor) = (0f32, 0f32);
+            for (d, w) in ds.iter().zip(&w) {
+                if d[i] != 0.0 && d[i].signum() == majority {
+                    mixed += d[i] * w;
+                    divisor += w;
+                }
+            }
+            mixed / divisor.max(1e-6)
+        })
+        .collect()
+}
+
+/// Model Stock: `t = N cos / (1 + (N - 1) cos)` from the mean pairwise
+/// cosine of the deltas (whole tensor, or per row with `filter_wise`), then
+/// `t mean(models) + (1 - t) base`.
+pub fn model_stock(base: &[f32], models: &[Vec<f32>], filter_wise: bool, shape: &[usize]) -> Vec<f32> {
+    let n = base.len();
+    let row = if filter_wise { row_len(shape) } else { n };
+    let deltas: Vec<Vec<f32>> = models.iter().map(|m| m.iter().zip(base).map(|(x, b)| x - b).collect()).collect();
+    let nm = models.len() as f64;
+    let mut out = vec![0f32; n];
+    for start in (0..n).step_by(row.max(1)) {
+        let end = (start + row).min(n);
+        let mut cos_sum = 0.0;
+        let mut pairs = 0.0;
+        for i in 0..deltas.len() {
+            for j in i + 1..deltas.len() {
+                let (a, b) = (&deltas[i][start..end], &deltas[j][start..end]);
+                let c = (dot(a, b) / (norm(a) * norm(b)).max(1e-6)).clamp(-1.0, 1.0);
+                cos_sum += c;
+                pairs += 1.0;
+            }
+        }
+        let cos = cos_sum / pairs;
+        let denom = 1.0 + (nm - 1.0) * cos;
+        let t = if denom.abs() < 1e-6 { 0.0 } else { nm * cos / denom } as f32;
+        for k in start..end {
+            let mean = (models.iter().map(|m| m[k] as f64).sum::<f64>() / nm) as f32;
+            out[k] = t * mean + (1.0 - t) * base[k];
+        }
+    }
+    out
+}
+
+/// Arcee Fusion: importance `|b - a| * KL(softmax(b) || softmax(a))` per row
+/// (softmax on the last dimension, plus 1e-8), threshold `median + 1.5 IQR`
+/// of the importance with mergekit's quantiles (the sorted value at index
+/// `int(q (n - 1))`), and `a + (b - a)` where the importance reaches it.
+///
+/// The KL divergence of two nearly equal rows is tiny, so mergekit's float32
+/// arithmetic decides borderline entries by rounding noise; we compute it in
+/// f64 and so agree with it everywhere but on such entries.
+pub fn arcee_fusion(a: &[f32], b: &[f32], shape: &[usize]) -> Vec<f32> {
+    let row = row_len(shape).max(1);
+    let mut importance = vec![0f64; a.len()];
+    for ((ra, rb), imp) in a.chunks(row).zip(b.chunks(row)).zip(importance.chunks_mut(row)) {
+        let p = softmax(rb);
+        let q = softmax(ra);
+        let kl: f64 = p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum();
+        for ((x, y), m) in ra.iter().zip(rb).zip(imp.iter_mut()) {
+            *m = (*y as f64 - *x as f64).abs() * kl;
+        }
+    }
+    let mut sorted = importance.clone();
+    sorted.sort_by(|x, y| x.total_cmp(y));
+    let at = |q: f64| sorted[(q * (sorted.len() - 1) as f64) as usize];
+    let threshold = at(0.5) + 1.5 * (at(0.75) - at(0.25));
+    a.iter().zip(b).zip(&importance).map(|((x, y), m)| if *m >= threshold { x + (y - x) } else { *x }).collect()
+}
+
+fn softmax(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = x.iter().map(|v| (*v as f64 - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s + 1e-8).collect()
+}

@@ -1,0 +1,86 @@
+//! The native per-tensor kernels: the vocabulary the checker builds and the
+//! executor implements. Generic over the number type: `Sched` (numbers that
+//! may vary per tensor) while checking, [`super::F`] once lowered for one
+//! tensor.
+
+/// How a task vector is sparsified.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Sparsify<N> {
+    /// Keep the `density` fraction of largest magnitudes (TIES).
+    Magnitude { density: N },
+    /// Drop the `gamma` fraction of largest magnitudes and the smallest,
+    /// keeping `density` (Model Breadcrumbs).
+    Outliers { density: N, gamma: N },
+    /// Keep each entry with probability `density` (DARE).
+    Random { density: N },
+    /// Keep with probability from `density - epsilon` (smallest magnitude in
+    /// its row) to `density + epsilon` (largest) (DELLA).
+    Della { density: N, epsilon: N },
+}
+
+/// A kernel node's computation. Inputs are listed on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel<N> {
+    /// One delta in, sparsified; `rescale` restores its L1 norm. Random
+    /// masks draw from (seed, tensor name, stream).
+    Sparsify { how: Sparsify<N>, rescale: bool, seed: u64, stream: u64 },
+    /// Deltas in: weighted sum, optionally only entries agreeing with the
+    /// elected sign, optionally divided by the (agreeing) weights.
+    Consensus { weights: Vec<N>, elect_sign: bool, normalize: bool },
+    /// Two tensors: spherical interpolation of the flattened tensors.
+    Slerp { t: N },
+    /// Two tensors: slerp of the whole tensor, or of each row or column.
+    NuSlerp { t: N, flatten: bool, row_wise: bool },
+    /// Many tensors: weighted spherical mean through the tangent space.
+    MultiSlerp { weights: Vec<N>, eps: N },
+    /// Many tensors: Riemannian (Karcher) mean of the directions.
+    Karcher { max_iter: u64, tol: N },
+    /// Base then models: interpolate the models' mean towards the base by
+    /// their deltas' mean cosine.
+    ModelStock { filter_wise: bool },
+    /// Base and model: take the model where they are within `t`.
+    NearSwap { t: N },
+    /// Base and model: keep the delta where its KL-weighted importance is an outlier.
+    ArceeFusion,
+    /// Deltas in: keep high-variance positions, elect signs, weight by energy.
+    Sce { select_topk: N },
+}
+
+impl<N> Kernel<N> {
+    /// The same kernel with every number converted.
+    pub fn map<M>(&self, f: &impl Fn(&N) -> M) -> Kernel<M> {
+        let sp = |s: &Sparsify<N>| match s {
+            Sparsify::Magnitude { density } => Sparsify::Magnitude { density: f(density) },
+            Sparsify::Outliers { density, gamma } => Sparsify::Outliers { density: f(density), gamma: f(gamma) },
+            Sparsify::Random { density } => Sparsify::Random { density: f(density) },
+            Sparsify::Della { density, epsilon } => Sparsify::Della { density: f(density), epsilon: f(epsilon) },
+        };
+        match self {
+            Kernel::Sparsify { how, rescale, seed, stream } => {
+                Kernel::Sparsify { how: sp(how), rescale: *rescale, seed: *seed, stream: *stream }
+            }
+            Kernel::Consensus { weights, elect_sign, normalize } => Kernel::Consensus {
+                weights: weights.iter().map(f).collect(),
+                elect_sign: *elect_sign,
+                normalize: *normalize,
+            },
+            Kernel::Slerp { t } => Kernel::Slerp { t: f(t) },
+            Kernel::NuSlerp { t, flatten, row_wise } => {
+                Kernel::NuSlerp { t: f(t), flatten: *flatten, row_wise: *row_wise }
+            }
+            Kernel::MultiSlerp { weights, eps } => {
+                Kernel::MultiSlerp { weights: weights.iter().map(f).collect(), eps: f(eps) }
+            }
+            Kernel::Karcher { max_iter, tol } => Kernel::Karcher { max_iter: *max_iter, tol: f(tol) },
+            Kernel::ModelStock { filter_wise } => Kernel::ModelStock { filter_wise: *filter_wise },
+            Kernel::NearSwap { t } => Kernel::NearSwap { t: f(t) },
+            Kernel::ArceeFusion => Kernel::ArceeFusion,
+            Kernel::Sce { select_topk } => Kernel::Sce { select_topk: f(select_topk) },
+        }
+    }
+
+    /// Elementwise kernels can be computed a chunk at a time.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Kernel::Consensus { .. } | Kernel::NearSwap { .. })
+    }
+}
