@@ -275,7 +275,7 @@ fn every_example_runs() {
         }
         fuse_ok(&ex, &args);
     }
-    assert!(tmp.path().join("fuse-demo/out/ties/model.safetensors.index.json").is_file());
+    assert!(tmp.path().join("fuse-demo/out/ties-bf16/model.safetensors.index.json").is_file());
 }
 
 #[test]

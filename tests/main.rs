@@ -5,3 +5,4 @@ mod cli;
 mod common;
 mod diagnostics;
 mod goldens;
+mod methods;
