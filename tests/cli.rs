@@ -289,7 +289,7 @@ fn demo_runs_from_nothing() {
 #[test]
 fn engines_and_memory_budgets_agree_to_the_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    for golden in ["ties", "task_arithmetic_gradient"] {
+    for golden in ["ties", "task_arithmetic_gradient", "slerp", "model_stock", "nuslerp", "sce", "breadcrumbs_ties"] {
         let recipe = root().join("tests/golden").join(format!("{golden}.fuse"));
         let run = |out: &str, extra: &[&str]| {
             let dir = tmp.path().join(format!("{golden}-{out}"));

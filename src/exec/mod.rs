@@ -1,8 +1,8 @@
 //! Execution: a [`Plan`] in, a checkpoint on disk out. Output tensors are
 //! computed in parallel with rayon, embeddings first and then layer by
-//! layer; each input tensor is read through a memory map only when a node
-//! needs it, and every intermediate is dropped after its last use, so memory
-//! holds a few tensors per worker, never a model.
+//! layer; each input tensor is read (positioned reads, a chunk at a time in
+//! the streaming engine) only when a node needs it, and every intermediate is
+//! dropped after its last use, so memory never holds a model.
 //!
 //! Two engines share the plan: [`Engine::Stream`] (the CPU default,
 //! `stream.rs`) streams elementwise work in chunks; [`Engine::Candle`]
@@ -16,10 +16,10 @@ use crate::graph::{NodeId, Op, Plan};
 use crate::io::writer::OutputDir;
 use crate::io::DType;
 use candle_core::{Device, Tensor};
-use memmap2::Mmap;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// What a finished run wrote.
@@ -70,9 +70,10 @@ impl Drop for Permit<'_> {
     }
 }
 
-/// The input files of a plan, mapped once.
+/// The input files of a plan, opened once and read with positioned reads
+/// (see docs/notes/reading-inputs.md for why not memory maps).
 pub struct Inputs {
-    maps: Vec<Vec<Mmap>>,
+    files: Vec<Vec<File>>,
 }
 
 impl Inputs {
@@ -80,55 +81,60 @@ impl Inputs {
         let used: Vec<bool> = (0..plan.models.len())
             .map(|m| plan.nodes.iter().any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m)))
             .collect();
-        let mut maps = Vec::new();
+        let mut files = Vec::new();
         for (m, ck) in plan.models.iter().enumerate() {
-            let mut files = Vec::new();
+            let mut fs = Vec::new();
             if used[m] {
                 for f in &ck.files {
-                    let file = File::open(f).map_err(|e| format!("cannot open `{}`: {e}", f.display()))?;
-                    // SAFETY: the map is read-only; a checkpoint changed on disk
-                    // during a run gives wrong numbers, not memory unsafety in
-                    // our code, which only copies out of it after bounds checks.
-                    let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map `{}`: {e}", f.display()))?;
-                    files.push(map);
+                    fs.push(File::open(f).map_err(|e| format!("cannot open `{}`: {e}", f.display()))?);
                 }
             }
-            maps.push(files);
+            files.push(fs);
         }
-        Ok(Inputs { maps })
+        Ok(Inputs { files })
     }
 
-    fn bytes(&self, plan: &Plan, model: usize, tensor: &str) -> Result<(&[u8], DType), String> {
+    /// Reads `len` bytes of a tensor from byte `offset` of its data.
+    fn read_bytes(
+        &self,
+        plan: &Plan,
+        model: usize,
+        tensor: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<DType, String> {
         let ck = &plan.models[model];
         let entry = ck
             .tensors
             .get(tensor)
             .ok_or_else(|| format!("tensor `{tensor}` is missing from `{}`", ck.root.display()))?;
-        let map = &self.maps[model][entry.file];
-        let (s, e) = (entry.info.start as usize, entry.info.end as usize);
-        let bytes = map.get(s..e).ok_or_else(|| {
-            format!("`{}` is shorter than its header says (tensor `{tensor}`)", ck.files[entry.file].display())
-        })?;
-        Ok((bytes, entry.info.dtype))
+        self.files[model][entry.file]
+            .read_exact_at(buf, entry.info.start + offset)
+            .map_err(|e| format!("cannot read tensor `{tensor}` from `{}`: {e}", ck.files[entry.file].display()))?;
+        Ok(entry.info.dtype)
     }
 
-    /// Drops the mapped pages of every input under `root` from this
-    /// process's memory once its output is written; they stay in the page
-    /// cache, so nothing is lost but resident size.
-    fn release(&self, plan: &Plan, root: NodeId) {
-        let mut stack = vec![root];
-        while let Some(n) = stack.pop() {
-            if let Op::Load { model, tensor } = &plan.nodes[n].op {
-                if let Some(entry) = plan.models[*model].tensors.get(tensor) {
-                    let map = &self.maps[*model][entry.file];
-                    let (s, e) = (entry.info.start as usize, entry.info.end as usize);
-                    // SAFETY: a read-only file mapping; DONTNEED only drops
-                    // pages, which are read again from the file if touched.
-                    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
-                }
-            }
-            stack.extend(children(&plan.nodes[n].op));
+    /// A whole tensor's bytes and dtype.
+    fn bytes(&self, plan: &Plan, model: usize, tensor: &str) -> Result<(Vec<u8>, DType), String> {
+        let info = &plan.models[model].tensors.get(tensor).map(|e| e.info.clone());
+        let len = info.as_ref().map_or(0, |i| (i.end - i.start) as usize);
+        let mut buf = vec![0u8; len];
+        let dtype = self.read_bytes(plan, model, tensor, 0, &mut buf)?;
+        Ok((buf, dtype))
+    }
+
+    /// Reads elements `start ..` of a tensor into `out` as f32.
+    fn read(&self, plan: &Plan, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
+        let dtype = plan.models[model].tensors.get(tensor).map_or(DType::F32, |e| e.info.dtype);
+        let size = dtype.size();
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| {
+            buf.resize(out.len() * size, 0);
+            self.read_bytes(plan, model, tensor, (start * size) as u64, buf)?;
+            decode(buf, dtype, out)
+        })
     }
 }
 
@@ -192,7 +198,7 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
         let t = match &node.op {
             Op::Load { model, tensor } => {
                 let (bytes, dtype) = inputs.bytes(plan, *model, tensor)?;
-                kernels::load(bytes, dtype, &node.shape, device).map_err(ce)?
+                kernels::load(&bytes, dtype, &node.shape, device).map_err(ce)?
             }
             Op::Lin(terms) => {
                 let ts: Vec<(f64, &Tensor)> = terms.iter().map(|(c, x)| (c.get(), &values[x])).collect();
@@ -228,6 +234,30 @@ fn children(op: &Op) -> Vec<NodeId> {
         Op::Lin(terms) => terms.iter().map(|(_, x)| *x).collect(),
         Op::Kernel { inputs, .. } => inputs.clone(),
     }
+}
+
+/// Little-endian `dtype` bytes to f32.
+pub fn decode(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<(), String> {
+    match dtype {
+        DType::F32 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(4))
+            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DType::BF16 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        DType::F16 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        DType::F64 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(8))
+            .for_each(|(o, b)| *o = f64::from_le_bytes(b.try_into().unwrap()) as f32),
+        other => return Err(format!("{other} tensors cannot be merged")),
+    }
+    Ok(())
 }
 
 /// f32 values to little-endian bytes of `dtype` (round to nearest even).

@@ -1,36 +1,50 @@
 //! The CPU engine: streams each output tensor in chunks.
 //!
-//! Elementwise work (loads, linear combinations) is evaluated chunk by chunk
-//! straight from the memory-mapped inputs into the output file, so it holds
-//! a few chunks per thread whatever the model size, and large tensors are
-//! split across threads. Nodes that need a whole tensor at once (the
-//! task-vector merges) are materialized first, under the memory budget.
+//! Elementwise work (loads, linear combinations, sign consensus, nearswap)
+//! is evaluated chunk by chunk straight from the input files into the
+//! output file, so it holds a few chunks per thread whatever the model
+//! size, and large tensors are split across threads. Kernels that need
+//! whole-tensor statistics (magnitude thresholds, norms, cosines) get them
+//! in extra streaming passes first; only the few that need the whole tensor
+//! at once (outliers, DELLA, the multi-model spheres, arcee_fusion, sce) are
+//! materialized, under the memory budget.
 
-use super::{kernels, Budget, Inputs};
+use super::kernels::{self, Prepared, Source, TensorInfo, CHUNK};
+use super::{Budget, Inputs};
 use crate::graph::{NodeId, Op, Plan};
 use crate::io::writer::OutputDir;
-use crate::io::DType;
 use rayon::prelude::*;
 use std::collections::HashMap;
 
-/// Elements per chunk: large enough to amortize dispatch, small enough to
-/// stay in cache.
-const CHUNK: usize = 1 << 15;
-
-/// Whole tensors computed ahead of the streaming pass.
-type Materialized = HashMap<NodeId, Vec<f32>>;
+/// What is known ahead of the streaming pass: whole tensors and statistics.
+#[derive(Default)]
+struct State {
+    whole: HashMap<NodeId, Vec<f32>>,
+    prepared: HashMap<NodeId, Prepared>,
+}
 
 /// Computes output tensor `i` of the plan and writes it into `out`.
 pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out: &OutputDir) -> Result<(), String> {
     let o = &plan.outputs[i];
     let numel: usize = plan.nodes[o.node].shape.iter().product();
-    let whole = whole_nodes(plan, o.node);
-    let need: u64 = whole.iter().map(|&n| working_set(plan, n)).sum();
+    let special = special_nodes(plan, o.node);
+    let need: u64 = special.iter().filter(|&&n| !streams(plan, n)).map(|&n| working_set(plan, n)).sum();
     let _permit = budget.acquire(need);
-    let mut mat = Materialized::new();
-    for n in whole {
-        let v = materialize(plan, inputs, &mat, n)?;
-        mat.insert(n, v);
+    let mut st = State::default();
+    for n in special {
+        let Op::Kernel { kernel, inputs: ins } = &plan.nodes[n].op else { unreachable!() };
+        let shape = &plan.nodes[n].shape;
+        let name = tensor_name(plan, n);
+        let info = TensorInfo { name: &name, shape };
+        let src = GraphSource { plan, inputs, st: &st, nodes: ins };
+        if streams(plan, n) {
+            let prep = kernels::prepare(kernel, &src, &info)?;
+            st.prepared.insert(n, prep);
+        } else {
+            let whole_inputs = (0..ins.len()).map(|k| src.whole(k)).collect::<Result<Vec<_>, _>>()?;
+            let v = kernels::whole(kernel, whole_inputs, &info)?;
+            st.whole.insert(n, v);
+        }
     }
     let dtype = plan.layout.tensors[i].dtype;
     let slot = plan.layout.slots[i];
@@ -38,17 +52,21 @@ pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
     (0..numel.div_ceil(CHUNK)).into_par_iter().try_for_each(|c| {
         let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
         let mut buf = vec![0f32; range.len()];
-        eval(plan, inputs, &mat, o.node, range.start, &mut buf)?;
+        eval(plan, inputs, &st, o.node, range.start, &mut buf)?;
         let bytes = super::encode(&buf, dtype);
         out.write_at(slot.shard, slot.offset + range.start as u64 * size, &bytes)
             .map_err(|e| format!("writing `{}`: {e}", o.name))
     })?;
-    inputs.release(plan, o.node);
     Ok(())
 }
 
-/// The nodes under `root` that must be computed whole, in dependency order.
-fn whole_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
+fn streams(plan: &Plan, n: NodeId) -> bool {
+    matches!(&plan.nodes[n].op, Op::Kernel { kernel, .. } if kernels::is_streamable(kernel, &plan.nodes[n].shape))
+}
+
+/// The kernels under `root` that need work before streaming (statistics or
+/// the whole tensor), in dependency order.
+fn special_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
     fn visit(plan: &Plan, n: NodeId, seen: &mut Vec<NodeId>, out: &mut Vec<NodeId>) {
         if seen.contains(&n) {
             return;
@@ -66,25 +84,12 @@ fn whole_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
     out
 }
 
-/// Bytes a whole node holds while it is computed: its inputs and its
+/// Bytes a materialized node holds while it is computed: its inputs and its
 /// result, in f32.
 pub fn working_set(plan: &Plan, n: NodeId) -> u64 {
     let numel: u64 = plan.nodes[n].shape.iter().product::<usize>() as u64;
     let inputs = super::children(&plan.nodes[n].op).len() as u64;
     (inputs + 1) * numel * 4
-}
-
-fn materialize(plan: &Plan, inputs: &Inputs, mat: &Materialized, n: NodeId) -> Result<Vec<f32>, String> {
-    let numel: usize = plan.nodes[n].shape.iter().product();
-    let whole_input = |c: NodeId| -> Result<Vec<f32>, String> {
-        let mut v = vec![0f32; numel];
-        v.par_chunks_mut(CHUNK).enumerate().try_for_each(|(i, chunk)| eval(plan, inputs, mat, c, i * CHUNK, chunk))?;
-        Ok(v)
-    };
-    let Op::Kernel { kernel, inputs: ins } = &plan.nodes[n].op else { unreachable!("only kernels are whole") };
-    let ins = ins.iter().map(|&c| whole_input(c)).collect::<Result<Vec<_>, _>>()?;
-    let name = tensor_name(plan, n);
-    kernels::whole(kernel, ins, &kernels::TensorInfo { name: &name, shape: &plan.nodes[n].shape })
 }
 
 /// The tensor a node computes a piece of: the name its loads read.
@@ -99,36 +104,54 @@ pub fn tensor_name(plan: &Plan, n: NodeId) -> String {
     String::new()
 }
 
-/// Evaluates elements `start .. start + out.len()` of node `n` into `out`.
-fn eval(
-    plan: &Plan,
-    inputs: &Inputs,
-    mat: &Materialized,
-    n: NodeId,
-    start: usize,
-    out: &mut [f32],
-) -> Result<(), String> {
-    if let Some(v) = mat.get(&n) {
+/// A kernel's inputs as subgraphs, evaluated on demand from the inputs.
+struct GraphSource<'a> {
+    plan: &'a Plan,
+    inputs: &'a Inputs,
+    st: &'a State,
+    nodes: &'a [NodeId],
+}
+
+impl GraphSource<'_> {
+    fn whole(&self, k: usize) -> Result<Vec<f32>, String> {
+        let mut v = vec![0f32; self.len()];
+        v.par_chunks_mut(CHUNK).enumerate().try_for_each(|(c, chunk)| self.fill(k, c * CHUNK, chunk))?;
+        Ok(v)
+    }
+}
+
+impl Source for GraphSource<'_> {
+    fn len(&self) -> usize {
+        self.nodes.first().map_or(0, |&n| self.plan.nodes[n].shape.iter().product())
+    }
+    fn inputs(&self) -> usize {
+        self.nodes.len()
+    }
+    fn fill(&self, input: usize, start: usize, out: &mut [f32]) -> Result<(), String> {
+        eval(self.plan, self.inputs, self.st, self.nodes[input], start, out)
+    }
+}
+
+/// Evaluates elements `start .. start + out.len()` of node `n` into `out`
+/// (`start` a multiple of [`CHUNK`]).
+fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: &mut [f32]) -> Result<(), String> {
+    if let Some(v) = st.whole.get(&n) {
         out.copy_from_slice(&v[start..start + out.len()]);
         return Ok(());
     }
     match &plan.nodes[n].op {
-        Op::Load { model, tensor } => {
-            let (bytes, dtype) = inputs.bytes(plan, *model, tensor)?;
-            let size = dtype.size();
-            decode(&bytes[start * size..(start + out.len()) * size], dtype, out)
-        }
+        Op::Load { model, tensor } => inputs.read(plan, *model, tensor, start, out),
         Op::Lin(terms) => {
             let mut scratch = vec![0f32; out.len()];
             for (k, (c, x)) in terms.iter().enumerate() {
                 let c = c.get() as f32;
                 if k == 0 {
-                    eval(plan, inputs, mat, *x, start, out)?;
+                    eval(plan, inputs, st, *x, start, out)?;
                     if c != 1.0 {
                         out.iter_mut().for_each(|v| *v *= c);
                     }
                 } else {
-                    eval(plan, inputs, mat, *x, start, &mut scratch)?;
+                    eval(plan, inputs, st, *x, start, &mut scratch)?;
                     if c == 1.0 {
                         out.iter_mut().zip(&scratch).for_each(|(o, s)| *o += s);
                     } else {
@@ -142,36 +165,12 @@ fn eval(
             let mut bufs = Vec::with_capacity(ins.len());
             for &c in ins {
                 let mut b = vec![0f32; out.len()];
-                eval(plan, inputs, mat, c, start, &mut b)?;
+                eval(plan, inputs, st, c, start, &mut b)?;
                 bufs.push(b);
             }
             let refs: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
-            kernels::chunk(kernel, &refs, out);
+            kernels::apply(kernel, st.prepared.get(&n).unwrap_or(&Prepared::None), start, &refs, out);
             Ok(())
         }
     }
-}
-
-/// Little-endian `dtype` bytes to f32.
-fn decode(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<(), String> {
-    match dtype {
-        DType::F32 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(4))
-            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        DType::BF16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-        DType::F16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        DType::F64 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(8))
-            .for_each(|(o, b)| *o = f64::from_le_bytes(b.try_into().unwrap()) as f32),
-        other => return Err(format!("{other} tensors cannot be merged")),
-    }
-    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Checkpoints on disk: safetensors headers, model directories (single file,
 //! sharded with an index, the local Hugging Face cache) and the writer for
-//! sharded outputs. Tensor data itself is read by memory map in `exec/`.
+//! sharded outputs. Tensor data itself is read in `exec/`.
 
 pub mod checkpoint;
 pub mod safetensors;

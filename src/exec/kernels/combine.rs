@@ -2,7 +2,7 @@
 //! DARE-TIES, ...), SCE, Model Stock, NearSwap and Arcee Fusion, as mergekit
 //! 0.1.5 computes them.
 
-use super::{dot, norm, row_len};
+use super::{dot, partials, row_len, Prepared, Source};
 
 /// Per entry: `sum_i w_i d_i` over all inputs, or with `elect_sign` over the
 /// inputs whose weighted sign matches the sign of that sum (zeros never
@@ -64,7 +64,8 @@ pub fn sce(deltas: &[Vec<f32>], select_topk: f64) -> Vec<f32> {
         let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
         let mut keep = vec![false; n];
         if k > 0 {
-            let threshold = super::kth_largest_magnitude(&var, k);
+            let threshold =
+                super::kth_largest_magnitude(&super::Slices(std::slice::from_ref(&var)), k).expect("in-memory source");
             let mut budget = k - var.iter().filter(|v| **v > threshold).count();
             for (i, v) in var.iter().enumerate() {
                 if *v > threshold
@@ -104,34 +105,72 @@ pub fn sce(deltas: &[Vec<f32>], select_topk: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Model Stock: `t = N cos / (1 + (N - 1) cos)` from the mean pairwise
-/// cosine of the deltas (whole tensor, or per row with `filter_wise`), then
-/// `t mean(models) + (1 - t) base`.
-pub fn model_stock(base: &[f32], models: &[Vec<f32>], filter_wise: bool, shape: &[usize]) -> Vec<f32> {
-    let n = base.len();
-    let row = if filter_wise { row_len(shape) } else { n };
+/// Model Stock's interpolation factor from the mean pairwise cosine of N
+/// task vectors: `t = N cos / (1 + (N - 1) cos)`, 0 where that is undefined.
+fn stock_t(norms: &[f64], dots: &[f64], n: usize) -> f32 {
+    let (mut cos_sum, mut pairs, mut k) = (0.0, 0.0, 0);
+    for i in 0..n {
+        for j in i + 1..n {
+            cos_sum += (dots[k] / (norms[i].sqrt() * norms[j].sqrt()).max(1e-6)).clamp(-1.0, 1.0);
+            pairs += 1.0;
+            k += 1;
+        }
+    }
+    let cos = cos_sum / pairs;
+    let nm = n as f64;
+    let denom = 1.0 + (nm - 1.0) * cos;
+    (if denom.abs() < 1e-6 { 0.0 } else { nm * cos / denom }) as f32
+}
+
+/// The squared norms and pairwise dot products of the deltas `m_i - base`.
+fn stock_stats(base: &[f32], models: &[&[f32]]) -> (Vec<f64>, Vec<f64>) {
     let deltas: Vec<Vec<f32>> = models.iter().map(|m| m.iter().zip(base).map(|(x, b)| x - b).collect()).collect();
-    let nm = models.len() as f64;
-    let mut out = vec![0f32; n];
-    for start in (0..n).step_by(row.max(1)) {
-        let end = (start + row).min(n);
-        let mut cos_sum = 0.0;
-        let mut pairs = 0.0;
-        for i in 0..deltas.len() {
-            for j in i + 1..deltas.len() {
-                let (a, b) = (&deltas[i][start..end], &deltas[j][start..end]);
-                let c = (dot(a, b) / (norm(a) * norm(b)).max(1e-6)).clamp(-1.0, 1.0);
-                cos_sum += c;
-                pairs += 1.0;
-            }
+    let norms = deltas.iter().map(|d| dot(d, d)).collect();
+    let mut dots = Vec::new();
+    for i in 0..deltas.len() {
+        for j in i + 1..deltas.len() {
+            dots.push(dot(&deltas[i], &deltas[j]));
         }
-        let cos = cos_sum / pairs;
-        let denom = 1.0 + (nm - 1.0) * cos;
-        let t = if denom.abs() < 1e-6 { 0.0 } else { nm * cos / denom } as f32;
-        for k in start..end {
-            let mean = (models.iter().map(|m| m[k] as f64).sum::<f64>() / nm) as f32;
-            out[k] = t * mean + (1.0 - t) * base[k];
-        }
+    }
+    (norms, dots)
+}
+
+/// Model Stock over the whole tensor: one pass for norms and dots.
+pub fn prepare_stock(src: &dyn Source) -> Result<Prepared, String> {
+    let k = src.inputs();
+    let parts = partials(src, k, |_, b| {
+        let ms: Vec<&[f32]> = b[1..].iter().map(Vec::as_slice).collect();
+        stock_stats(&b[0], &ms)
+    })?;
+    let (mut norms, mut dots) = (vec![0.0; k - 1], vec![0.0; (k - 1) * (k - 2) / 2]);
+    for (n, d) in parts {
+        norms.iter_mut().zip(n).for_each(|(a, b)| *a += b);
+        dots.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+    }
+    Ok(Prepared::Stock { t: stock_t(&norms, &dots, k - 1) })
+}
+
+/// `t mean(models) + (1 - t) base` on one chunk (inputs: base, then models).
+pub fn apply_stock(t: f32, inputs: &[&[f32]], out: &mut [f32]) {
+    let nm = (inputs.len() - 1) as f64;
+    for (k, o) in out.iter_mut().enumerate() {
+        let mean = (inputs[1..].iter().map(|m| m[k] as f64).sum::<f64>() / nm) as f32;
+        *o = t * mean + (1.0 - t) * inputs[0][k];
+    }
+}
+
+/// Model Stock with one factor per row (`filter_wise`).
+pub fn model_stock_rows(base: &[f32], models: &[Vec<f32>], shape: &[usize]) -> Vec<f32> {
+    let row = row_len(shape).max(1);
+    let mut out = vec![0f32; base.len()];
+    for start in (0..base.len()).step_by(row) {
+        let end = (start + row).min(base.len());
+        let ms: Vec<&[f32]> = models.iter().map(|m| &m[start..end]).collect();
+        let (norms, dots) = stock_stats(&base[start..end], &ms);
+        let t = stock_t(&norms, &dots, models.len());
+        let mut ins = vec![&base[start..end]];
+        ins.extend(ms);
+        apply_stock(t, &ins, &mut out[start..end]);
     }
     out
 }

@@ -13,6 +13,7 @@ pub use sparsify::kth_largest_magnitude;
 use crate::graph::{Kernel, F};
 use crate::io::DType;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 pub type Result<T> = candle_core::Result<T>;
 
@@ -45,49 +46,169 @@ pub fn lin(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
     acc.ok_or_else(|| candle_core::Error::Msg("empty linear combination".into()))
 }
 
+/// Elements per chunk: large enough to amortize dispatch, small enough to
+/// stay in cache. Streaming always works on chunks aligned to this.
+pub const CHUNK: usize = 1 << 15;
+
 /// What a whole-tensor kernel knows about the tensor it computes.
 pub struct TensorInfo<'a> {
     pub name: &'a str,
     pub shape: &'a [usize],
 }
 
-/// Runs a kernel on whole input tensors.
-pub fn whole(kernel: &Kernel<F>, mut inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::result::Result<Vec<f32>, String> {
-    if kernel.is_elementwise() {
-        let n = inputs.first().map_or(0, Vec::len);
-        let mut out = vec![0f32; n];
-        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-        chunk(kernel, &refs, &mut out);
-        return Ok(out);
+/// Where a kernel's inputs come from, one chunk at a time: slices in memory,
+/// or subgraphs evaluated straight from the checkpoint files.
+pub trait Source: Sync {
+    /// Elements per input.
+    fn len(&self) -> usize;
+    /// How many inputs.
+    fn inputs(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
+    /// Fills `out` with elements `start ..` of input `input`.
+    fn fill(&self, input: usize, start: usize, out: &mut [f32]) -> std::result::Result<(), String>;
+}
+
+/// Whole-tensor inputs held in memory.
+pub struct Slices<'a>(pub &'a [Vec<f32>]);
+
+impl Source for Slices<'_> {
+    fn len(&self) -> usize {
+        self.0.first().map_or(0, Vec::len)
+    }
+    fn inputs(&self) -> usize {
+        self.0.len()
+    }
+    fn fill(&self, input: usize, start: usize, out: &mut [f32]) -> std::result::Result<(), String> {
+        out.copy_from_slice(&self.0[input][start..start + out.len()]);
+        Ok(())
+    }
+}
+
+/// The whole-tensor facts a streamable kernel needs before it can work a
+/// chunk at a time: thresholds, norms, interpolation coefficients.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// Nothing needed (elementwise kernels, or a no-op sparsify).
+    None,
+    /// Everything dropped (density 0).
+    Zero,
+    /// Keep `|x| > threshold`, and entries equal to it while the chunk's
+    /// budget lasts (so exactly k survive, in index order); times `scale`.
+    Magnitude { threshold: f32, equal_budget: Vec<usize>, scale: f32 },
+    /// Keep where the element's uniform draw is below `p`; times `scale`.
+    Random { p: f64, key: u64, scale: f32 },
+    /// `s0 a + s1 b`.
+    Mix { s0: f32, s1: f32 },
+    /// `t mean(models) + (1 - t) base`.
+    Stock { t: f32 },
+}
+
+/// Kernels that can stream: elementwise ones, and those that need only
+/// whole-tensor statistics computed in passes over their inputs.
+pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
+    use crate::graph::Sparsify as S;
+    match kernel {
+        Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } => true,
+        Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. }, .. } => true,
+        Kernel::NuSlerp { flatten, .. } => *flatten || shape.len() < 2,
+        Kernel::ModelStock { filter_wise } => !filter_wise,
+        _ => false,
+    }
+}
+
+/// Computes a streamable kernel's statistics with passes over `src`.
+pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::result::Result<Prepared, String> {
+    use crate::graph::Sparsify as S;
     Ok(match kernel {
-        Kernel::Sparsify { how, rescale, seed, stream } => {
-            let mut x = inputs.pop().ok_or("sparsify takes one input")?;
-            sparsify::apply(&mut x, how, *rescale, sparsify::stream_key(*seed, t.name, *stream), t.shape)?;
-            x
+        Kernel::Consensus { .. } | Kernel::NearSwap { .. } => Prepared::None,
+        Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
+            sparsify::prepare_magnitude(src, density.get(), *rescale)?
         }
-        Kernel::Slerp { t: s } => sphere::slerp(&inputs[0], &inputs[1], s.get()),
-        Kernel::NuSlerp { t: s, flatten, row_wise } => {
-            sphere::nuslerp(&inputs[0], &inputs[1], s.get(), *flatten, *row_wise, t.shape)
+        Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
+            sparsify::prepare_random(src, density.get(), *rescale, sparsify::stream_key(*seed, t.name, *stream))?
         }
-        Kernel::MultiSlerp { weights, eps } => sphere::multislerp(&inputs, &get(weights), eps.get()),
-        Kernel::Karcher { max_iter, tol } => sphere::karcher(&inputs, *max_iter as usize, tol.get()),
-        Kernel::ModelStock { filter_wise } => combine::model_stock(&inputs[0], &inputs[1..], *filter_wise, t.shape),
-        Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
-        Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
-        Kernel::Consensus { .. } | Kernel::NearSwap { .. } => unreachable!("elementwise"),
+        Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
+        Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
+        Kernel::ModelStock { .. } => combine::prepare_stock(src)?,
+        other => return Err(format!("{other:?} does not stream")),
     })
 }
 
-/// Runs an elementwise kernel on one chunk of its inputs.
-pub fn chunk(kernel: &Kernel<F>, inputs: &[&[f32]], out: &mut [f32]) {
-    match kernel {
-        Kernel::Consensus { weights, elect_sign, normalize } => {
+/// One chunk of a streamable kernel: `inputs` hold elements `start ..` of
+/// each input, `start` a multiple of [`CHUNK`].
+pub fn apply(kernel: &Kernel<F>, prep: &Prepared, start: usize, inputs: &[&[f32]], out: &mut [f32]) {
+    match (kernel, prep) {
+        (Kernel::Consensus { weights, elect_sign, normalize }, _) => {
             combine::consensus(inputs, &get(weights), *elect_sign, *normalize, out)
         }
-        Kernel::NearSwap { t } => combine::nearswap(inputs[0], inputs[1], t.get(), out),
-        other => unreachable!("{other:?} is not elementwise"),
+        (Kernel::NearSwap { t }, _) => combine::nearswap(inputs[0], inputs[1], t.get(), out),
+        (Kernel::Sparsify { .. }, p) => sparsify::apply(p, start, inputs[0], out),
+        (_, Prepared::Mix { s0, s1 }) => {
+            for ((o, a), b) in out.iter_mut().zip(inputs[0]).zip(inputs[1]) {
+                *o = s0 * a + s1 * b;
+            }
+        }
+        (_, Prepared::Stock { t }) => combine::apply_stock(*t, inputs, out),
+        (k, p) => unreachable!("{k:?} with {p:?}"),
     }
+}
+
+/// Runs a kernel on whole input tensors (the candle engine, and kernels
+/// that cannot stream).
+pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::result::Result<Vec<f32>, String> {
+    let n = inputs.first().map_or(0, Vec::len);
+    if is_streamable(kernel, t.shape) {
+        let src = Slices(&inputs);
+        let prep = prepare(kernel, &src, t)?;
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+            let s = c * CHUNK;
+            let ins: Vec<&[f32]> = inputs.iter().map(|x| &x[s..s + o.len()]).collect();
+            apply(kernel, &prep, s, &ins, o);
+        });
+        return Ok(out);
+    }
+    let mut inputs = inputs;
+    Ok(match kernel {
+        Kernel::Sparsify { how, rescale, seed, stream } => {
+            let mut x = inputs.pop().ok_or("sparsify takes one input")?;
+            sparsify::whole(&mut x, how, *rescale, sparsify::stream_key(*seed, t.name, *stream), t.shape)?;
+            x
+        }
+        Kernel::NuSlerp { t: s, row_wise, .. } => {
+            sphere::nuslerp_rows(&inputs[0], &inputs[1], s.get(), *row_wise, t.shape)
+        }
+        Kernel::MultiSlerp { weights, eps } => sphere::multislerp(&inputs, &get(weights), eps.get()),
+        Kernel::Karcher { max_iter, tol } => sphere::karcher(&inputs, *max_iter as usize, tol.get()),
+        Kernel::ModelStock { .. } => combine::model_stock_rows(&inputs[0], &inputs[1..], t.shape),
+        Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
+        Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
+        other => unreachable!("{other:?} streams"),
+    })
+}
+
+/// Per-chunk partial results over a source's chunks, in chunk order: sums
+/// of them are the same whatever the thread count.
+pub fn partials<T: Send>(
+    src: &dyn Source,
+    inputs: usize,
+    f: impl Fn(usize, &[Vec<f32>]) -> T + Sync + Send,
+) -> std::result::Result<Vec<T>, String> {
+    let n = src.len();
+    (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let s = c * CHUNK;
+            let len = CHUNK.min(n - s);
+            let mut bufs = vec![vec![0f32; len]; inputs];
+            for (i, b) in bufs.iter_mut().enumerate() {
+                src.fill(i, s, b)?;
+            }
+            Ok(f(c, &bufs))
+        })
+        .collect()
 }
 
 fn get(v: &[F]) -> Vec<f64> {
@@ -103,11 +224,11 @@ pub(crate) fn row_len(shape: &[usize]) -> usize {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
-fn norm(a: &[f32]) -> f64 {
+pub(crate) fn norm(a: &[f32]) -> f64 {
     dot(a, a).sqrt()
 }
 
@@ -121,7 +242,7 @@ mod tests {
         let d: Vec<&[f32]> = vec![&[1.0, 2.0, -1.0], &[3.0, -1.0, -3.0]];
         let k = Kernel::Consensus { weights: vec![F::new(1.0), F::new(1.0)], elect_sign: true, normalize: true };
         let mut out = vec![0f32; 3];
-        chunk(&k, &d, &mut out);
+        apply(&k, &Prepared::None, 0, &d, &mut out);
         assert_eq!(out, vec![2.0, 2.0, -2.0]);
     }
 }

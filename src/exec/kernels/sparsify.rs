@@ -2,25 +2,118 @@
 //! (Model Breadcrumbs), random dropping (DARE) and magnitude-ranked random
 //! dropping (DELLA), with mergekit's L1 rescale.
 
+use super::{partials, Prepared, Source, CHUNK};
 use crate::graph::{Sparsify, F};
 use rayon::prelude::*;
 
-pub fn apply(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &[usize]) -> Result<(), String> {
+/// Magnitude trimming's statistics: the k-th largest magnitude, how many
+/// entries equal to it each chunk may keep, and the L1 rescale.
+pub fn prepare_magnitude(src: &dyn Source, density: f64, rescale: bool) -> Result<Prepared, String> {
+    if density >= 1.0 {
+        return Ok(Prepared::None);
+    }
+    if density <= 0.0 {
+        return Ok(Prepared::Zero);
+    }
+    let n = src.len();
+    let k = ((density * n as f64) as usize).clamp(1, n);
+    let threshold = kth_largest_magnitude(src, k)?;
+    // Per chunk: entries above and equal to the threshold, and L1 sums.
+    let counts = partials(src, 1, |_, b| {
+        let (mut above, mut equal, mut l1, mut l1_above) = (0usize, 0usize, 0f64, 0f64);
+        for v in &b[0] {
+            let m = v.abs();
+            l1 += m as f64;
+            if m > threshold {
+                above += 1;
+                l1_above += m as f64;
+            } else if m == threshold {
+                equal += 1;
+            }
+        }
+        (above, equal, l1, l1_above)
+    })?;
+    let above: usize = counts.iter().map(|c| c.0).sum();
+    let mut remaining = k - above.min(k);
+    let kept_equal = remaining.min(counts.iter().map(|c| c.1).sum());
+    let mut equal_budget = Vec::with_capacity(counts.len());
+    for c in &counts {
+        equal_budget.push(remaining);
+        remaining = remaining.saturating_sub(c.1);
+    }
+    let scale = if rescale {
+        let before: f64 = counts.iter().map(|c| c.2).sum();
+        let after: f64 = counts.iter().map(|c| c.3).sum::<f64>() + threshold as f64 * kept_equal as f64;
+        l1_ratio(before, after)
+    } else {
+        1.0
+    };
+    Ok(Prepared::Magnitude { threshold, equal_budget, scale })
+}
+
+/// Random dropping's statistics: the stream and, with rescale, the L1 ratio.
+pub fn prepare_random(src: &dyn Source, density: f64, rescale: bool, key: u64) -> Result<Prepared, String> {
+    if density >= 1.0 {
+        return Ok(Prepared::None);
+    }
+    let scale = if rescale {
+        let sums = partials(src, 1, |c, b| {
+            let (mut all, mut kept) = (0f64, 0f64);
+            for (j, v) in b[0].iter().enumerate() {
+                all += v.abs() as f64;
+                if uniform(key, (c * CHUNK + j) as u64) < density {
+                    kept += v.abs() as f64;
+                }
+            }
+            (all, kept)
+        })?;
+        l1_ratio(sums.iter().map(|s| s.0).sum(), sums.iter().map(|s| s.1).sum())
+    } else {
+        1.0
+    };
+    Ok(Prepared::Random { p: density, key, scale })
+}
+
+/// mergekit's rescale: `||x||_1 / ||kept||_1`, skipped when either is tiny.
+fn l1_ratio(before: f64, after: f64) -> f32 {
+    if before >= 1e-7 && after >= 1e-7 {
+        (before / after) as f32
+    } else {
+        1.0
+    }
+}
+
+/// One chunk of a streamed sparsify.
+pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
+    match prep {
+        Prepared::None => out.copy_from_slice(x),
+        Prepared::Zero => out.fill(0.0),
+        Prepared::Magnitude { threshold, equal_budget, scale } => {
+            let mut budget = equal_budget[start / CHUNK];
+            for (o, v) in out.iter_mut().zip(x) {
+                let m = v.abs();
+                let keep = m > *threshold
+                    || (m == *threshold && budget > 0 && {
+                        budget -= 1;
+                        true
+                    });
+                *o = if keep { v * scale } else { 0.0 };
+            }
+        }
+        Prepared::Random { p, key, scale } => {
+            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                *o = if uniform(*key, (start + j) as u64) < *p { v * scale } else { 0.0 };
+            }
+        }
+        other => unreachable!("{other:?} is not a sparsify"),
+    }
+}
+
+/// The sparsifiers that need the whole tensor at once: outliers and DELLA.
+pub fn whole(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &[usize]) -> Result<(), String> {
     let original = rescale.then(|| l1(x));
     match how {
-        Sparsify::Magnitude { density } => magnitude(x, density.get()),
         Sparsify::Outliers { density, gamma } => outliers(x, density.get(), gamma.get()),
-        Sparsify::Random { density } => {
-            if density.get() >= 1.0 {
-                return Ok(());
-            }
-            let p = density.get();
-            x.par_iter_mut().enumerate().for_each(|(i, v)| {
-                if uniform(key, i as u64) >= p {
-                    *v = 0.0;
-                }
-            });
-        }
         Sparsify::Della { density, epsilon } => {
             let (d, e) = (density.get(), epsilon.get());
             if d >= 1.0 {
@@ -33,48 +126,17 @@ pub fn apply(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &
             }
             della(x, d, e, key, super::row_len(shape));
         }
+        other => unreachable!("{other:?} streams"),
     }
     if let Some(before) = original {
-        let after = l1(x);
-        if before >= 1e-7 && after >= 1e-7 {
-            let s = (before / after) as f32;
-            x.iter_mut().for_each(|v| *v *= s);
-        }
+        let s = l1_ratio(before, l1(x));
+        x.iter_mut().for_each(|v| *v *= s);
     }
     Ok(())
 }
 
 fn l1(x: &[f32]) -> f64 {
-    x.par_iter().map(|v| v.abs() as f64).sum()
-}
-
-/// Keeps the `int(density * n)` entries of largest magnitude (at least one).
-/// Entries equal to the threshold are kept in index order so that exactly k
-/// survive.
-pub fn magnitude(x: &mut [f32], density: f64) {
-    if density >= 1.0 {
-        return;
-    }
-    if density <= 0.0 {
-        x.fill(0.0);
-        return;
-    }
-    let n = x.len();
-    let k = ((density * n as f64) as usize).clamp(1, n);
-    let threshold = kth_largest_magnitude(x, k);
-    let above = x.par_iter().filter(|v| v.abs() > threshold).count();
-    let mut equal_budget = k - above;
-    for v in x.iter_mut() {
-        let m = v.abs();
-        if m > threshold {
-            continue;
-        }
-        if m == threshold && equal_budget > 0 {
-            equal_budget -= 1;
-            continue;
-        }
-        *v = 0.0;
-    }
+    x.iter().map(|v| v.abs() as f64).sum()
 }
 
 /// Breadcrumbs: sort by magnitude ascending, keep positions
@@ -124,29 +186,37 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
     });
 }
 
-/// The k-th largest |x| (1-based). Non-negative floats order like their
-/// bits, so a histogram of the high 16 bits finds the bucket, and one of the
-/// low 16 bits inside it finds the value: O(n), no sort, no copy.
-pub fn kth_largest_magnitude(x: &[f32], k: usize) -> f32 {
+/// The k-th largest |x| (1-based) of input 0. Non-negative floats order like
+/// their bits, so a histogram of the high 16 bits finds the bucket and one
+/// of the low 16 bits inside it the value: two passes, no sort, no copy.
+pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
     let bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
-    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Vec<usize> {
-        x.par_chunks(1 << 20)
-            .map(|c| {
-                let mut h = vec![0usize; 1 << 16];
-                for v in c {
-                    if let Some(b) = select(bits(v)) {
-                        h[b] += 1;
+    let n = src.len();
+    // Integer counts add up the same in any order, so threads may fold freely.
+    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Result<Vec<usize>, String> {
+        let (h, _) = (0..n.div_ceil(CHUNK))
+            .into_par_iter()
+            .try_fold(
+                || (vec![0usize; 1 << 16], vec![0f32; CHUNK]),
+                |(mut h, mut buf), c| {
+                    let len = CHUNK.min(n - c * CHUNK);
+                    src.fill(0, c * CHUNK, &mut buf[..len])?;
+                    for v in &buf[..len] {
+                        if let Some(i) = select(bits(v)) {
+                            h[i] += 1;
+                        }
                     }
-                }
-                h
-            })
-            .reduce(
-                || vec![0usize; 1 << 16],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
+                    Ok::<_, String>((h, buf))
                 },
             )
+            .try_reduce(
+                || (vec![0usize; 1 << 16], Vec::new()),
+                |(mut a, buf), (b, _)| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    Ok((a, buf))
+                },
+            )?;
+        Ok(h)
     };
     // Walk buckets from the top until k elements are covered.
     let find = |h: &[usize], mut k: usize| -> (usize, usize) {
@@ -158,11 +228,9 @@ pub fn kth_largest_magnitude(x: &[f32], k: usize) -> f32 {
         }
         (0, k)
     };
-    let high = histogram(&|b| Some((b >> 16) as usize));
-    let (hb, k_in) = find(&high, k);
-    let low = histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize));
-    let (lb, _) = find(&low, k_in);
-    f32::from_bits(((hb as u32) << 16) | lb as u32)
+    let (hb, k_in) = find(&histogram(&|b| Some((b >> 16) as usize))?, k);
+    let (lb, _) = find(&histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize))?, k_in);
+    Ok(f32::from_bits(((hb as u32) << 16) | lb as u32))
 }
 
 /// The random stream of one tensor: from the seed, the tensor's name and
@@ -192,15 +260,22 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::kernels::Slices;
+
+    fn magnitude(x: &[f32], density: f64) -> Vec<f32> {
+        let owned = vec![x.to_vec()];
+        let src = Slices(&owned);
+        let prep = prepare_magnitude(&src, density, false).unwrap();
+        let mut out = vec![0f32; x.len()];
+        apply(&prep, 0, x, &mut out);
+        out
+    }
 
     #[test]
     fn magnitude_keeps_exactly_k() {
-        let mut x = vec![0.1, -3.0, 2.0, 0.5, -0.5, 1.0];
-        magnitude(&mut x, 0.5);
-        assert_eq!(x, vec![0.0, -3.0, 2.0, 0.0, 0.0, 1.0]);
-        let mut y = vec![1.0, -1.0, 1.0, 1.0];
-        magnitude(&mut y, 0.5);
-        assert_eq!(y.iter().filter(|v| **v != 0.0).count(), 2);
+        assert_eq!(magnitude(&[0.1, -3.0, 2.0, 0.5, -0.5, 1.0], 0.5), vec![0.0, -3.0, 2.0, 0.0, 0.0, 1.0]);
+        assert_eq!(magnitude(&[1.0, -1.0, 1.0, 1.0], 0.5), vec![1.0, -1.0, 0.0, 0.0]);
+        assert_eq!(magnitude(&[1.0, 2.0], 0.0), vec![0.0, 0.0]);
     }
 
     #[test]
@@ -209,8 +284,9 @@ mod tests {
             (0..5000).map(|i| ((i * 7919) % 1013) as f32 * if i % 3 == 0 { -0.01 } else { 0.013 }).collect();
         let mut sorted: Vec<f32> = x.iter().map(|v| v.abs()).collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
+        let src = Slices(std::slice::from_ref(&x));
         for k in [1, 2, 17, 2500, 4999, 5000] {
-            assert_eq!(kth_largest_magnitude(&x, k), sorted[k - 1], "k = {k}");
+            assert_eq!(kth_largest_magnitude(&src, k).unwrap(), sorted[k - 1], "k = {k}");
         }
     }
 

@@ -2,57 +2,69 @@
 //! multislerp and the Karcher mean, as mergekit 0.1.5 computes them. Norms
 //! and dot products accumulate in f64; elementwise work stays f32.
 
-use super::{dot, norm, row_len};
+use super::{dot, norm, partials, row_len, Prepared, Source};
 
-/// slerp of the flattened tensors; `t = 0` gives `a`. Nearly parallel
-/// tensors (|cos| > 0.9995) are interpolated linearly.
-pub fn slerp(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
-    let (na, nb) = (norm(a), norm(b));
-    let unit = |n: f64| if n > 1e-8 { n } else { 1.0 };
-    let d = dot(a, b) / (unit(na) * unit(nb));
-    let (s0, s1) = if d.abs() > 0.9995 {
-        (1.0 - t, t)
-    } else {
-        let theta = d.acos();
+/// slerp's coefficients from `|a|^2`, `|b|^2` and `a . b`: with mergekit's
+/// slerp, linear where |cos| > 0.9995; with nuslerp's (`exact`), linear only
+/// where sin theta vanishes.
+pub fn coefficients(aa: f64, bb: f64, ab: f64, t: f64, exact: bool) -> (f32, f32) {
+    let (na, nb) = (aa.sqrt(), bb.sqrt());
+    let (s0, s1) = if exact {
+        let cos = (ab / (na.max(1e-7) * nb.max(1e-7))).clamp(-1.0, 1.0);
+        let theta = cos.acos();
         let s = theta.sin();
-        (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
+        if s.abs() < 1e-8 {
+            (1.0 - t, t)
+        } else {
+            (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
+        }
+    } else {
+        let unit = |n: f64| if n > 1e-8 { n } else { 1.0 };
+        let d = ab / (unit(na) * unit(nb));
+        if d.abs() > 0.9995 {
+            (1.0 - t, t)
+        } else {
+            let theta = d.acos();
+            let s = theta.sin();
+            (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s)
+        }
     };
-    let (s0, s1) = (s0 as f32, s1 as f32);
-    a.iter().zip(b).map(|(x, y)| s0 * x + s1 * y).collect()
+    (s0 as f32, s1 as f32)
 }
 
-/// nuslerp: slerp over the whole tensor (`flatten`), else over each row
-/// (`row_wise`) or each column; linear where |sin theta| < 1e-8.
-pub fn nuslerp(a: &[f32], b: &[f32], t: f64, flatten: bool, row_wise: bool, shape: &[usize]) -> Vec<f32> {
+/// slerp (and flattened nuslerp) over a whole tensor: one pass for the
+/// norms and the dot product, then `s0 a + s1 b` chunk by chunk.
+pub fn prepare_slerp(src: &dyn Source, t: f64, exact: bool) -> Result<Prepared, String> {
+    let parts = partials(src, 2, |_, b| {
+        let (a, c) = (&b[0], &b[1]);
+        (dot(a, a), dot(c, c), dot(a, c))
+    })?;
+    let (aa, bb, ab) = parts.iter().fold((0.0, 0.0, 0.0), |s, p| (s.0 + p.0, s.1 + p.1, s.2 + p.2));
+    let (s0, s1) = coefficients(aa, bb, ab, t, exact);
+    Ok(Prepared::Mix { s0, s1 })
+}
+
+/// nuslerp of each row (`row_wise`) or each column.
+pub fn nuslerp_rows(a: &[f32], b: &[f32], t: f64, row_wise: bool, shape: &[usize]) -> Vec<f32> {
     let n = a.len();
-    if flatten || shape.len() < 2 {
-        return slerp_exact(a, b, t);
-    }
     let cols = row_len(shape);
     let rows = n / cols;
+    let mix = |x: &[f32], y: &[f32]| {
+        let (s0, s1) = coefficients(dot(x, x), dot(y, y), dot(x, y), t, true);
+        x.iter().zip(y).map(|(p, q)| s0 * p + s1 * q).collect::<Vec<f32>>()
+    };
     if row_wise {
-        return a.chunks(cols).zip(b.chunks(cols)).flat_map(|(x, y)| slerp_exact(x, y, t)).collect();
+        return a.chunks(cols).zip(b.chunks(cols)).flat_map(|(x, y)| mix(x, y)).collect();
     }
     let mut out = vec![0f32; n];
     for c in 0..cols {
         let x: Vec<f32> = (0..rows).map(|r| a[r * cols + c]).collect();
         let y: Vec<f32> = (0..rows).map(|r| b[r * cols + c]).collect();
-        for (r, v) in slerp_exact(&x, &y, t).into_iter().enumerate() {
+        for (r, v) in mix(&x, &y).into_iter().enumerate() {
             out[r * cols + c] = v;
         }
     }
     out
-}
-
-/// nuslerp's slerp: no parallel threshold, linear only when sin theta vanishes.
-fn slerp_exact(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
-    let (na, nb) = (norm(a).max(1e-7), norm(b).max(1e-7));
-    let cos = (dot(a, b) / (na * nb)).clamp(-1.0, 1.0);
-    let theta = cos.acos();
-    let s = theta.sin();
-    let (s0, s1) = if s.abs() < 1e-8 { (1.0 - t, t) } else { (((1.0 - t) * theta).sin() / s, (t * theta).sin() / s) };
-    let (s0, s1) = (s0 as f32, s1 as f32);
-    a.iter().zip(b).map(|(x, y)| s0 * x + s1 * y).collect()
 }
 
 /// multislerp: unit vectors, their weighted mean direction, the weighted
@@ -133,11 +145,13 @@ mod tests {
 
     #[test]
     fn slerp_ends_and_middle() {
-        let (a, b) = (vec![1.0f32, 0.0], vec![0.0f32, 1.0]);
-        assert_eq!(slerp(&a, &b, 0.0), a);
-        let m = slerp(&a, &b, 0.5);
+        // Orthogonal unit vectors: t = 0 is the first, t = 0.5 the bisector.
+        assert_eq!(coefficients(1.0, 1.0, 0.0, 0.0, false), (1.0, 0.0));
+        let (s0, s1) = coefficients(1.0, 1.0, 0.0, 0.5, false);
         let h = std::f32::consts::FRAC_1_SQRT_2;
-        assert!((m[0] - h).abs() < 1e-6 && (m[1] - h).abs() < 1e-6, "{m:?}");
+        assert!((s0 - h).abs() < 1e-6 && (s1 - h).abs() < 1e-6);
+        // Nearly parallel: linear.
+        assert_eq!(coefficients(1.0, 1.0, 0.99999, 0.25, false), (0.75, 0.25));
     }
 
     #[test]
