@@ -35,9 +35,9 @@ enum Command {
         /// Where to compute: cpu, or cuda (needs the `cuda` build feature).
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Bound on whole tensors held in memory at once, e.g. 2GB.
-        #[arg(long, default_value = "1GB")]
-        max_memory: String,
+        /// Bound on whole tensors held in memory at once, e.g. 2GB (default: a quarter of RAM).
+        #[arg(long)]
+        max_memory: Option<String>,
     },
     /// Check a recipe against its models' headers without computing anything.
     Check {
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { recipe, output, set, force, device, max_memory } => {
-            cmd_run(&recipe, output.as_deref(), &set, force, &device, &max_memory)
+            cmd_run(&recipe, output.as_deref(), &set, force, &device, max_memory.as_deref())
         }
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
@@ -194,9 +194,13 @@ fn cmd_run(
     set: &[String],
     force: bool,
     device: &str,
-    max_memory: &str,
+    max_memory: Option<&str>,
 ) -> CmdResult {
-    let Some(max_memory) = fuse::io::writer::parse_size(max_memory) else {
+    let max_memory = match max_memory {
+        None => default_max_memory(),
+        Some(m) => fuse::io::writer::parse_size(m).unwrap_or(0),
+    };
+    let Some(max_memory) = (max_memory > 0).then_some(max_memory) else {
         return fail(
             Diagnostic::error(Code::E0401, format!("--max-memory `{max_memory}` is not a size"))
                 .with_help("write e.g. --max-memory 2GB"),
@@ -238,7 +242,18 @@ fn cmd_run(
     for (value, dir, dtype, shard) in &targets {
         let start = Instant::now();
         let plan = fuse::graph::lower(&r, value, *dtype, *shard);
-        match fuse::exec::run_plan(&plan, dir, force, &text, &engine, max_memory) {
+        let bar = progress_bar(plan.layout.total_bytes(), plan.outputs.len());
+        let tick = |bytes: u64| {
+            if let Some(b) = &bar {
+                b.inc(bytes);
+            }
+        };
+        let opts = fuse::exec::Options { engine: engine.clone(), max_memory, progress: Some(&tick) };
+        let result = fuse::exec::run_plan(&plan, dir, force, &text, &opts);
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        match result {
             Ok(rep) => eprintln!(
                 "wrote {} ({} tensors, {:.1} MB in {} shard{}) in {:.2}s",
                 dir.display(),
@@ -259,6 +274,30 @@ fn cmd_run(
     Ok(())
 }
 
+/// A progress bar on a terminal; none in pipes and CI.
+fn progress_bar(bytes: u64, tensors: usize) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(bytes);
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:30} {bytes}/{total_bytes} ({binary_bytes_per_sec}, ETA {eta}) {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(format!("{tensors} tensors"));
+    Some(bar)
+}
+
+/// A quarter of physical memory (4 GB where that is unknown).
+fn default_max_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    });
+    total.map_or(4 << 30, |t| t / 4)
+}
+
 fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
     let mut sources = Sources::default();
     let (r, _) = load(recipe, set, &mut sources)?;
@@ -273,7 +312,14 @@ fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
             plan.layout.total_bytes() as f64 / 1e6,
             plan.layout.shards.len()
         );
-        println!("# largest f32 intermediate: {:.1} MB", plan.largest_tensor_bytes() as f64 / 1e6);
+        let est = fuse::exec::estimate(&plan);
+        let threads = rayon::current_num_threads() as u64;
+        println!(
+            "# working memory: about {:.1} MB ({threads} threads x {:.1} MB of chunks, plus {:.1} MB of whole tensors)",
+            (threads * est.per_thread + est.largest_whole) as f64 / 1e6,
+            est.per_thread as f64 / 1e6,
+            est.largest_whole as f64 / 1e6
+        );
         print!("{plan}");
     }
     Ok(())
@@ -386,7 +432,7 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
-    cmd_run(&recipe, Some(&out), &[], true, "cpu", "1GB")?;
+    cmd_run(&recipe, Some(&out), &[], true, "cpu", None)?;
     cmd_inspect(&out.display().to_string(), false)?;
     println!("merged model: {}", out.display());
     Ok(())

@@ -30,7 +30,51 @@ pub struct Report {
     pub shards: usize,
 }
 
+/// What a plan needs in memory beyond the input files' page cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Estimate {
+    /// Chunk buffers one worker thread holds while streaming.
+    pub per_thread: u64,
+    /// The largest set of whole tensors one output needs (non-streaming kernels).
+    pub largest_whole: u64,
+}
+
+/// Estimates the working memory of the streaming engine.
+pub fn estimate(plan: &Plan) -> Estimate {
+    let chunk = kernels::CHUNK as u64 * 4;
+    let per_thread = plan.nodes.iter().map(|n| children(&n.op).len() as u64 + 1).max().unwrap_or(1) * chunk * 2;
+    let largest_whole = plan
+        .outputs
+        .iter()
+        .map(|o| {
+            let mut stack = vec![o.node];
+            let mut total = 0;
+            while let Some(n) = stack.pop() {
+                if let Op::Kernel { kernel, .. } = &plan.nodes[n].op {
+                    if !kernels::is_streamable(kernel, &plan.nodes[n].shape) {
+                        total += stream::working_set(plan, n);
+                    }
+                }
+                stack.extend(children(&plan.nodes[n].op));
+            }
+            total
+        })
+        .max()
+        .unwrap_or(0);
+    Estimate { per_thread, largest_whole }
+}
+
+/// How to run a plan.
+pub struct Options<'a> {
+    pub engine: Engine,
+    /// Bound on the bytes of whole tensors held at once.
+    pub max_memory: u64,
+    /// Called with the bytes of each output tensor once it is written.
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
 /// Which engine computes the plan.
+#[derive(Clone)]
 pub enum Engine {
     Stream,
     Candle(Device),
@@ -140,15 +184,21 @@ impl Inputs {
 
 /// Computes every output tensor of `plan` and writes it into `out`, holding
 /// at most about `max_memory` bytes of whole tensors at once.
-pub fn execute(plan: &Plan, out: &OutputDir, engine: &Engine, max_memory: u64) -> Result<Report, String> {
+pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, String> {
     let inputs = Inputs::open(plan)?;
-    let budget = Budget::new(max_memory);
-    let device = match engine {
+    let budget = Budget::new(opts.max_memory);
+    let done = |i: usize| {
+        if let Some(p) = opts.progress {
+            p(plan.layout.tensors[i].bytes());
+        }
+    };
+    let device = match &opts.engine {
         Engine::Stream => {
-            plan.outputs
-                .par_iter()
-                .enumerate()
-                .try_for_each(|(i, _)| stream::write_output(plan, &inputs, &budget, i, out))?;
+            plan.outputs.par_iter().enumerate().try_for_each(|(i, _)| {
+                stream::write_output(plan, &inputs, &budget, i, out)?;
+                done(i);
+                Ok::<(), String>(())
+            })?;
             return Ok(Report {
                 tensors: plan.outputs.len(),
                 bytes: plan.layout.total_bytes(),
@@ -293,16 +343,9 @@ const COPIED: &[&str] = &[
 /// Runs a plan into `target`: weights, index, config.json (dtype patched),
 /// tokenizer files and a model card. The directory appears only when
 /// everything is written; on any failure nothing is left behind.
-pub fn run_plan(
-    plan: &Plan,
-    target: &Path,
-    force: bool,
-    recipe_text: &str,
-    engine: &Engine,
-    max_memory: u64,
-) -> Result<Report, String> {
+pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts: &Options) -> Result<Report, String> {
     let out = OutputDir::create(target, force, &plan.layout)?;
-    let report = execute(plan, &out, engine, max_memory)?;
+    let report = execute(plan, &out, opts)?;
     if let Some(index) = plan.layout.index_json() {
         out.write_file("model.safetensors.index.json", index.as_bytes())?;
     }

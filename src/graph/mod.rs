@@ -73,14 +73,6 @@ pub struct Plan {
     pub dtype: Option<DType>,
 }
 
-impl Plan {
-    /// Bytes of f32 intermediates the largest single output tensor needs at
-    /// once, a lower bound on the working memory per worker thread.
-    pub fn largest_tensor_bytes(&self) -> u64 {
-        self.nodes.iter().map(|n| n.shape.iter().product::<usize>() as u64 * 4).max().unwrap_or(0)
-    }
-}
-
 struct Builder<'r> {
     recipe: &'r Recipe,
     nodes: Vec<Node>,
