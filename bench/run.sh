@@ -41,7 +41,7 @@ floor() { # output-bytes inputs...
   dd if=/dev/zero of="$dir/floor.bin" bs=4M count=$(( (bytes + 4194303) / 4194304 )) conv=fsync status=none
   t1=$(date +%s.%N)
   rm -f "$dir/floor.bin"
-  echo "$t1 - $t0" | bc -l
+  awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}' 
 }
 
 printf '%-6s %-16s %9s %9s %7s %10s\n' size case "fuse s" "floor s" ratio "peak RSS"
@@ -77,7 +77,8 @@ for size in $sizes; do
     w=$(printf '%s\n' "${walls[@]}" | median)
     f=$(printf '%s\n' "${floors[@]}" | median)
     r=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
-    printf '%-6s %-16s %9.2f %9.2f %6.1fx %7.0f MB\n' "$size" "$case" "$w" "$f" "$(echo "$w / $f" | bc -l)" "$(echo "$r / 1024" | bc -l)"
+    awk -v s="$size" -v c="$case" -v w="$w" -v f="$f" -v r="$r" \
+      'BEGIN {printf "%-6s %-16s %9.2f %9.2f %6.1fx %7.0f MB\n", s, c, w, f, w / f, r / 1024}' 
     rm -rf "$d/out-$case"
   done
 done

@@ -38,6 +38,9 @@ enum Command {
         /// Bound on whole tensors held in memory at once, e.g. 2GB (default: a quarter of RAM).
         #[arg(long)]
         max_memory: Option<String>,
+        /// Fail (instead of warning) when an input tensor holds NaN or infinity.
+        #[arg(long)]
+        strict: bool,
     },
     /// Check a recipe against its models' headers without computing anything.
     Check {
@@ -90,9 +93,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The first SIGINT or SIGTERM asks a run to stop and clean up; a second exits at once.
+    let flag = fuse::exec::interrupt_flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
     let result = match cli.command {
-        Command::Run { recipe, output, set, force, device, max_memory } => {
-            cmd_run(&recipe, output.as_deref(), &set, force, &device, max_memory.as_deref())
+        Command::Run { recipe, output, set, force, device, max_memory, strict } => {
+            cmd_run(&recipe, output.as_deref(), &set, force, &device, max_memory.as_deref(), strict)
         }
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
@@ -195,6 +204,7 @@ fn cmd_run(
     force: bool,
     device: &str,
     max_memory: Option<&str>,
+    strict: bool,
 ) -> CmdResult {
     let max_memory = match max_memory {
         None => default_max_memory(),
@@ -248,12 +258,29 @@ fn cmd_run(
                 b.inc(bytes);
             }
         };
-        let opts = fuse::exec::Options { engine: engine.clone(), max_memory, progress: Some(&tick) };
+        let opts = fuse::exec::Options { engine: engine.clone(), max_memory, progress: Some(&tick), strict };
         let result = fuse::exec::run_plan(&plan, dir, force, &text, &opts);
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         match result {
+            Ok(rep) if !rep.non_finite.is_empty() => {
+                let (ck, t) = &rep.non_finite[0];
+                let more = rep.non_finite.len() - 1;
+                report(
+                    &[Diagnostic::warning(Code::E0404, format!("tensor `{t}` of `{ck}` holds NaN or infinity"))
+                        .with_note(if more > 0 {
+                            format!("{more} more input tensors do")
+                        } else {
+                            "no other input tensor does".into()
+                        })
+                        .with_help(
+                            "the merged values there are NaN or infinite too; pass --strict to refuse such inputs",
+                        )],
+                    &Sources::default(),
+                );
+                eprintln!("wrote {} ({} tensors)", dir.display(), rep.tensors);
+            }
             Ok(rep) => eprintln!(
                 "wrote {} ({} tensors, {:.1} MB in {} shard{}) in {:.2}s",
                 dir.display(),
@@ -263,6 +290,13 @@ fn cmd_run(
                 if rep.shards == 1 { "" } else { "s" },
                 start.elapsed().as_secs_f64()
             ),
+            Err(_) if fuse::exec::interrupted() => {
+                let _ = fail(
+                    Diagnostic::error(Code::E0405, format!("interrupted; nothing was written at `{}`", dir.display()))
+                        .with_note("outputs appear only when complete; run again to write it"),
+                );
+                std::process::exit(130);
+            }
             Err(e) => {
                 return fail(
                     Diagnostic::error(Code::E0403, format!("writing `{}` failed: {e}", dir.display()))
@@ -432,7 +466,7 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
-    cmd_run(&recipe, Some(&out), &[], true, "cpu", None)?;
+    cmd_run(&recipe, Some(&out), &[], true, "cpu", None, false)?;
     cmd_inspect(&out.display().to_string(), false)?;
     println!("merged model: {}", out.display());
     Ok(())

@@ -6,3 +6,5 @@ mod common;
 mod diagnostics;
 mod goldens;
 mod methods;
+mod reliability;
+mod robustness;

@@ -73,6 +73,10 @@ codes! {
     E0402 = "output exists",
     /// A failure while reading inputs or writing the output
     E0403 = "run failed",
+    /// An input tensor holds NaN or infinity (a warning; an error with `--strict`)
+    E0404 = "non-finite input values",
+    /// The run was interrupted by SIGINT or SIGTERM; nothing was written
+    E0405 = "interrupted",
 }
 
 impl fmt::Display for Code {

@@ -17,10 +17,13 @@ use crate::io::writer::OutputDir;
 use crate::io::DType;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What a finished run wrote.
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ pub struct Report {
     pub tensors: usize,
     pub bytes: u64,
     pub shards: usize,
+    /// Input tensors holding NaN or infinity: (checkpoint, tensor).
+    pub non_finite: Vec<(String, String)>,
 }
 
 /// What a plan needs in memory beyond the input files' page cache.
@@ -71,6 +76,8 @@ pub struct Options<'a> {
     pub max_memory: u64,
     /// Called with the bytes of each output tensor once it is written.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// NaN or infinity in an input fails the run instead of warning.
+    pub strict: bool,
 }
 
 /// Which engine computes the plan.
@@ -114,10 +121,23 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// Set by SIGINT or SIGTERM (see `main.rs`); a run stops at its next
+/// chunk and removes what it wrote.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
+}
+
+pub fn interrupted() -> bool {
+    interrupt_flag().load(Ordering::Relaxed)
+}
+
 /// The input files of a plan, opened once and read with positioned reads
 /// (see docs/notes/reading-inputs.md for why not memory maps).
 pub struct Inputs {
     files: Vec<Vec<File>>,
+    /// Input tensors found holding NaN or infinity: (checkpoint, tensor).
+    non_finite: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Inputs {
@@ -135,7 +155,7 @@ impl Inputs {
             }
             files.push(fs);
         }
-        Ok(Inputs { files })
+        Ok(Inputs { files, non_finite: Mutex::new(BTreeSet::new()) })
     }
 
     /// Reads `len` bytes of a tensor from byte `offset` of its data.
@@ -164,6 +184,10 @@ impl Inputs {
         let len = info.as_ref().map_or(0, |i| (i.end - i.start) as usize);
         let mut buf = vec![0u8; len];
         let dtype = self.read_bytes(plan, model, tensor, 0, &mut buf)?;
+        let mut vals = vec![0f32; buf.len() / dtype.size().max(1)];
+        if dtype.is_float() && decode(&buf, dtype, &mut vals).is_ok() {
+            self.check_finite(plan, model, tensor, &vals);
+        }
         Ok((buf, dtype))
     }
 
@@ -178,7 +202,16 @@ impl Inputs {
             buf.resize(out.len() * size, 0);
             self.read_bytes(plan, model, tensor, (start * size) as u64, buf)?;
             decode(buf, dtype, out)
-        })
+        })?;
+        self.check_finite(plan, model, tensor, out);
+        Ok(())
+    }
+
+    fn check_finite(&self, plan: &Plan, model: usize, tensor: &str, vals: &[f32]) {
+        if vals.iter().any(|v| !v.is_finite()) {
+            let ck = plan.models[model].root.display().to_string();
+            self.non_finite.lock().unwrap().insert((ck, tensor.to_string()));
+        }
     }
 }
 
@@ -199,15 +232,14 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
                 done(i);
                 Ok::<(), String>(())
             })?;
-            return Ok(Report {
-                tensors: plan.outputs.len(),
-                bytes: plan.layout.total_bytes(),
-                shards: plan.layout.shards.len(),
-            });
+            return Ok(report(plan, &inputs));
         }
         Engine::Candle(device) => device,
     };
     plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
+        if interrupted() {
+            return Err("interrupted".to_string());
+        }
         let _permit = budget.acquire(plan.nodes[o.node].shape.iter().product::<usize>() as u64 * 4 * 4);
         let t = eval_output(plan, &inputs, o.node, device).map_err(|e| format!("computing `{}`: {e}", o.name))?;
         let vals =
@@ -216,7 +248,16 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
         let slot = plan.layout.slots[i];
         out.write_at(slot.shard, slot.offset, &bytes).map_err(|e| format!("writing `{}`: {e}", o.name))
     })?;
-    Ok(Report { tensors: plan.outputs.len(), bytes: plan.layout.total_bytes(), shards: plan.layout.shards.len() })
+    Ok(report(plan, &inputs))
+}
+
+fn report(plan: &Plan, inputs: &Inputs) -> Report {
+    Report {
+        tensors: plan.outputs.len(),
+        bytes: plan.layout.total_bytes(),
+        shards: plan.layout.shards.len(),
+        non_finite: inputs.non_finite.lock().unwrap().iter().cloned().collect(),
+    }
 }
 
 /// Evaluates the subgraph under `root`, freeing each intermediate after its
@@ -346,6 +387,13 @@ const COPIED: &[&str] = &[
 pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts: &Options) -> Result<Report, String> {
     let out = OutputDir::create(target, force, &plan.layout)?;
     let report = execute(plan, &out, opts)?;
+    if opts.strict && !report.non_finite.is_empty() {
+        let (ck, t) = &report.non_finite[0];
+        return Err(format!(
+            "tensor `{t}` of `{ck}` holds NaN or infinity ({} input tensors do), and --strict is set",
+            report.non_finite.len()
+        ));
+    }
     if let Some(index) = plan.layout.index_json() {
         out.write_file("model.safetensors.index.json", index.as_bytes())?;
     }

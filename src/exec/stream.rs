@@ -50,6 +50,9 @@ pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
     let slot = plan.layout.slots[i];
     let size = dtype.size() as u64;
     (0..numel.div_ceil(CHUNK)).into_par_iter().try_for_each(|c| {
+        if super::interrupted() {
+            return Err("interrupted".to_string());
+        }
         let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
         let mut buf = vec![0f32; range.len()];
         eval(plan, inputs, &st, o.node, range.start, &mut buf)?;

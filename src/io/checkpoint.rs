@@ -56,13 +56,16 @@ impl Checkpoint {
     /// Opens a checkpoint directory or a single .safetensors file.
     pub fn open_path(root: &Path) -> Result<Checkpoint, OpenError> {
         let bad = |file: &Path, what: String| OpenError::Bad { file: file.to_path_buf(), what };
+        let mut weight_map = None;
         let (dir, files) = if root.is_file() {
             (None, vec![root.to_path_buf()])
         } else {
             let index = root.join("model.safetensors.index.json");
             let single = root.join("model.safetensors");
             let files = if index.is_file() {
-                shard_files(&index)?
+                let (files, map) = shard_files(&index)?;
+                weight_map = Some((index, map));
+                files
             } else if single.is_file() {
                 vec![single]
             } else {
@@ -86,7 +89,10 @@ impl Checkpoint {
             (Some(root.to_path_buf()), files)
         };
         let config = match &dir {
-            Some(d) if d.join("config.json").is_file() => {
+            Some(d) if !d.join("config.json").exists() => {
+                return Err(bad(&d.join("config.json"), "the checkpoint directory has no config.json".into()))
+            }
+            Some(d) => {
                 let p = d.join("config.json");
                 let text = std::fs::read_to_string(&p).map_err(|e| bad(&p, format!("cannot read: {e}")))?;
                 let v: Value = serde_json::from_str(&text).map_err(|e| bad(&p, format!("not valid JSON: {e}")))?;
@@ -105,6 +111,18 @@ impl Checkpoint {
                     return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
                 }
                 tensors.insert(name, TensorEntry { file: i, info });
+            }
+        }
+        if let Some((index, map)) = weight_map {
+            for (tensor, file) in map {
+                let found =
+                    tensors.get(&tensor).map(|t| files[t.file].file_name() == Some(std::ffi::OsStr::new(&file)));
+                if found != Some(true) {
+                    return Err(bad(
+                        &index,
+                        format!("says tensor `{tensor}` is in `{file}`, but that shard has no such tensor"),
+                    ));
+                }
             }
         }
         Ok(Checkpoint { root: root.to_path_buf(), dir, config, files, tensors })
@@ -150,13 +168,18 @@ pub fn layer_of(name: &str) -> Option<usize> {
     None
 }
 
-fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpenError> {
+/// An index's tensor-to-shard-file map.
+type WeightMap = Vec<(String, String)>;
+
+/// The shard files an index names, and its tensor-to-file map.
+fn shard_files(index: &Path) -> Result<(Vec<PathBuf>, WeightMap), OpenError> {
     let bad = |what: String| OpenError::Bad { file: index.to_path_buf(), what };
     let text = std::fs::read_to_string(index).map_err(|e| bad(format!("cannot read: {e}")))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no `weight_map` object".into()))?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut names: Vec<&str> = Vec::new();
+    let mut pairs = Vec::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| bad(format!("`{tensor}` maps to a non-string")))?;
         // A shard name is a plain file name: an index cannot point outside its directory.
@@ -166,9 +189,10 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpenError> {
         if !names.contains(&file) {
             names.push(file);
         }
+        pairs.push((tensor.clone(), file.to_string()));
     }
     names.sort();
-    names
+    let files = names
         .into_iter()
         .map(|n| {
             let p = dir.join(n);
@@ -178,7 +202,8 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpenError> {
                 Err(bad(format!("names shard `{n}`, which does not exist")))
             }
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((files, pairs))
 }
 
 /// Finds `org/name[@revision]` in the local Hugging Face hub cache.

@@ -196,6 +196,9 @@ fn tensor_entry(_name: &str, v: &Value, data_len: u64) -> Result<TensorInfo, Str
     let (Some(start), Some(end)) = (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) else {
         return Err("`data_offsets` is not two integers".into());
     };
+    if start % dtype.size() as u64 != 0 {
+        return Err(format!("data starts at byte {start}, not a multiple of the {dtype_s} element size"));
+    }
     if start > end || end > data_len {
         return Err(format!("data_offsets [{start}, {end}] lie outside the {data_len}-byte data section"));
     }
@@ -223,6 +226,8 @@ mod tests {
         assert!(e.contains("unknown dtype `Q4`"), "{e}");
         let e = header(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4).unwrap_err();
         assert!(e.contains("outside"), "{e}");
+        let e = header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}"#, 8).unwrap_err();
+        assert!(e.contains("not a multiple"), "{e}");
         let e = header(
             r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
             12,

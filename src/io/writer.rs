@@ -159,7 +159,8 @@ impl OutputDir {
         for shard in &layout.shards {
             let path = out.partial.join(&shard.file_name);
             let f = File::create(&path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
-            f.set_len(shard.size).map_err(|e| format!("cannot size `{}`: {e}", path.display()))?;
+            reserve(&f, shard.size)
+                .map_err(|e| format!("cannot reserve {} bytes for `{}`: {e}", shard.size, path.display()))?;
             f.write_all_at(&shard.header, 0).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             out.files.push(f);
         }
@@ -217,6 +218,19 @@ impl Drop for OutputDir {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.partial);
         }
+    }
+}
+
+/// Sizes a shard and reserves its blocks, so that a full disk is reported
+/// before anything is computed rather than halfway through.
+fn reserve(f: &File, size: u64) -> std::io::Result<()> {
+    f.set_len(size)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open file descriptor and a non-negative range.
+    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 

@@ -1,0 +1,283 @@
+//! Bad input, faults and hostile files: every failure names the file and the
+//! problem, exits non-zero, and leaves no output behind; interrupted runs
+//! never leave a complete-looking output that differs from a full run.
+
+use crate::common::*;
+use fuse::testmodel::TinyLlama;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A safetensors file from a header and data.
+fn st_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// A checkpoint directory `name` with a config.json and the given file.
+fn checkpoint(dir: &Path, name: &str, file: &[u8]) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("config.json"), TinyLlama::default().config_json()).unwrap();
+    std::fs::write(d.join("model.safetensors"), file).unwrap();
+    d
+}
+
+fn no_output_left(dir: &Path) {
+    assert!(!dir.join("out").exists(), "an output directory was created");
+    let partial: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".fuse-partial") || n.contains(".fuse-old"))
+        .collect();
+    assert!(partial.is_empty(), "left behind: {partial:?}");
+}
+
+/// Runs `m = model("NAME")` to an output and expects a failure naming `file` and `problem`.
+fn expect_bad(dir: &Path, name: &str, file: &str, problem: &str) {
+    write_recipe(dir, "r.fuse", &format!("m = model(\"{name}\")\nm\n"));
+    let o = fuse(dir, &["run", "r.fuse", "-o", "out"]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{name}: succeeded");
+    assert!(e.contains(file) && e.contains(problem), "{name}: expected `{file}` and `{problem}` in:\n{e}");
+    no_output_left(dir);
+}
+
+#[test]
+fn malformed_safetensors_are_named_and_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let ok = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let data = [0u8; 8];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not_json", st_bytes("{\"w\": nope}", &data), "not valid JSON"),
+        (
+            "too_long",
+            {
+                let mut v = st_bytes(ok, &data);
+                v[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                v
+            },
+            "header claims",
+        ),
+        ("out_of_range", st_bytes(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}}"#, &data), "outside"),
+        (
+            "overlap",
+            st_bytes(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                &[0u8; 12],
+            ),
+            "overlap",
+        ),
+        ("unaligned", st_bytes(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}"#, &data), "not a multiple"),
+        (
+            "dtype",
+            st_bytes(r#"{"w":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#, &data),
+            "unknown dtype `Q4_K`",
+        ),
+        ("truncated", st_bytes(ok, &data[..5]), "outside"),
+        ("tiny", vec![1, 2, 3], "too short"),
+    ];
+    for (name, bytes, problem) in cases {
+        checkpoint(d, name, &bytes);
+        expect_bad(d, name, &format!("{name}/model.safetensors"), problem);
+    }
+}
+
+#[test]
+fn broken_checkpoint_directories_are_named_and_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sharded = TinyLlama { max_shard: 20_000, ..Default::default() };
+    // An index naming a shard that is gone.
+    let shards = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        v.sort();
+        v
+    };
+    sharded.write(&d.join("lost_shard"), &[(1, 0.02)]).unwrap();
+    let names = shards(&d.join("lost_shard"));
+    assert!(names.len() > 2, "{names:?}");
+    std::fs::remove_file(d.join("lost_shard").join(&names[1])).unwrap();
+    expect_bad(d, "lost_shard", "model.safetensors.index.json", &names[1]);
+    // An index placing a tensor in a shard that does not hold it.
+    sharded.write(&d.join("misplaced"), &[(1, 0.02)]).unwrap();
+    let index = d.join("misplaced/model.safetensors.index.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    v["weight_map"]["lm_head.weight"] = names[0].clone().into();
+    std::fs::write(&index, v.to_string()).unwrap();
+    expect_bad(d, "misplaced", "model.safetensors.index.json", "no such tensor");
+    // A shard path that climbs out of the checkpoint.
+    sharded.write(&d.join("escape"), &[(1, 0.02)]).unwrap();
+    let index = d.join("escape/model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace(&names[0], &format!("../escape/{}", names[0]));
+    std::fs::write(&index, text).unwrap();
+    expect_bad(d, "escape", "model.safetensors.index.json", "not a plain file name");
+    // config.json missing, or not JSON.
+    TinyLlama::default().write(&d.join("no_config"), &[(1, 0.02)]).unwrap();
+    std::fs::remove_file(d.join("no_config/config.json")).unwrap();
+    expect_bad(d, "no_config", "no_config/config.json", "no config.json");
+    TinyLlama::default().write(&d.join("bad_config"), &[(1, 0.02)]).unwrap();
+    std::fs::write(d.join("bad_config/config.json"), "{\"hidden_size\": ").unwrap();
+    expect_bad(d, "bad_config", "bad_config/config.json", "not valid JSON");
+    // A weights "file" that cannot be read (a directory in its place).
+    std::fs::create_dir_all(d.join("unreadable/model.safetensors")).unwrap();
+    std::fs::write(d.join("unreadable/config.json"), TinyLlama::default().config_json()).unwrap();
+    expect_bad(d, "unreadable", "unreadable/model.safetensors", "cannot read");
+}
+
+#[test]
+fn non_finite_inputs_warn_and_strict_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut data = Vec::new();
+    for v in [1.0f32, f32::NAN, 2.0, 3.0] {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    checkpoint(d, "nan", &st_bytes(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &data));
+    write_recipe(d, "r.fuse", "m = model(\"nan\")\nm\n");
+    let o = fuse(d, &["run", "r.fuse", "-o", "out"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("E0404") && stderr(&o).contains("tensor `w`"), "{}", stderr(&o));
+    let o = fuse(d, &["run", "r.fuse", "-o", "strict", "--strict"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tensor `w`") && stderr(&o).contains("NaN"), "{}", stderr(&o));
+    assert!(!d.join("strict").exists());
+}
+
+/// A disk that fills up: a small tmpfs in a private mount namespace.
+#[test]
+fn a_full_disk_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama { hidden: 64, intermediate: 128, vocab: 512, ..Default::default() }
+        .write(&d.join("m"), &[(1, 0.02)])
+        .unwrap();
+    write_recipe(d, "r.fuse", "m = model(\"m\")\nm\n");
+    std::fs::create_dir(d.join("small")).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs small && {fuse} run r.fuse -o small/out; echo rc=$?; ls -A small",
+        fuse = env!("CARGO_BIN_EXE_fuse")
+    );
+    let o = Command::new("unshare")
+        .args(["--mount", "--map-root-user", "sh", "-c", &script])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(out.contains("rc=1"), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("No space left") && err.contains("small/out"), "{err}");
+    // `ls -A small` printed nothing after the rc line: no output, no partial files.
+    assert_eq!(out.lines().skip_while(|l| !l.starts_with("rc=")).count(), 1, "left behind:\n{out}");
+}
+
+/// Kills runs at several points; an output that exists must equal a full run's.
+#[test]
+fn interrupted_runs_leave_nothing_or_the_whole_thing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shape = TinyLlama { hidden: 256, intermediate: 704, layers: 4, vocab: 8000, ..Default::default() };
+    shape.write(&d.join("a"), &[(1, 0.02)]).unwrap();
+    shape.write(&d.join("b"), &[(1, 0.02), (2, 0.01)]).unwrap();
+    write_recipe(d, "r.fuse", "base = model(\"a\")\nb = model(\"b\")\nbase + ties(b, density=0.3)\n");
+    fuse_ok(d, &["run", "r.fuse", "-o", "reference"]);
+    let reference = std::fs::read(d.join("reference/model.safetensors")).unwrap();
+    for (i, ms) in [1u64, 10, 25, 50, 100, 200].iter().enumerate() {
+        let signal = ["INT", "TERM", "KILL"][i % 3];
+        let out = format!("out{i}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
+            .current_dir(d)
+            .args(["run", "r.fuse", "-o", &out])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*ms));
+        let _ = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
+        let status = child.wait().unwrap();
+        let target = d.join(&out);
+        if target.exists() {
+            assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference, "{signal} at {ms} ms");
+        } else if signal != "KILL" {
+            assert_eq!(status.code(), Some(130), "{signal} at {ms} ms: {status:?}");
+        }
+        // Anything a killed run left is hidden, and the next run to that output removes it.
+        if !target.exists() {
+            fuse_ok(d, &["run", "r.fuse", "-o", &out]);
+            assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".{out}.fuse-")))
+            .collect();
+        assert!(leftovers.is_empty(), "{signal} at {ms} ms left {leftovers:?}");
+    }
+}
+
+#[test]
+fn concurrent_runs_to_one_output_end_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shape = TinyLlama { hidden: 128, intermediate: 352, vocab: 4000, ..Default::default() };
+    shape.write(&d.join("a"), &[(1, 0.02)]).unwrap();
+    shape.write(&d.join("b"), &[(1, 0.02), (2, 0.01)]).unwrap();
+    write_recipe(d, "r.fuse", "a = model(\"a\")\nb = model(\"b\")\nlinear(a, b)\n");
+    fuse_ok(d, &["run", "r.fuse", "-o", "reference"]);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_fuse"))
+                .current_dir(d)
+                .args(["run", "r.fuse", "-o", "out", "--force"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(
+        std::fs::read(d.join("out/model.safetensors")).unwrap(),
+        std::fs::read(d.join("reference/model.safetensors")).unwrap()
+    );
+    no_output_left_but(d, "out");
+}
+
+fn no_output_left_but(dir: &Path, keep: &str) {
+    let stray: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{keep}.fuse-")))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+/// Every golden recipe gives the same bytes with 1 or 2 threads and any memory budget.
+#[test]
+fn outputs_do_not_depend_on_threads_or_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(root().join("tests/golden")).unwrap() {
+        let recipe = e.unwrap().path();
+        let name = recipe.file_stem().unwrap().to_string_lossy().into_owned();
+        let run = |tag: &str, threads: &str, extra: &[&str]| {
+            let out = tmp.path().join(format!("{name}-{tag}"));
+            let mut args =
+                vec!["run".to_string(), recipe.display().to_string(), "-o".into(), out.display().to_string()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let o = Command::new(env!("CARGO_BIN_EXE_fuse"))
+                .env("RAYON_NUM_THREADS", threads)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            std::fs::read(out.join("model.safetensors")).unwrap()
+        };
+        let one = run("1", "1", &[]);
+        assert_eq!(one, run("2", "2", &[]), "{name}: threads");
+        assert_eq!(one, run("budget", "2", &["--max-memory", "1KB"]), "{name}: memory budget");
+    }
+}
