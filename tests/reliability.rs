@@ -191,19 +191,22 @@ fn interrupted_runs_leave_nothing_or_the_whole_thing() {
     for (i, ms) in [1u64, 10, 25, 50, 100, 200].iter().enumerate() {
         let signal = ["INT", "TERM", "KILL"][i % 3];
         let out = format!("out{i}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
+        let child = Command::new(env!("CARGO_BIN_EXE_fuse"))
             .current_dir(d)
             .args(["run", "r.fuse", "-o", &out])
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(*ms));
         let _ = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
-        let status = child.wait().unwrap();
+        let done = child.wait_with_output().unwrap();
+        let status = done.status;
         let target = d.join(&out);
         if target.exists() {
             assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference, "{signal} at {ms} ms");
         } else if signal != "KILL" {
             assert_eq!(status.code(), Some(130), "{signal} at {ms} ms: {status:?}");
+            assert!(stderr(&done).contains("E0405"), "{}", stderr(&done));
         }
         // Anything a killed run left is hidden, and the next run to that output removes it.
         if !target.exists() {

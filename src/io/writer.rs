@@ -189,27 +189,48 @@ impl OutputDir {
         for f in &self.files {
             f.sync_all().map_err(|e| format!("cannot flush output: {e}"))?;
         }
-        let old = self.partial.with_file_name(format!(
-            ".{}.fuse-old-{}",
-            self.target.file_name().unwrap().to_string_lossy(),
-            std::process::id()
-        ));
-        let had_old = self.target.exists();
-        if had_old {
-            fs::rename(&self.target, &old)
-                .map_err(|e| format!("cannot move the old `{}` aside: {e}", self.target.display()))?;
-        }
-        if let Err(e) = fs::rename(&self.partial, &self.target) {
-            if had_old {
-                let _ = fs::rename(&old, &self.target);
+        // Another run may replace the target at the same time: move whatever
+        // is there aside and retry, so that the last run to finish wins and
+        // the target is always one complete output.
+        let name = self.target.file_name().unwrap().to_string_lossy().into_owned();
+        let mut moved_aside = Vec::new();
+        let mut result = Err(String::new());
+        for attempt in 0..16 {
+            match fs::rename(&self.partial, &self.target) {
+                Ok(()) => {
+                    result = Ok(self.target.clone());
+                    break;
+                }
+                Err(e) if self.target.exists() => {
+                    let old = self.partial.with_file_name(format!(".{name}.fuse-old-{}-{attempt}", std::process::id()));
+                    match fs::rename(&self.target, &old) {
+                        Ok(()) => moved_aside.push(old),
+                        Err(e2) if e2.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e2) => {
+                            result =
+                                Err(format!("cannot move the old `{}` aside: {e2} (after {e})", self.target.display()));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    result = Err(format!("cannot move the output into place at `{}`: {e}", self.target.display()));
+                    break;
+                }
             }
-            return Err(format!("cannot move the output into place at `{}`: {e}", self.target.display()));
         }
-        self.committed = true;
-        if had_old {
-            let _ = fs::remove_dir_all(&old);
+        if let Ok(p) = &result {
+            self.committed = true;
+            for old in moved_aside {
+                let _ = fs::remove_dir_all(old);
+            }
+            return Ok(p.clone());
         }
-        Ok(self.target.clone())
+        // Put back what we moved, if the target is still free.
+        if let Some(old) = moved_aside.pop() {
+            let _ = fs::rename(old, &self.target);
+        }
+        Err(result.unwrap_err())
     }
 }
 
