@@ -40,6 +40,11 @@ impl Default for TinyLlama {
 }
 
 impl TinyLlama {
+    /// The models `fuse demo` makes, and the examples are written for.
+    pub fn demo() -> TinyLlama {
+        TinyLlama { hidden: 64, intermediate: 128, layers: 4, vocab: 256, ..Default::default() }
+    }
+
     /// Tensor names and shapes in the order Hugging Face writes them.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
         let h = self.hidden;

@@ -10,7 +10,7 @@ use std::path::Path;
 /// base, ft-math, ft-code, ft-chat under `dir/fuse-demo/models`, as `fuse demo` makes them.
 fn demo_models(dir: &Path) -> std::path::PathBuf {
     let models = dir.join("fuse-demo/models");
-    let shape = TinyLlama::default();
+    let shape = TinyLlama::demo();
     shape.write(&models.join("base"), &[(1, 0.02)]).unwrap();
     shape.write(&models.join("ft-math"), &[(1, 0.02), (11, 0.002)]).unwrap();
     shape.write(&models.join("ft-code"), &[(1, 0.02), (12, 0.002)]).unwrap();
@@ -94,7 +94,7 @@ fn set_overrides_a_param() {
 fn check_points_at_the_mismatched_operand() {
     let tmp = tempfile::tempdir().unwrap();
     demo_models(tmp.path());
-    TinyLlama { hidden: 48, ..Default::default() }.write(&tmp.path().join("wide"), &[(3, 0.02)]).unwrap();
+    TinyLlama { hidden: 48, ..TinyLlama::demo() }.write(&tmp.path().join("wide"), &[(3, 0.02)]).unwrap();
     write_recipe(
         tmp.path(),
         "r.fuse",
@@ -104,7 +104,7 @@ fn check_points_at_the_mismatched_operand() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("E0201") && e.contains("r.fuse:3:13"), "{e}");
-    assert!(e.contains("[96, 48]") && e.contains("[96, 32]"), "{e}");
+    assert!(e.contains("[256, 48]") && e.contains("[256, 64]"), "{e}");
     assert!(!tmp.path().join("out").exists());
 }
 
@@ -122,7 +122,7 @@ fn outputs_are_complete_checkpoints() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(one.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
-    assert_eq!(config["num_hidden_layers"], 3);
+    assert_eq!(config["num_hidden_layers"], 4);
     assert!(one.join("tokenizer.json").is_file() && one.join("generation_config.json").is_file());
     assert!(std::fs::read_to_string(one.join("README.md"))
         .unwrap()
@@ -244,8 +244,8 @@ fn inspect_and_graph_describe_without_computing() {
     let s = stdout(&o);
     assert!(
         s.contains("LlamaForCausalLM")
-            && s.contains("layers:       3")
-            && s.contains("model.layers.2.mlp.down_proj.weight"),
+            && s.contains("layers:       4")
+            && s.contains("model.layers.3.mlp.down_proj.weight"),
         "{s}"
     );
     std::fs::create_dir_all(tmp.path().join("examples")).unwrap();

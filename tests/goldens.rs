@@ -131,6 +131,20 @@ fn breadcrumbs_ties() {
     golden("breadcrumbs_ties");
 }
 
+#[test]
+fn passthrough_frankenmerge() {
+    golden("passthrough_frankenmerge");
+    // The output says it has four layers.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let recipe = root().join("tests/golden/passthrough_frankenmerge.fuse");
+    fuse_ok(&root(), &["run", recipe.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = fuse_ok(&root(), &["inspect", out.to_str().unwrap()]);
+    assert!(stdout(&o).contains("layers:       4"), "{}", stdout(&o));
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"num_hidden_layers\": 4"), "{config}");
+}
+
 /// Every golden port in tests/golden has a test above, and names a real case.
 #[test]
 fn every_port_names_a_case() {

@@ -28,6 +28,7 @@ pub const PRIMITIVES: &[(&str, &[&str])] = &[
 pub const BUILTINS: &[&str] = &[
     "model",
     "over_layers",
+    "stack",
     "task_vectors",
     "weighted_sum",
     "merge_deltas",
@@ -41,6 +42,9 @@ impl Checker<'_> {
     pub fn call_builtin(&mut self, name: &str, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         if name == "over_layers" {
             return self.call_over_layers(args, span, ctx);
+        }
+        if name == "stack" {
+            return self.call_stack(args, span, ctx);
         }
         let params = PRIMITIVES.iter().find(|(n, _)| *n == name).expect("primitive").1;
         let Some(mut b) = self.bind_args(name, params, params.len(), 1, args, span, ctx) else {

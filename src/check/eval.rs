@@ -397,11 +397,9 @@ impl<'s> Checker<'s> {
             }
             ExprKind::Call { callee, args } => self.call(callee, args, e.span, ctx),
             ExprKind::Match { scrutinee, arms } => self.eval_match(scrutinee, arms, e.span, ctx),
-            ExprKind::Member(..) | ExprKind::Index(..) | ExprKind::Slice { .. } => self.err(
-                Diagnostic::error(Code::E0203, "layer slices and member access are not supported yet")
-                    .with_label(ctx.file, e.span, "fuse cannot evaluate this yet")
-                    .with_note("`m.layers[i..j]` and `stack(...)` arrive with the model-structure work"),
-            ),
+            ExprKind::Member(target, member) => self.member(target, member, ctx),
+            ExprKind::Index(target, index) => self.index(target, Some(index), Some(index), true, e.span, ctx),
+            ExprKind::Slice { target, lo, hi } => self.index(target, lo.as_deref(), hi.as_deref(), false, e.span, ctx),
         }
     }
 

@@ -7,6 +7,7 @@ mod builtins;
 mod call;
 mod eval;
 pub mod methods;
+mod structure;
 pub mod value;
 
 pub use eval::fmt_num;

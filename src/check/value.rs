@@ -154,6 +154,9 @@ pub struct Arch {
     pub name: Option<String>,
     /// Which model of the recipe it was read from (config and tokenizer come from it).
     pub origin: usize,
+    /// For a slice of layers (`m.layers[i..j]`): the model it was cut from,
+    /// whose embeddings, final norm and head `stack` takes.
+    pub slice_of: Option<TVal>,
 }
 
 impl Arch {
@@ -168,7 +171,7 @@ impl Arch {
                 layer: layer_of(name),
             })
             .collect();
-        Arch { tensors, n_layers: ck.n_layers(), name: ck.architecture().map(str::to_string), origin }
+        Arch { tensors, n_layers: ck.n_layers(), name: ck.architecture().map(str::to_string), origin, slice_of: None }
     }
 
     pub fn params(&self) -> usize {
@@ -177,6 +180,15 @@ impl Arch {
 
     /// The first difference from `other`, in words, or None when they agree.
     pub fn mismatch(&self, other: &Arch) -> Option<String> {
+        if self.slice_of.is_some() != other.slice_of.is_some() {
+            return Some("a slice of layers cannot be combined with a whole model".into());
+        }
+        if self.slice_of.is_some() && self.n_layers != other.n_layers {
+            return Some(format!(
+                "the slices have {} and {} layers; merged slices must be equally long",
+                self.n_layers, other.n_layers
+            ));
+        }
         let mut a = self.tensors.iter().peekable();
         let mut b = other.tensors.iter().peekable();
         loop {
@@ -239,6 +251,10 @@ pub enum TExpr {
     Lin(Vec<(Sched, TId)>),
     /// A native kernel over its inputs, with numbers that may vary per tensor.
     Kernel { kernel: crate::graph::Kernel<Sched>, inputs: Vec<TId> },
+    /// Tensors taken from other values under other names (layer slices and
+    /// stacks): output name -> (part, that part's tensor name). Each part
+    /// is given with its layer count, for per-tensor numbers inside it.
+    Select { parts: Vec<(TId, usize)>, map: Arc<std::collections::HashMap<String, (usize, String)>> },
 }
 
 /// A symbolic tensor-valued value: an expression, its architecture, and the
@@ -303,6 +319,7 @@ impl Value {
                 Some(v) => format!("[{}]", v.type_name()),
                 None => "[]".into(),
             },
+            Value::Tensor(t) if t.arch.slice_of.is_some() => "Layers".into(),
             Value::Tensor(t) => match t.weight.as_const() {
                 Some(w) if (w - 1.0).abs() < 1e-9 => "Model".into(),
                 Some(w) if w.abs() < 1e-9 => "Delta".into(),

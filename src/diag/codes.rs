@@ -61,6 +61,8 @@ codes! {
     E0203 = "invalid operation",
     /// A task-vector method given models but no base: `ties(a, b)` with no `base`
     E0204 = "no base model for task vectors",
+    /// A layer index or slice outside the model: `m.layers[0..99]` on a 32-layer model
+    E0205 = "layer range out of bounds",
     /// A model path that does not exist or is not a checkpoint: `model("missing")`
     E0301 = "model not found",
     /// A checkpoint whose files are unreadable or malformed

@@ -406,6 +406,9 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
             if obj.contains_key("dtype") {
                 obj.insert("dtype".into(), d.torch_name().into());
             }
+            if obj.contains_key("num_hidden_layers") {
+                obj.insert("num_hidden_layers".into(), plan.n_layers.into());
+            }
         }
         out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
     }

@@ -70,6 +70,8 @@ pub struct Plan {
     pub models: Vec<Arc<Checkpoint>>,
     /// The model whose config.json and tokenizer the output takes.
     pub origin: usize,
+    /// The output's layer count (config.json's `num_hidden_layers`).
+    pub n_layers: usize,
     pub dtype: Option<DType>,
 }
 
@@ -89,8 +91,8 @@ impl Builder<'_> {
         self.nodes.len() - 1
     }
 
-    fn lower(&mut self, e: TId, ctx: &TensorCtx, shape: &[usize], memo: &mut HashMap<TId, NodeId>) -> NodeId {
-        if let Some(&n) = memo.get(&e) {
+    fn lower(&mut self, e: TId, ctx: &TensorCtx, shape: &[usize], memo: &mut HashMap<(TId, String), NodeId>) -> NodeId {
+        if let Some(&n) = memo.get(&(e, ctx.name.to_string())) {
             return n;
         }
         let ev = |s: &Sched| F::new(s.eval(ctx));
@@ -103,6 +105,12 @@ impl Builder<'_> {
                     [(c, only)] if c.get() == 1.0 => *only,
                     _ => self.node(Op::Lin(terms), shape),
                 }
+            }
+            TExpr::Select { parts, map } => {
+                let (part, source) = &map[ctx.name];
+                let (expr, n_layers) = parts[*part];
+                let inner = TensorCtx { name: source, layer: crate::io::layer_of(source), n_layers };
+                self.lower(expr, &inner, shape, memo)
             }
             TExpr::Kernel { kernel, inputs } => {
                 let inputs: Vec<NodeId> = inputs.iter().map(|x| self.lower(*x, ctx, shape, memo)).collect();
@@ -118,7 +126,7 @@ impl Builder<'_> {
                 }
             }
         };
-        memo.insert(e, id);
+        memo.insert((e, ctx.name.to_string()), id);
         id
     }
 }
@@ -158,6 +166,7 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
         layout: Layout::plan(outs, max_shard),
         models: recipe.models.clone(),
         origin: arch.origin,
+        n_layers: arch.n_layers,
         dtype,
     }
 }

@@ -172,6 +172,22 @@ pub fn layer_of(name: &str) -> Option<usize> {
 type WeightMap = Vec<(String, String)>;
 
 /// The shard files an index names, and its tensor-to-file map.
+/// `name` with its layer index replaced (`model.layers.3.x` -> `model.layers.7.x`).
+pub fn with_layer(name: &str, layer: usize) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut out: Vec<String> = Vec::with_capacity(parts.len());
+    let mut done = false;
+    for (i, p) in parts.iter().enumerate() {
+        if !done && i > 0 && matches!(parts[i - 1], "layers" | "h" | "blocks" | "layer") && p.parse::<usize>().is_ok() {
+            out.push(layer.to_string());
+            done = true;
+        } else {
+            out.push(p.to_string());
+        }
+    }
+    out.join(".")
+}
+
 fn shard_files(index: &Path) -> Result<(Vec<PathBuf>, WeightMap), OpenError> {
     let bad = |what: String| OpenError::Bad { file: index.to_path_buf(), what };
     let text = std::fs::read_to_string(index).map_err(|e| bad(format!("cannot read: {e}")))?;
@@ -245,7 +261,7 @@ pub fn hf_cache_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::layer_of;
+    use super::{layer_of, with_layer};
 
     #[test]
     fn finds_layer_indices() {
@@ -253,5 +269,6 @@ mod tests {
         assert_eq!(layer_of("transformer.h.3.attn.c_attn.weight"), Some(3));
         assert_eq!(layer_of("model.embed_tokens.weight"), None);
         assert_eq!(layer_of("lm_head.weight"), None);
+        assert_eq!(with_layer("model.layers.3.mlp.up_proj.weight", 12), "model.layers.12.mlp.up_proj.weight");
     }
 }

@@ -6,5 +6,5 @@ pub mod checkpoint;
 pub mod safetensors;
 pub mod writer;
 
-pub use checkpoint::{layer_of, Checkpoint, OpenError};
+pub use checkpoint::{layer_of, with_layer, Checkpoint, OpenError};
 pub use safetensors::DType;
