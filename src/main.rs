@@ -173,13 +173,19 @@ fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
     Ok(())
 }
 
-/// One output a run writes: value, directory, dtype, shard size.
-type Target = (check::TVal, PathBuf, Option<fuse::io::DType>, u64);
-
-fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<Target>, Diagnostic> {
-    let mut out: Vec<_> = r.saves.iter().map(|s| (s.value.clone(), s.dir.clone(), s.dtype, s.shard)).collect();
+/// The outputs a run writes: the recipe's saves, and its result where -o names a directory.
+fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<check::Output>, Diagnostic> {
+    let mut out: Vec<check::Output> = r.saves.clone();
     match (&r.result, output) {
-        (Some(res), Some(o)) => out.push((res.value.clone(), o.to_path_buf(), None, 5_000_000_000)),
+        (Some(res), Some(o)) => out.push(check::Output {
+            value: res.value.clone(),
+            dir: o.to_path_buf(),
+            dtype: None,
+            shard: 5_000_000_000,
+            lora: None,
+            file: res.file,
+            span: res.span,
+        }),
         (Some(_), None) if out.is_empty() => {
             return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go")
                 .with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
@@ -240,7 +246,8 @@ fn cmd_run(
     let (r, text) = load(recipe, set, &mut sources)?;
     let targets = targets(&r, output).or_else(|d| fail(d).map(|_| Vec::new()))?;
     // Refuse before computing anything, so a late output cannot fail after an early one was written.
-    for (_, dir, _, _) in &targets {
+    for t in &targets {
+        let dir = &t.dir;
         let nonempty = dir.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
         if (nonempty || dir.is_file()) && !force {
             return fail(
@@ -249,9 +256,10 @@ fn cmd_run(
             );
         }
     }
-    for (value, dir, dtype, shard) in &targets {
+    for t in &targets {
+        let dir = &t.dir;
         let start = Instant::now();
-        let plan = fuse::graph::lower(&r, value, *dtype, *shard);
+        let plan = fuse::graph::lower(&r, &t.value, t.dtype, t.shard);
         let bar = progress_bar(plan.layout.total_bytes(), plan.outputs.len());
         let tick = |bytes: u64| {
             if let Some(b) = &bar {
@@ -259,6 +267,24 @@ fn cmd_run(
             }
         };
         let opts = fuse::exec::Options { engine: engine.clone(), max_memory, progress: Some(&tick), strict };
+        if let Some(lora) = t.lora {
+            let rank = lora.rank;
+            let result = fuse::exec::run_lora(&plan, dir, force, rank, lora.base, &text, &opts);
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            match result {
+                Ok(rep) => print_lora(dir, rank, &rep),
+                Err(_) if fuse::exec::interrupted() => interrupted(dir),
+                Err(e) => {
+                    return fail(
+                        Diagnostic::error(Code::E0403, format!("writing `{}` failed: {e}", dir.display()))
+                            .with_note("nothing was left at the output path"),
+                    )
+                }
+            }
+            continue;
+        }
         let result = fuse::exec::run_plan(&plan, dir, force, &text, &opts);
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -290,13 +316,7 @@ fn cmd_run(
                 if rep.shards == 1 { "" } else { "s" },
                 start.elapsed().as_secs_f64()
             ),
-            Err(_) if fuse::exec::interrupted() => {
-                let _ = fail(
-                    Diagnostic::error(Code::E0405, format!("interrupted; nothing was written at `{}`", dir.display()))
-                        .with_note("outputs appear only when complete; run again to write it"),
-                );
-                std::process::exit(130);
-            }
+            Err(_) if fuse::exec::interrupted() => interrupted(dir),
             Err(e) => {
                 return fail(
                     Diagnostic::error(Code::E0403, format!("writing `{}` failed: {e}", dir.display()))
@@ -306,6 +326,37 @@ fn cmd_run(
         }
     }
     Ok(())
+}
+
+fn interrupted(dir: &Path) -> ! {
+    let _ = fail(
+        Diagnostic::error(Code::E0405, format!("interrupted; nothing was written at `{}`", dir.display()))
+            .with_note("outputs appear only when complete; run again to write it"),
+    );
+    std::process::exit(130);
+}
+
+/// The energy each layer's tensors keep in an extracted LoRA.
+fn print_lora(dir: &Path, rank: usize, rep: &fuse::exec::LoraReport) {
+    eprintln!("wrote LoRA adapter {} (rank {rank}, {} tensors)", dir.display(), rep.kept.len());
+    let mut layers: std::collections::BTreeMap<usize, Vec<&fuse::exec::Kept>> = Default::default();
+    for k in &rep.kept {
+        layers.entry(k.layer.unwrap_or(0)).or_default().push(k);
+    }
+    for (l, ks) in layers {
+        let min = ks.iter().min_by(|a, b| a.energy.total_cmp(&b.energy)).unwrap();
+        let mean = ks.iter().map(|k| k.energy).sum::<f64>() / ks.len() as f64;
+        let short = min.tensor.rsplit('.').nth(1).unwrap_or(&min.tensor);
+        eprintln!(
+            "  layer {l:>3}: {:6.2}% of the energy kept (least: {short}, {:.2}%)",
+            100.0 * mean,
+            100.0 * min.energy
+        );
+    }
+    if !rep.dropped.is_empty() {
+        let names: Vec<&str> = rep.dropped.iter().map(|(n, _)| n.as_str()).collect();
+        eprintln!("  left out (a LoRA holds only 2-D layer tensors): {}", names.join(", "));
+    }
 }
 
 /// A progress bar on a terminal; none in pipes and CI.
@@ -337,8 +388,8 @@ fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
     let (r, _) = load(recipe, set, &mut sources)?;
     let targets =
         targets(&r, Some(Path::new("<-o>"))).or_else(|_| targets(&r, None)).or_else(|d| fail(d).map(|_| Vec::new()))?;
-    for (value, dir, dtype, shard) in &targets {
-        let plan = fuse::graph::lower(&r, value, *dtype, *shard);
+    for t in &targets {
+        let (dir, plan) = (&t.dir, fuse::graph::lower(&r, &t.value, t.dtype, t.shard));
         println!(
             "# output {}: {} tensors, {:.1} MB, {} shard(s)",
             dir.display(),

@@ -261,14 +261,16 @@ fn every_example_runs() {
     demo_models(tmp.path());
     let ex = tmp.path().join("examples");
     std::fs::create_dir_all(&ex).unwrap();
-    for e in std::fs::read_dir(root().join("examples")).unwrap() {
-        let p = e.unwrap().path();
+    let mut examples: Vec<_> = std::fs::read_dir(root().join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
+    // In name order: lora_2_apply uses what lora_1_extract writes.
+    examples.sort();
+    for p in examples {
         let name = p.file_name().unwrap().to_str().unwrap().to_string();
         std::fs::copy(&p, ex.join(&name)).unwrap();
         let out = tmp.path().join(format!("out-{name}"));
         let text = std::fs::read_to_string(&p).unwrap();
         let ends_in_expr =
-            !text.lines().rfind(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap().starts_with("save(");
+            !text.lines().rfind(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap().starts_with("save");
         let mut args = vec!["run", name.as_str()];
         if ends_in_expr {
             args.extend(["-o", out.to_str().unwrap()]);

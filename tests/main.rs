@@ -8,3 +8,4 @@ mod goldens;
 mod methods;
 mod reliability;
 mod robustness;
+mod structure;

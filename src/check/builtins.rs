@@ -29,6 +29,7 @@ pub const BUILTINS: &[&str] = &[
     "model",
     "over_layers",
     "stack",
+    "lora",
     "task_vectors",
     "weighted_sum",
     "merge_deltas",
@@ -45,6 +46,9 @@ impl Checker<'_> {
         }
         if name == "stack" {
             return self.call_stack(args, span, ctx);
+        }
+        if name == "lora" {
+            return self.call_lora(args, span, ctx);
         }
         let params = PRIMITIVES.iter().find(|(n, _)| *n == name).expect("primitive").1;
         let Some(mut b) = self.bind_args(name, params, params.len(), 1, args, span, ctx) else {
@@ -188,7 +192,7 @@ impl Checker<'_> {
     }
 
     /// The base for task vectors: the one given, else the binding `base`.
-    fn base_model(&mut self, given: Option<(Value, Span)>, span: Span, who: &str, ctx: Ctx) -> Option<TVal> {
+    pub fn base_model(&mut self, given: Option<(Value, Span)>, span: Span, who: &str, ctx: Ctx) -> Option<TVal> {
         let (v, s) = match given {
             Some((Value::None, _)) | None => match self.globals.get("base").map(|b| (b.value.clone(), b.span)) {
                 Some(b) => b,

@@ -52,7 +52,7 @@ pub(super) struct Checker<'s> {
     /// Call sites of the `fn`s being evaluated, innermost last.
     pub frames: Vec<(String, FileId, Span)>,
     overrides: Vec<Override>,
-    saves: Vec<Output>,
+    pub saves: Vec<Output>,
     result: Option<ResultValue>,
     importing: Vec<PathBuf>,
 }
@@ -148,7 +148,7 @@ impl<'s> Checker<'s> {
                     self.bind(&name.name, Value::Func(Func::User(Arc::new(f))), file, name.span);
                 }
                 StmtKind::Import { path, path_span } => self.import(path, *path_span, ctx),
-                StmtKind::Save { args } => {
+                StmtKind::Save { args, lora } => {
                     if !is_main {
                         self.err(Diagnostic::error(Code::E0111, "`save` in an imported file").with_label(
                             file,
@@ -157,7 +157,11 @@ impl<'s> Checker<'s> {
                         ));
                         continue;
                     }
-                    self.save(args, stmt.span, ctx);
+                    if *lora {
+                        self.save_lora(args, stmt.span, ctx);
+                    } else {
+                        self.save(args, stmt.span, ctx);
+                    }
                 }
                 StmtKind::Expr(e) => {
                     if !is_main || i != last {
@@ -360,7 +364,7 @@ impl<'s> Checker<'s> {
                 return;
             }
         };
-        self.saves.push(Output { value, dir, dtype, shard, file: ctx.file, span });
+        self.saves.push(Output { value, dir, dtype, shard, lora: None, file: ctx.file, span });
     }
 
     // ---- expressions ----

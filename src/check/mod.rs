@@ -6,6 +6,7 @@
 mod builtins;
 mod call;
 mod eval;
+mod lora;
 pub mod methods;
 mod structure;
 pub mod value;
@@ -40,8 +41,17 @@ pub struct Output {
     pub dir: PathBuf,
     pub dtype: Option<DType>,
     pub shard: u64,
+    /// `save_lora`: extract a LoRA adapter instead of writing a model.
+    pub lora: Option<LoraOut>,
     pub file: FileId,
     pub span: Span,
+}
+
+/// What `save_lora` asks for: the rank, and the base model (recipe model index).
+#[derive(Debug, Clone, Copy)]
+pub struct LoraOut {
+    pub rank: usize,
+    pub base: usize,
 }
 
 /// The recipe's final bare expression, written by `fuse run -o DIR`.

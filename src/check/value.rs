@@ -255,6 +255,9 @@ pub enum TExpr {
     /// stacks): output name -> (part, that part's tensor name). Each part
     /// is given with its layer count, for per-tensor numbers inside it.
     Select { parts: Vec<(TId, usize)>, map: Arc<std::collections::HashMap<String, (usize, String)>> },
+    /// A LoRA adapter (model `adapter` of the recipe) as a delta: base tensor
+    /// name -> (its lora_A, its lora_B); `scale` is alpha / r.
+    Lora { adapter: usize, map: Arc<std::collections::HashMap<String, (String, String)>>, scale: f64 },
 }
 
 /// A symbolic tensor-valued value: an expression, its architecture, and the

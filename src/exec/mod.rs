@@ -10,7 +10,10 @@
 //! the `cuda` feature; on CPU it serves to cross-check the streaming engine).
 
 pub mod kernels;
+mod lora;
 mod stream;
+
+pub use lora::{run_lora, Kept, LoraReport};
 
 use crate::graph::{NodeId, Op, Plan};
 use crate::io::writer::OutputDir;
@@ -295,6 +298,7 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
                 let ts: Vec<(f64, &Tensor)> = terms.iter().map(|(c, x)| (c.get(), &values[x])).collect();
                 kernels::lin(&ts).map_err(ce)?
             }
+            Op::Zeros => Tensor::zeros(node.shape.as_slice(), candle_core::DType::F32, device).map_err(ce)?,
             Op::Kernel { kernel, inputs: ins } => {
                 let xs = ins
                     .iter()
@@ -324,6 +328,7 @@ fn children(op: &Op) -> Vec<NodeId> {
         Op::Load { .. } => Vec::new(),
         Op::Lin(terms) => terms.iter().map(|(_, x)| *x).collect(),
         Op::Kernel { inputs, .. } => inputs.clone(),
+        Op::Zeros => Vec::new(),
     }
 }
 

@@ -26,8 +26,24 @@ struct State {
 /// Computes output tensor `i` of the plan and writes it into `out`.
 pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out: &OutputDir) -> Result<(), String> {
     let o = &plan.outputs[i];
-    let numel: usize = plan.nodes[o.node].shape.iter().product();
-    let special = special_nodes(plan, o.node);
+    let dtype = plan.layout.tensors[i].dtype;
+    let slot = plan.layout.slots[i];
+    let size = dtype.size() as u64;
+    compute(plan, inputs, budget, o.node, &|start, vals| {
+        let bytes = super::encode(vals, dtype);
+        out.write_at(slot.shard, slot.offset + start as u64 * size, &bytes)
+            .map_err(|e| format!("writing `{}`: {e}", o.name))
+    })
+}
+
+/// Receives computed chunks: (index of the first element, values).
+pub type Sink<'a> = dyn Fn(usize, &[f32]) -> Result<(), String> + Sync + 'a;
+
+/// Computes node `root` chunk by chunk, handing each chunk (and its first
+/// element's index) to `sink`, possibly from several threads at once.
+pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink: &Sink<'_>) -> Result<(), String> {
+    let numel: usize = plan.nodes[root].shape.iter().product();
+    let special = special_nodes(plan, root);
     let need: u64 = special.iter().filter(|&&n| !streams(plan, n)).map(|&n| working_set(plan, n)).sum();
     let _permit = budget.acquire(need);
     let mut st = State::default();
@@ -46,21 +62,15 @@ pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
             st.whole.insert(n, v);
         }
     }
-    let dtype = plan.layout.tensors[i].dtype;
-    let slot = plan.layout.slots[i];
-    let size = dtype.size() as u64;
     (0..numel.div_ceil(CHUNK)).into_par_iter().try_for_each(|c| {
         if super::interrupted() {
             return Err("interrupted".to_string());
         }
         let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
         let mut buf = vec![0f32; range.len()];
-        eval(plan, inputs, &st, o.node, range.start, &mut buf)?;
-        let bytes = super::encode(&buf, dtype);
-        out.write_at(slot.shard, slot.offset + range.start as u64 * size, &bytes)
-            .map_err(|e| format!("writing `{}`: {e}", o.name))
-    })?;
-    Ok(())
+        eval(plan, inputs, &st, root, range.start, &mut buf)?;
+        sink(range.start, &buf)
+    })
 }
 
 fn streams(plan: &Plan, n: NodeId) -> bool {
@@ -117,7 +127,7 @@ struct GraphSource<'a> {
 
 impl GraphSource<'_> {
     fn whole(&self, k: usize) -> Result<Vec<f32>, String> {
-        let mut v = vec![0f32; self.len()];
+        let mut v = vec![0f32; self.plan.nodes[self.nodes[k]].shape.iter().product()];
         v.par_chunks_mut(CHUNK).enumerate().try_for_each(|(c, chunk)| self.fill(k, c * CHUNK, chunk))?;
         Ok(v)
     }
@@ -162,6 +172,10 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
                     }
                 }
             }
+            Ok(())
+        }
+        Op::Zeros => {
+            out.fill(0.0);
             Ok(())
         }
         Op::Kernel { kernel, inputs: ins } => {

@@ -44,6 +44,9 @@ pub enum Kernel<N> {
     ArceeFusion,
     /// Deltas in: keep high-variance positions, elect signs, weight by energy.
     Sce { select_topk: N },
+    /// A LoRA adapter's delta: inputs B [out, r] and A [r, in], result
+    /// `scale * B A` [out, in].
+    LoraProduct { scale: N },
 }
 
 impl<N> Kernel<N> {
@@ -76,6 +79,7 @@ impl<N> Kernel<N> {
             Kernel::NearSwap { t } => Kernel::NearSwap { t: f(t) },
             Kernel::ArceeFusion => Kernel::ArceeFusion,
             Kernel::Sce { select_topk } => Kernel::Sce { select_topk: f(select_topk) },
+            Kernel::LoraProduct { scale } => Kernel::LoraProduct { scale: f(scale) },
         }
     }
 

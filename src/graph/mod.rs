@@ -45,6 +45,8 @@ pub enum Op {
     Lin(Vec<(F, NodeId)>),
     /// A native kernel over its inputs (see `kernel.rs`).
     Kernel { kernel: Kernel<F>, inputs: Vec<NodeId> },
+    /// All zeros (a LoRA's delta for tensors it does not touch).
+    Zeros,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +108,21 @@ impl Builder<'_> {
                     _ => self.node(Op::Lin(terms), shape),
                 }
             }
+            TExpr::Lora { adapter, map, scale } => match map.get(ctx.name) {
+                None => self.node(Op::Zeros, shape),
+                Some((a, b)) => {
+                    let ck = &self.recipe.models[*adapter];
+                    let load = |t: &String| {
+                        (Op::Load { model: *adapter, tensor: t.clone() }, ck.tensors[t].info.shape.clone())
+                    };
+                    let ((la, sa), (lb, sb)) = (load(a), load(b));
+                    let (na, nb) = (self.node(la, &sa), self.node(lb, &sb));
+                    self.node(
+                        Op::Kernel { kernel: Kernel::LoraProduct { scale: F::new(*scale) }, inputs: vec![nb, na] },
+                        shape,
+                    )
+                }
+            },
             TExpr::Select { parts, map } => {
                 let (part, source) = &map[ctx.name];
                 let (expr, n_layers) = parts[*part];
@@ -178,6 +195,7 @@ impl fmt::Display for Plan {
             let op = match &n.op {
                 Op::Load { model, tensor } => format!("load m{model}[{tensor}]"),
                 Op::Lin(terms) => terms.iter().map(|(c, x)| format!("{:?}*%{x}", c)).collect::<Vec<_>>().join(" + "),
+                Op::Zeros => "zeros".into(),
                 Op::Kernel { kernel, inputs } => {
                     format!("{kernel:?}({})", inputs.iter().map(|x| format!("%{x}")).collect::<Vec<_>>().join(", "))
                 }

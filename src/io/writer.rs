@@ -53,6 +53,12 @@ impl Layout {
     /// Splits `tensors` (in order) into shards of at most `max_shard` bytes of
     /// data (a single larger tensor gets a shard of its own).
     pub fn plan(tensors: Vec<OutTensor>, max_shard: u64) -> Layout {
+        Layout::plan_named(tensors, max_shard, "model")
+    }
+
+    /// As [`Layout::plan`], with files named `STEM.safetensors` (PEFT writes
+    /// `adapter_model.safetensors`).
+    pub fn plan_named(tensors: Vec<OutTensor>, max_shard: u64, stem: &str) -> Layout {
         let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
         let mut used = 0u64;
         for (i, t) in tensors.iter().enumerate() {
@@ -70,9 +76,9 @@ impl Layout {
             .enumerate()
             .map(|(s, members)| {
                 let file_name = if n == 1 {
-                    "model.safetensors".to_string()
+                    format!("{stem}.safetensors")
                 } else {
-                    format!("model-{:05}-of-{:05}.safetensors", s + 1, n)
+                    format!("{stem}-{:05}-of-{:05}.safetensors", s + 1, n)
                 };
                 let mut json = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
                 let mut off = 0u64;

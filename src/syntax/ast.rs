@@ -50,8 +50,8 @@ pub enum StmtKind {
     Fn { name: Ident, params: Vec<FnParam>, body: Expr },
     /// `import "file.fuse"`
     Import { path: String, path_span: Span },
-    /// `save(expr, "dir", ...)`
-    Save { args: Vec<Arg> },
+    /// `save(expr, "dir", ...)`, or `save_lora(delta, "dir", rank=r)` when `lora`.
+    Save { args: Vec<Arg>, lora: bool },
     /// A bare expression: the recipe's result when it is the last statement.
     Expr(Expr),
 }

@@ -83,8 +83,10 @@ fn stmt(p: Pair<Rule>) -> Stmt {
         Rule::expr_stmt => {
             let e = expr(inner.next().unwrap());
             match e.kind {
-                ExprKind::Call { callee, args } if matches!(&callee.kind, ExprKind::Ident(n) if n == "save") => {
-                    StmtKind::Save { args }
+                ExprKind::Call { callee, args } if matches!(&callee.kind, ExprKind::Ident(n) if n == "save" || n == "save_lora") =>
+                {
+                    let lora = matches!(&callee.kind, ExprKind::Ident(n) if n == "save_lora");
+                    StmtKind::Save { args, lora }
                 }
                 kind => StmtKind::Expr(Expr { kind, span: e.span }),
             }
@@ -371,7 +373,7 @@ mod tests {
                 format!("fn {}({}) = {}", name.name, ps.join(", "), show(body))
             }
             StmtKind::Import { path, .. } => format!("import {path:?}"),
-            StmtKind::Save { args } => format!("save/{}", args.len()),
+            StmtKind::Save { args, lora } => format!("save{}/{}", if *lora { "_lora" } else { "" }, args.len()),
             StmtKind::Expr(e) => format!("expr {}", show(e)),
         }
     }

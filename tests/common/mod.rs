@@ -100,3 +100,26 @@ pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Writes f32 tensors as a checkpoint directory with `config` as config.json.
+pub fn write_model(dir: &Path, tensors: &BTreeMap<String, T>, config: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, t) in tensors {
+        let start = data.len();
+        for v in &t.data {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}

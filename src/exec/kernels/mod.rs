@@ -185,6 +185,7 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         Kernel::ModelStock { .. } => combine::model_stock_rows(&inputs[0], &inputs[1..], t.shape),
         Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
         Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
+        Kernel::LoraProduct { scale } => lora_product(&inputs[0], &inputs[1], scale.get() as f32, t.shape),
         other => unreachable!("{other:?} streams"),
     })
 }
@@ -209,6 +210,23 @@ pub fn partials<T: Send>(
             Ok(f(c, &bufs))
         })
         .collect()
+}
+
+/// `scale * B A` for B [out, r] and A [r, in] (row-major), each entry summed
+/// in the same order on any thread count.
+fn lora_product(b: &[f32], a: &[f32], scale: f32, shape: &[usize]) -> Vec<f32> {
+    let (out, inn) = (shape[0], shape.get(1).copied().unwrap_or(1));
+    let r = a.len() / inn.max(1);
+    let mut res = vec![0f32; out * inn];
+    res.par_chunks_mut(inn.max(1)).enumerate().for_each(|(i, row)| {
+        for k in 0..r {
+            let bik = b[i * r + k] * scale;
+            for (o, ak) in row.iter_mut().zip(&a[k * inn..(k + 1) * inn]) {
+                *o += bik * ak;
+            }
+        }
+    });
+    res
 }
 
 fn get(v: &[F]) -> Vec<f64> {
