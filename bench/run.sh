@@ -8,6 +8,7 @@
 # small: hidden 1024, 8 layers, vocab 32000 (~170M parameters)
 # large: hidden 2048, 12 layers, vocab 32000 (~750M parameters)
 # Models go to $BENCH_DIR (default /tmp/fuse-bench), ~1.3 GB and ~6 GB.
+# BENCH_CASES="ties slerp" runs only those cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=${1:-small}
@@ -62,7 +63,7 @@ for size in $sizes; do
     [linear]="ft1 ft2 ft3" [task_arithmetic]="base ft1 ft2 ft3" [ties]="base ft1 ft2 ft3"
     [dare_ties]="base ft1 ft2 ft3" [slerp]="ft1 ft2"
   )
-  for case in linear task_arithmetic ties dare_ties slerp; do
+  for case in ${BENCH_CASES:-linear task_arithmetic ties dare_ties slerp}; do
     printf 'base = model("base")\n%s\n' "${recipes[$case]}" > "$d/$case.fuse"
     files=()
     for m in ${inputs[$case]}; do files+=("$d/$m/model.safetensors"); done
@@ -78,7 +79,7 @@ for size in $sizes; do
     f=$(printf '%s\n' "${floors[@]}" | median)
     r=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
     awk -v s="$size" -v c="$case" -v w="$w" -v f="$f" -v r="$r" \
-      'BEGIN {printf "%-6s %-16s %9.2f %9.2f %6.1fx %7.0f MB\n", s, c, w, f, w / f, r / 1024}' 
+      'BEGIN {printf "%-6s %-16s %9.2f %9.2f %6.1fx %7.1f MB\n", s, c, w, f, w / f, r / 1024}' 
     rm -rf "$d/out-$case"
   done
 done

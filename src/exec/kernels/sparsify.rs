@@ -192,13 +192,19 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
     let bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
     let n = src.len();
-    // Integer counts add up the same in any order, so threads may fold freely.
+    let chunks = n.div_ceil(CHUNK);
+    // A fixed number of blocks of chunks, each with one histogram: memory per
+    // thread stays the same whatever the tensor size. Integer counts add up
+    // the same in any order.
+    let blocks = (rayon::current_num_threads() * 4).max(1);
+    let per_block = chunks.div_ceil(blocks).max(1);
     let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Result<Vec<usize>, String> {
-        let (h, _) = (0..n.div_ceil(CHUNK))
+        let parts = (0..chunks.div_ceil(per_block))
             .into_par_iter()
-            .try_fold(
-                || (vec![0usize; 1 << 16], vec![0f32; CHUNK]),
-                |(mut h, mut buf), c| {
+            .map(|blk| {
+                let mut h = vec![0u32; 1 << 16];
+                let mut buf = vec![0f32; CHUNK];
+                for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
                     let len = CHUNK.min(n - c * CHUNK);
                     src.fill(0, c * CHUNK, &mut buf[..len])?;
                     for v in &buf[..len] {
@@ -206,17 +212,15 @@ pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> 
                             h[i] += 1;
                         }
                     }
-                    Ok::<_, String>((h, buf))
-                },
-            )
-            .try_reduce(
-                || (vec![0usize; 1 << 16], Vec::new()),
-                |(mut a, buf), (b, _)| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    Ok((a, buf))
-                },
-            )?;
-        Ok(h)
+                }
+                Ok(h)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut total = vec![0usize; 1 << 16];
+        for h in parts {
+            total.iter_mut().zip(h).for_each(|(t, c)| *t += c as usize);
+        }
+        Ok(total)
     };
     // Walk buckets from the top until k elements are covered.
     let find = |h: &[usize], mut k: usize| -> (usize, usize) {
