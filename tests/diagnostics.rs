@@ -34,6 +34,12 @@ fn scratch() -> &'static Path {
             ..Default::default()
         };
         wide.write(&d.path().join("wide"), &[(7, 0.02)]).unwrap();
+        // A model of a family moe does not support.
+        wide.write(&d.path().join("gpt2"), &[(7, 0.02)]).unwrap();
+        let cfg = std::fs::read_to_string(d.path().join("gpt2/config.json"))
+            .unwrap()
+            .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+        std::fs::write(d.path().join("gpt2/config.json"), cfg).unwrap();
         // A header length far beyond the file.
         let mut bad = 1_000_000u64.to_le_bytes().to_vec();
         bad.extend_from_slice(b"{}");

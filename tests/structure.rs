@@ -91,3 +91,94 @@ fn read_model_file(p: &std::path::Path) -> BTreeMap<String, T> {
     std::fs::copy(p, tmp.path().join("x.safetensors")).unwrap();
     read_model(tmp.path())
 }
+
+#[test]
+fn moe_builds_a_mixtral_from_dense_experts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shape = TinyLlama::demo();
+    for (name, terms) in
+        [("base", vec![(1, 0.02)]), ("math", vec![(1, 0.02), (2, 0.01)]), ("code", vec![(1, 0.02), (3, 0.01)])]
+    {
+        shape.write(&d.join(name), &terms).unwrap();
+    }
+    write_recipe(
+        d,
+        "moe.fuse",
+        "base = model(\"base\")\nmath = model(\"math\")\ncode = model(\"code\")\nmoe(experts=[math, code], top_k=1, prompts=[\"tok5 tok7\", [\"tok9\", \"tok11 tok12\"]])\n",
+    );
+    fuse_ok(d, &["run", "moe.fuse", "-o", "out"]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "MixtralForCausalLM");
+    assert_eq!(cfg["model_type"], "mixtral");
+    assert_eq!((cfg["num_local_experts"].as_u64(), cfg["num_experts_per_tok"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(cfg["num_hidden_layers"], 4);
+    let out = read_model(&d.join("out"));
+    let (base, experts) = (read_model(&d.join("base")), [read_model(&d.join("math")), read_model(&d.join("code"))]);
+    // Every expected tensor, and nothing else.
+    let mut want = Vec::new();
+    for name in base.keys().filter(|n| !n.contains(".mlp.")) {
+        want.push(name.clone());
+    }
+    for l in 0..4 {
+        want.push(format!("model.layers.{l}.block_sparse_moe.gate.weight"));
+        for e in 0..2 {
+            for w in ["w1", "w2", "w3"] {
+                want.push(format!("model.layers.{l}.block_sparse_moe.experts.{e}.{w}.weight"));
+            }
+        }
+    }
+    want.sort();
+    assert_eq!(out.keys().cloned().collect::<Vec<_>>(), want);
+    for l in 0..4 {
+        assert_eq!(out[&format!("model.layers.{l}.block_sparse_moe.gate.weight")].shape, vec![2, 64]);
+        for (e, ex) in experts.iter().enumerate() {
+            for (dense, w) in [("gate_proj", "w1"), ("down_proj", "w2"), ("up_proj", "w3")] {
+                let got = &out[&format!("model.layers.{l}.block_sparse_moe.experts.{e}.{w}.weight")];
+                let src = &ex[&format!("model.layers.{l}.mlp.{dense}.weight")];
+                assert_eq!(got.shape, src.shape);
+                assert!(
+                    got.data.iter().zip(&src.data).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "expert {e} {w} differs"
+                );
+            }
+        }
+    }
+    for (name, t) in base.iter().filter(|(n, _)| !n.contains(".mlp.")) {
+        assert!(
+            out[name].data.iter().zip(&t.data).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name} is not the base's"
+        );
+    }
+    // cheap_embed: each router row is the mean embedding of its expert's prompt tokens.
+    let embed = &base["model.embed_tokens.weight"];
+    let row = |id: usize| &embed.data[id * 64..(id + 1) * 64];
+    let gate = &out["model.layers.2.block_sparse_moe.gate.weight"];
+    for (e, ids) in [vec![5, 7], vec![9, 11, 12]].iter().enumerate() {
+        for j in 0..64 {
+            let mean = ids.iter().map(|&i| row(i)[j] as f64).sum::<f64>() / ids.len() as f64;
+            assert!((gate.data[e * 64 + j] as f64 - mean).abs() < 1e-6, "expert {e} column {j}");
+        }
+    }
+    // Other gates: uniform is zeros; random is seeded and varies by layer.
+    write_recipe(
+        d,
+        "uni.fuse",
+        "base = model(\"base\")\nmoe(experts=[model(\"math\"), model(\"code\")], gate=\"uniform\")\n",
+    );
+    fuse_ok(d, &["run", "uni.fuse", "-o", "uni"]);
+    assert!(read_model(&d.join("uni"))["model.layers.0.block_sparse_moe.gate.weight"].data.iter().all(|v| *v == 0.0));
+    write_recipe(
+        d,
+        "rnd.fuse",
+        "base = model(\"base\")\nmoe(experts=[model(\"math\"), model(\"code\")], gate=\"random\", seed=3)\n",
+    );
+    fuse_ok(d, &["run", "rnd.fuse", "-o", "rnd"]);
+    let rnd = read_model(&d.join("rnd"));
+    let (g0, g1) =
+        (&rnd["model.layers.0.block_sparse_moe.gate.weight"], &rnd["model.layers.1.block_sparse_moe.gate.weight"]);
+    assert_ne!(g0.data, g1.data);
+    let var = g0.data.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / g0.data.len() as f64;
+    assert!((0.5..1.6).contains(&var), "router entries should be standard normal, variance {var}");
+}

@@ -30,6 +30,7 @@ pub const BUILTINS: &[&str] = &[
     "over_layers",
     "stack",
     "lora",
+    "moe",
     "task_vectors",
     "weighted_sum",
     "merge_deltas",
@@ -49,6 +50,9 @@ impl Checker<'_> {
         }
         if name == "lora" {
             return self.call_lora(args, span, ctx);
+        }
+        if name == "moe" {
+            return self.call_moe(args, span, ctx);
         }
         let params = PRIMITIVES.iter().find(|(n, _)| *n == name).expect("primitive").1;
         let Some(mut b) = self.bind_args(name, params, params.len(), 1, args, span, ctx) else {

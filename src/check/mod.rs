@@ -8,6 +8,7 @@ mod call;
 mod eval;
 mod lora;
 pub mod methods;
+mod moe;
 mod structure;
 pub mod value;
 

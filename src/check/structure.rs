@@ -108,6 +108,7 @@ impl Checker<'_> {
             name: t.arch.name.clone(),
             origin: t.arch.origin,
             slice_of: Some(parent),
+            config: t.arch.config.clone(),
         };
         Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: t.weight.clone() })
     }
@@ -213,6 +214,7 @@ impl Checker<'_> {
             name: embed_from.arch.name.clone(),
             origin: embed_from.arch.origin,
             slice_of: None,
+            config: embed_from.arch.config.clone(),
         };
         Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: Sched::Const(1.0) })
     }

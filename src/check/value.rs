@@ -157,6 +157,8 @@ pub struct Arch {
     /// For a slice of layers (`m.layers[i..j]`): the model it was cut from,
     /// whose embeddings, final norm and head `stack` takes.
     pub slice_of: Option<TVal>,
+    /// config.json fields the output sets (a MoE becomes Mixtral).
+    pub config: Vec<(String, serde_json::Value)>,
 }
 
 impl Arch {
@@ -171,7 +173,14 @@ impl Arch {
                 layer: layer_of(name),
             })
             .collect();
-        Arch { tensors, n_layers: ck.n_layers(), name: ck.architecture().map(str::to_string), origin, slice_of: None }
+        Arch {
+            tensors,
+            n_layers: ck.n_layers(),
+            name: ck.architecture().map(str::to_string),
+            origin,
+            slice_of: None,
+            config: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> usize {
@@ -258,6 +267,8 @@ pub enum TExpr {
     /// A LoRA adapter (model `adapter` of the recipe) as a delta: base tensor
     /// name -> (its lora_A, its lora_B); `scale` is alpha / r.
     Lora { adapter: usize, map: Arc<std::collections::HashMap<String, (String, String)>>, scale: f64 },
+    /// A mixture-of-experts router weight [experts, hidden].
+    Router { experts: usize, hidden: usize, mode: crate::graph::RouterMode },
 }
 
 /// A symbolic tensor-valued value: an expression, its architecture, and the

@@ -63,6 +63,8 @@ codes! {
     E0204 = "no base model for task vectors",
     /// A layer index or slice outside the model: `m.layers[0..99]` on a 32-layer model
     E0205 = "layer range out of bounds",
+    /// A structural operation on a model family it does not support: `moe(...)` of GPT-2 models
+    E0206 = "unsupported model family",
     /// A model path that does not exist or is not a checkpoint: `model("missing")`
     E0301 = "model not found",
     /// A checkpoint whose files are unreadable or malformed

@@ -15,7 +15,7 @@ mod stream;
 
 pub use lora::{run_lora, Kept, LoraReport};
 
-use crate::graph::{NodeId, Op, Plan};
+use crate::graph::{NodeId, Op, Plan, RouterMode};
 use crate::io::writer::OutputDir;
 use crate::io::DType;
 use candle_core::{Device, Tensor};
@@ -254,6 +254,44 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
     Ok(report(plan, &inputs))
 }
 
+/// A router weight [experts, hidden] (see [`RouterMode`]).
+pub fn router(
+    plan: &Plan,
+    inputs: &Inputs,
+    mode: &RouterMode,
+    tensor: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, String> {
+    let (experts, hidden) = (shape[0], shape[1]);
+    Ok(match mode {
+        RouterMode::Uniform => vec![0.0; experts * hidden],
+        RouterMode::Random { seed } => {
+            let key = kernels::stream_key(*seed, tensor, 0);
+            (0..experts * hidden)
+                .map(|i| {
+                    let (u, v) = (kernels::uniform(key, 2 * i as u64), kernels::uniform(key, 2 * i as u64 + 1));
+                    ((-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+                })
+                .collect()
+        }
+        RouterMode::CheapEmbed { model, tensor: embed, tokens } => {
+            let mut out = vec![0f32; experts * hidden];
+            let mut row = vec![0f32; hidden];
+            for (e, ids) in tokens.iter().enumerate() {
+                let mut sum = vec![0f64; hidden];
+                for &id in ids {
+                    inputs.read(plan, *model, embed, id as usize * hidden, &mut row)?;
+                    sum.iter_mut().zip(&row).for_each(|(s, r)| *s += *r as f64);
+                }
+                for (o, s) in out[e * hidden..(e + 1) * hidden].iter_mut().zip(sum) {
+                    *o = (s / ids.len().max(1) as f64) as f32;
+                }
+            }
+            out
+        }
+    })
+}
+
 fn report(plan: &Plan, inputs: &Inputs) -> Report {
     Report {
         tensors: plan.outputs.len(),
@@ -299,6 +337,10 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
                 kernels::lin(&ts).map_err(ce)?
             }
             Op::Zeros => Tensor::zeros(node.shape.as_slice(), candle_core::DType::F32, device).map_err(ce)?,
+            Op::Router { mode, tensor } => {
+                let v = router(plan, inputs, mode, tensor, &node.shape)?;
+                Tensor::from_vec(v, node.shape.as_slice(), device).map_err(ce)?
+            }
             Op::Kernel { kernel, inputs: ins } => {
                 let xs = ins
                     .iter()
@@ -328,7 +370,7 @@ fn children(op: &Op) -> Vec<NodeId> {
         Op::Load { .. } => Vec::new(),
         Op::Lin(terms) => terms.iter().map(|(_, x)| *x).collect(),
         Op::Kernel { inputs, .. } => inputs.clone(),
-        Op::Zeros => Vec::new(),
+        Op::Zeros | Op::Router { .. } => Vec::new(),
     }
 }
 
@@ -413,6 +455,9 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
             }
             if obj.contains_key("num_hidden_layers") {
                 obj.insert("num_hidden_layers".into(), plan.n_layers.into());
+            }
+            for (k, v) in &plan.config {
+                obj.insert(k.clone(), v.clone());
             }
         }
         out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;

@@ -48,6 +48,11 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     let _permit = budget.acquire(need);
     let mut st = State::default();
     for n in special {
+        if let Op::Router { mode, tensor } = &plan.nodes[n].op {
+            let v = super::router(plan, inputs, mode, tensor, &plan.nodes[n].shape)?;
+            st.whole.insert(n, v);
+            continue;
+        }
         let Op::Kernel { kernel, inputs: ins } = &plan.nodes[n].op else { unreachable!() };
         let shape = &plan.nodes[n].shape;
         let name = tensor_name(plan, n);
@@ -88,7 +93,9 @@ fn special_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
         for c in super::children(&plan.nodes[n].op) {
             visit(plan, c, seen, out);
         }
-        if matches!(&plan.nodes[n].op, Op::Kernel { kernel, .. } if !kernel.is_elementwise()) {
+        if matches!(&plan.nodes[n].op, Op::Kernel { kernel, .. } if !kernel.is_elementwise())
+            || matches!(plan.nodes[n].op, Op::Router { .. })
+        {
             out.push(n);
         }
     }
@@ -178,6 +185,7 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
             out.fill(0.0);
             Ok(())
         }
+        Op::Router { .. } => unreachable!("routers are computed whole"),
         Op::Kernel { kernel, inputs: ins } => {
             let mut bufs = Vec::with_capacity(ins.len());
             for &c in ins {

@@ -88,3 +88,15 @@ impl<N> Kernel<N> {
         matches!(self, Kernel::Consensus { .. } | Kernel::NearSwap { .. })
     }
 }
+
+/// How a mixture-of-experts router is initialized.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RouterMode {
+    /// Standard normal entries drawn from (seed, tensor name).
+    Random { seed: u64 },
+    /// All zeros: every expert scores the same.
+    Uniform,
+    /// Row e is the mean input embedding (tensor `tensor` of recipe model
+    /// `model`) of expert e's prompt tokens; the same for every layer.
+    CheapEmbed { model: usize, tensor: String, tokens: Vec<Vec<u32>> },
+}

@@ -6,7 +6,7 @@
 
 mod kernel;
 
-pub use kernel::{Kernel, Sparsify};
+pub use kernel::{Kernel, RouterMode, Sparsify};
 
 use crate::check::{Recipe, Sched, TExpr, TId, TVal, TensorCtx};
 use crate::io::writer::{Layout, OutTensor};
@@ -47,6 +47,8 @@ pub enum Op {
     Kernel { kernel: Kernel<F>, inputs: Vec<NodeId> },
     /// All zeros (a LoRA's delta for tensors it does not touch).
     Zeros,
+    /// A mixture-of-experts router weight for tensor `tensor`.
+    Router { mode: RouterMode, tensor: String },
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +76,8 @@ pub struct Plan {
     pub origin: usize,
     /// The output's layer count (config.json's `num_hidden_layers`).
     pub n_layers: usize,
+    /// Further config.json fields to set.
+    pub config: Vec<(String, serde_json::Value)>,
     pub dtype: Option<DType>,
 }
 
@@ -123,6 +127,9 @@ impl Builder<'_> {
                     )
                 }
             },
+            TExpr::Router { mode, .. } => {
+                self.node(Op::Router { mode: mode.clone(), tensor: ctx.name.to_string() }, shape)
+            }
             TExpr::Select { parts, map } => {
                 let (part, source) = &map[ctx.name];
                 let (expr, n_layers) = parts[*part];
@@ -184,6 +191,7 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
         models: recipe.models.clone(),
         origin: arch.origin,
         n_layers: arch.n_layers,
+        config: arch.config.clone(),
         dtype,
     }
 }
@@ -196,6 +204,7 @@ impl fmt::Display for Plan {
                 Op::Load { model, tensor } => format!("load m{model}[{tensor}]"),
                 Op::Lin(terms) => terms.iter().map(|(c, x)| format!("{:?}*%{x}", c)).collect::<Vec<_>>().join(" + "),
                 Op::Zeros => "zeros".into(),
+                Op::Router { mode, .. } => format!("router({mode:?})"),
                 Op::Kernel { kernel, inputs } => {
                     format!("{kernel:?}({})", inputs.iter().map(|x| format!("%{x}")).collect::<Vec<_>>().join(", "))
                 }

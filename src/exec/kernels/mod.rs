@@ -8,7 +8,7 @@ mod combine;
 mod sparsify;
 mod sphere;
 
-pub use sparsify::kth_largest_magnitude;
+pub use sparsify::{kth_largest_magnitude, stream_key, uniform};
 
 use crate::graph::{Kernel, F};
 use crate::io::DType;
