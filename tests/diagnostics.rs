@@ -34,6 +34,8 @@ fn scratch() -> &'static Path {
             ..Default::default()
         };
         wide.write(&d.path().join("wide"), &[(7, 0.02)]).unwrap();
+        // The fixtures' shape with a larger vocabulary.
+        TinyLlama { vocab: 100, ..Default::default() }.write(&d.path().join("vocab100"), &[(7, 0.02)]).unwrap();
         // A model of a family moe does not support.
         wide.write(&d.path().join("gpt2"), &[(7, 0.02)]).unwrap();
         let cfg = std::fs::read_to_string(d.path().join("gpt2/config.json"))

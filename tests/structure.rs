@@ -182,3 +182,47 @@ fn moe_builds_a_mixtral_from_dense_experts() {
     let var = g0.data.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / g0.data.len() as f64;
     assert!((0.5..1.6).contains(&var), "router entries should be standard normal, variance {var}");
 }
+
+#[test]
+fn vocab_mismatches_name_both_sizes_and_resize_vocab_fixes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::demo().write(&d.join("a"), &[(1, 0.02)]).unwrap();
+    TinyLlama { vocab: 260, ..TinyLlama::demo() }.write(&d.join("b"), &[(1, 0.02), (2, 0.01)]).unwrap();
+    write_recipe(d, "bad.fuse", "a = model(\"a\")\nb = model(\"b\")\na + 0.5*(b - a)\n");
+    let o = fuse(d, &["check", "bad.fuse"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("vocabulary sizes differ: 256 in `a`, 260 in `b`")
+            && e.contains("resize_vocab(b, like=a)"),
+        "{e}"
+    );
+    // Crop b to a's vocabulary, and pad a to b's.
+    write_recipe(d, "crop.fuse", "a = model(\"a\")\nb = resize_vocab(model(\"b\"), like=a)\na + 0.5*(b - a)\n");
+    fuse_ok(d, &["run", "crop.fuse", "-o", "crop"]);
+    write_recipe(d, "pad.fuse", "b = model(\"b\")\nresize_vocab(model(\"a\"), like=b)\n");
+    fuse_ok(d, &["run", "pad.fuse", "-o", "pad"]);
+    let (a, b) = (read_model(&d.join("a")), read_model(&d.join("b")));
+    let crop = read_model(&d.join("crop"));
+    let e = &crop["model.embed_tokens.weight"];
+    assert_eq!(e.shape, vec![256, 64]);
+    for i in 0..256 * 64 {
+        let want = a["model.embed_tokens.weight"].data[i]
+            + 0.5 * (b["model.embed_tokens.weight"].data[i] - a["model.embed_tokens.weight"].data[i]);
+        assert!((e.data[i] - want).abs() < 1e-6);
+    }
+    let pad = read_model(&d.join("pad"));
+    let (pe, ae) = (&pad["lm_head.weight"], &a["lm_head.weight"]);
+    assert_eq!(pe.shape, vec![260, 64]);
+    assert_eq!(&pe.data[..256 * 64], &ae.data[..]);
+    for j in 0..64 {
+        let mean = (0..256).map(|r| ae.data[r * 64 + j] as f64).sum::<f64>() / 256.0;
+        for r in 256..260 {
+            assert!((pe.data[r * 64 + j] as f64 - mean).abs() < 1e-6);
+        }
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("pad/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["vocab_size"], 260);
+}

@@ -31,6 +31,7 @@ pub const BUILTINS: &[&str] = &[
     "stack",
     "lora",
     "moe",
+    "resize_vocab",
     "task_vectors",
     "weighted_sum",
     "merge_deltas",
@@ -53,6 +54,9 @@ impl Checker<'_> {
         }
         if name == "moe" {
             return self.call_moe(args, span, ctx);
+        }
+        if name == "resize_vocab" {
+            return self.call_resize_vocab(args, span, ctx);
         }
         let params = PRIMITIVES.iter().find(|(n, _)| *n == name).expect("primitive").1;
         let Some(mut b) = self.bind_args(name, params, params.len(), 1, args, span, ctx) else {

@@ -508,6 +508,23 @@ impl<'s> Checker<'s> {
         let Some(why) = a.mismatch(b) else {
             return true;
         };
+        if a.differs_only_in_vocab(b) {
+            // Resize the operand that differs from the recipe's first model.
+            let a_is_odd = self.archs.first().is_some_and(|f| f.vocab() != a.vocab() && f.vocab() == b.vocab());
+            let ((odd, lo), (other, lother)) = if a_is_odd { ((a, la), (b, lb)) } else { ((b, lb), (a, la)) };
+            let (vo, vt) = (odd.vocab().unwrap_or(0), other.vocab().unwrap_or(0));
+            let (so, st) = (self.snippet(file, lo), self.snippet(file, lother));
+            self.report(
+                Diagnostic::error(Code::E0201, format!("vocabulary sizes differ: {vt} in `{st}`, {vo} in `{so}`"))
+                    .with_label(file, lo, format!("{vo} tokens"))
+                    .with_label(file, lother, format!("{vt} tokens"))
+                    .with_note("every other tensor agrees; only the embedding and the head differ in rows")
+                    .with_help(format!(
+                        "resize one to the other: `resize_vocab({so}, like={st})` pads new rows with the mean embedding or crops extra ones"
+                    )),
+            );
+            return false;
+        }
         let name = |x: &Arch| x.name.clone().unwrap_or_else(|| "unknown architecture".into());
         let why = why
             .replace("on the left", &format!("in `{}`", self.snippet(file, la)))

@@ -113,6 +113,53 @@ impl Checker<'_> {
         Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: t.weight.clone() })
     }
 
+    /// `resize_vocab(m, like=other)`: `m` with its embedding and head cut or
+    /// padded to `other`'s vocabulary size.
+    pub fn call_resize_vocab(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+        let Some(mut b) = self.bind_args("resize_vocab", &["model", "like"], 2, 2, args, span, ctx) else {
+            return Value::Poison;
+        };
+        let mut model = |this: &mut Self, key: &str| -> Option<TVal> {
+            let (v, s) = b.remove(key).unwrap();
+            match this.settle_value(v, s, ctx.file) {
+                Value::Tensor(t) if this.kind(&t) == Some(Kind::Model) && t.arch.vocab().is_some() => Some(t),
+                Value::Poison => None,
+                other => {
+                    this.report(
+                        Diagnostic::error(
+                            Code::E0106,
+                            format!("`resize_vocab` takes models with an embedding, found {}", other.type_name()),
+                        )
+                        .with_label(ctx.file, s, "expected a model"),
+                    );
+                    None
+                }
+            }
+        };
+        let (Some(m), Some(like)) = (model(self, "model"), model(self, "like")) else { return Value::Poison };
+        let (from, to) = (m.arch.vocab().unwrap(), like.arch.vocab().unwrap());
+        if from == to {
+            return Value::Tensor(m);
+        }
+        let tensors = m
+            .arch
+            .tensors
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                if is_vocab_tensor(&t.name) && t.shape.first() == Some(&from) {
+                    t.shape[0] = to;
+                }
+                t
+            })
+            .collect();
+        let expr = self.push(TExpr::ResizeVocab { input: m.expr, from, to });
+        let mut config = m.arch.config.clone();
+        config.push(("vocab_size".into(), to.into()));
+        let arch = Arch { tensors, config, ..(*m.arch).clone() };
+        Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: m.weight.clone() })
+    }
+
     /// `stack(a.layers[0..24], b.layers[8..32], ...)`: the slices' layers in
     /// order, embeddings from the first slice's model, final norm and head
     /// from the last's.

@@ -222,6 +222,20 @@ impl Arch {
         }
     }
 
+    /// The vocabulary size: rows of the input embedding.
+    pub fn vocab(&self) -> Option<usize> {
+        self.tensors.iter().find(|t| t.name.contains("embed_tokens")).map(|t| t.shape[0])
+    }
+
+    /// Whether `other` differs only in vocabulary size (embedding and head rows).
+    pub fn differs_only_in_vocab(&self, other: &Arch) -> bool {
+        self.tensors.len() == other.tensors.len()
+            && self.vocab() != other.vocab()
+            && self.tensors.iter().zip(&other.tensors).all(|(a, b)| {
+                a.name == b.name && (a.shape == b.shape || (is_vocab_tensor(&a.name) && a.shape[1..] == b.shape[1..]))
+            })
+    }
+
     /// Per-tensor contexts, for evaluating schedules over the whole model.
     pub fn contexts(&self) -> impl Iterator<Item = TensorCtx<'_>> {
         self.tensors.iter().map(|t| TensorCtx { name: &t.name, layer: t.layer, n_layers: self.n_layers })
@@ -236,6 +250,14 @@ impl Arch {
             human_count(self.params())
         )
     }
+}
+
+/// Tensors whose first dimension is the vocabulary: input embedding and output head.
+pub fn is_vocab_tensor(name: &str) -> bool {
+    name.contains("embed_tokens")
+        || name.starts_with("lm_head")
+        || name.contains("wte")
+        || name.contains("output.weight")
 }
 
 pub fn human_count(n: usize) -> String {
@@ -269,6 +291,9 @@ pub enum TExpr {
     Lora { adapter: usize, map: Arc<std::collections::HashMap<String, (String, String)>>, scale: f64 },
     /// A mixture-of-experts router weight [experts, hidden].
     Router { experts: usize, hidden: usize, mode: crate::graph::RouterMode },
+    /// `input` with its embedding and head cut or padded from `from` rows to
+    /// `to` rows (new rows: the mean of the existing ones).
+    ResizeVocab { input: TId, from: usize, to: usize },
 }
 
 /// A symbolic tensor-valued value: an expression, its architecture, and the

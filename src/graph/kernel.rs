@@ -47,6 +47,9 @@ pub enum Kernel<N> {
     /// A LoRA adapter's delta: inputs B [out, r] and A [r, in], result
     /// `scale * B A` [out, in].
     LoraProduct { scale: N },
+    /// One input of `from` rows cut or padded to the node's rows; new rows
+    /// are the mean of the input's rows.
+    ResizeRows { from: u64 },
 }
 
 impl<N> Kernel<N> {
@@ -80,6 +83,7 @@ impl<N> Kernel<N> {
             Kernel::ArceeFusion => Kernel::ArceeFusion,
             Kernel::Sce { select_topk } => Kernel::Sce { select_topk: f(select_topk) },
             Kernel::LoraProduct { scale } => Kernel::LoraProduct { scale: f(scale) },
+            Kernel::ResizeRows { from } => Kernel::ResizeRows { from: *from },
         }
     }
 

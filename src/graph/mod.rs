@@ -127,6 +127,16 @@ impl Builder<'_> {
                     )
                 }
             },
+            TExpr::ResizeVocab { input, from, to } => {
+                if crate::check::value::is_vocab_tensor(ctx.name) && shape.first() == Some(to) {
+                    let mut in_shape = shape.to_vec();
+                    in_shape[0] = *from;
+                    let x = self.lower(*input, ctx, &in_shape, memo);
+                    self.node(Op::Kernel { kernel: Kernel::ResizeRows { from: *from as u64 }, inputs: vec![x] }, shape)
+                } else {
+                    self.lower(*input, ctx, shape, memo)
+                }
+            }
             TExpr::Router { mode, .. } => {
                 self.node(Op::Router { mode: mode.clone(), tensor: ctx.name.to_string() }, shape)
             }

@@ -186,6 +186,7 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
         Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
         Kernel::LoraProduct { scale } => lora_product(&inputs[0], &inputs[1], scale.get() as f32, t.shape),
+        Kernel::ResizeRows { from } => resize_rows(&inputs[0], *from as usize, t.shape),
         other => unreachable!("{other:?} streams"),
     })
 }
@@ -227,6 +228,22 @@ fn lora_product(b: &[f32], a: &[f32], scale: f32, shape: &[usize]) -> Vec<f32> {
         }
     });
     res
+}
+
+/// `x` ([from, cols]) cut or padded to `shape[0]` rows; new rows are the mean row.
+fn resize_rows(x: &[f32], from: usize, shape: &[usize]) -> Vec<f32> {
+    let to = shape[0];
+    let cols = x.len() / from.max(1);
+    let mut out = Vec::with_capacity(to * cols);
+    out.extend_from_slice(&x[..to.min(from) * cols]);
+    if to > from {
+        let mean: Vec<f32> =
+            (0..cols).map(|j| (x.chunks(cols).map(|r| r[j] as f64).sum::<f64>() / from as f64) as f32).collect();
+        for _ in from..to {
+            out.extend_from_slice(&mean);
+        }
+    }
+    out
 }
 
 fn get(v: &[F]) -> Vec<f64> {
