@@ -226,3 +226,55 @@ fn vocab_mismatches_name_both_sizes_and_resize_vocab_fixes_them() {
         serde_json::from_str(&std::fs::read_to_string(d.join("pad/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["vocab_size"], 260);
 }
+
+#[test]
+fn a_pytorch_bin_merges_like_its_safetensors_twin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shape = TinyLlama::demo();
+    shape.write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    shape.write(&d.join("ft"), &[(1, 0.02), (4, 0.01)]).unwrap();
+    write_bin(&d.join("ft-bin"), &read_model(&d.join("ft")), &shape.config_json(), b"");
+    let o = fuse_ok(d, &["inspect", "ft-bin"]);
+    assert!(stdout(&o).contains("LlamaForCausalLM") && stdout(&o).contains("tensors:      39"), "{}", stdout(&o));
+    for (name, m) in [("st", "ft"), ("bin", "ft-bin")] {
+        write_recipe(
+            d,
+            &format!("{name}.fuse"),
+            &format!("base = model(\"base\")\nft = model(\"{m}\")\nbase + ties(ft, density=0.4)\n"),
+        );
+        fuse_ok(d, &["run", &format!("{name}.fuse"), "-o", &format!("out-{name}")]);
+    }
+    assert_eq!(
+        std::fs::read(d.join("out-st/model.safetensors")).unwrap(),
+        std::fs::read(d.join("out-bin/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn a_pickle_that_would_run_code_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shape = TinyLlama::demo();
+    shape.write(&d.join("ft"), &[(1, 0.02)]).unwrap();
+    let marker = d.join("pwned");
+    // An item "x": os.system("touch <marker>"), evaluated as the pickle loads.
+    let mut evil = b"X\x01\x00\x00\x00xcos\nsystem\n(X".to_vec();
+    let cmd = format!("touch {}", marker.display());
+    evil.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+    evil.extend_from_slice(cmd.as_bytes());
+    evil.extend_from_slice(b"tR");
+    write_bin(&d.join("evil"), &read_model(&d.join("ft")), &shape.config_json(), &evil);
+    write_recipe(d, "r.fuse", "m = model(\"evil\")\nm\n");
+    let o = fuse(d, &["run", "r.fuse", "-o", "out"]);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("evil/pytorch_model.bin")
+            && e.contains("`os.system`")
+            && e.contains("refuses pickles that run code"),
+        "{e}"
+    );
+    assert!(!marker.exists(), "the pickle ran");
+    assert!(!d.join("out").exists());
+}

@@ -62,12 +62,15 @@ impl Checkpoint {
         } else {
             let index = root.join("model.safetensors.index.json");
             let single = root.join("model.safetensors");
+            let bin = root.join("pytorch_model.bin");
             let files = if index.is_file() {
                 let (files, map) = shard_files(&index)?;
                 weight_map = Some((index, map));
                 files
             } else if single.is_file() {
                 vec![single]
+            } else if bin.is_file() {
+                vec![bin]
             } else {
                 let mut found: Vec<PathBuf> = std::fs::read_dir(root)
                     .map_err(|e| bad(root, format!("cannot list directory: {e}")))?
@@ -78,7 +81,7 @@ impl Checkpoint {
                 if found.is_empty() {
                     return Err(OpenError::NotFound {
                         what: format!(
-                            "`{}` holds no model.safetensors, no model.safetensors.index.json and no .safetensors file",
+                            "`{}` holds no model.safetensors, no model.safetensors.index.json, no pytorch_model.bin and no .safetensors file",
                             root.display()
                         ),
                         help: "point model(...) at a Hugging Face checkpoint directory or a .safetensors file".into(),
@@ -105,8 +108,12 @@ impl Checkpoint {
         };
         let mut tensors = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
-            let header = read_header(f).map_err(|what| bad(f, what))?;
-            for (name, info) in header.tensors {
+            let table = if f.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth") {
+                super::pickle::read_bin(f).map_err(|what| bad(f, what))?
+            } else {
+                read_header(f).map_err(|what| bad(f, what))?.tensors
+            };
+            for (name, info) in table {
                 if tensors.contains_key(&name) {
                     return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
                 }

@@ -3,6 +3,7 @@
 //! sharded outputs. Tensor data itself is read in `exec/`.
 
 pub mod checkpoint;
+pub mod pickle;
 pub mod safetensors;
 pub mod writer;
 

@@ -123,3 +123,63 @@ pub fn write_model(dir: &Path, tensors: &BTreeMap<String, T>, config: &str) {
     std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
     std::fs::write(dir.join("config.json"), config).unwrap();
 }
+
+/// Writes f32 tensors as a PyTorch `pytorch_model.bin` (torch.save's zip
+/// layout: a protocol-2 pickle of an OrderedDict of tensors rebuilt from
+/// storages, each storage stored uncompressed), with `config` beside it.
+/// `extra` is spliced into the pickle as the first dict items (for hostile pickles).
+pub fn write_bin(dir: &Path, tensors: &BTreeMap<String, T>, config: &str, extra: &[u8]) {
+    use std::io::Write;
+    fn uni(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mut p = vec![0x80, 2];
+    p.extend_from_slice(b"ccollections\nOrderedDict\n)R");
+    p.push(b'(');
+    p.extend_from_slice(extra);
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        uni(&mut p, name);
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        uni(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        uni(&mut p, &i.to_string());
+        uni(&mut p, "cpu");
+        int(&mut p, t.data.len());
+        p.extend_from_slice(b"tQ");
+        int(&mut p, 0);
+        p.push(b'(');
+        t.shape.iter().for_each(|d| int(&mut p, *d));
+        p.extend_from_slice(b"t(");
+        let mut stride = 1;
+        let mut strides = vec![0; t.shape.len()];
+        for k in (0..t.shape.len()).rev() {
+            strides[k] = stride;
+            stride *= t.shape[k];
+        }
+        strides.iter().for_each(|s| int(&mut p, *s));
+        p.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend_from_slice(b"u.");
+    let f = std::fs::File::create(dir.join("pytorch_model.bin")).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", opts).unwrap();
+    z.write_all(&p).unwrap();
+    for (i, t) in tensors.values().enumerate() {
+        z.start_file(format!("archive/data/{i}"), opts).unwrap();
+        for v in &t.data {
+            z.write_all(&v.to_le_bytes()).unwrap();
+        }
+    }
+    z.start_file("archive/version", opts).unwrap();
+    z.write_all(b"3\n").unwrap();
+    z.finish().unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}
