@@ -11,5 +11,6 @@ pub mod diag;
 pub mod exec;
 pub mod graph;
 pub mod io;
+pub mod repl;
 pub mod syntax;
 pub mod testmodel;

@@ -62,6 +62,11 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// Explore models and try merges interactively.
+    Repl {
+        /// A recipe whose bindings to start from.
+        recipe: Option<PathBuf>,
+    },
     /// Write a synthetic Llama-layout checkpoint (for tests and benchmarks).
     GenModel {
         dir: PathBuf,
@@ -107,6 +112,9 @@ fn main() -> ExitCode {
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
         Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
         Command::Demo { dir } => cmd_demo(&dir),
+        Command::Repl { recipe } => {
+            fuse::repl::run(recipe.as_deref()).or_else(|e| fail(Diagnostic::error(Code::E0403, e)))
+        }
         Command::GenModel { dir, hidden, layers, vocab, intermediate, dtype, terms, shard } => {
             cmd_gen_model(&dir, hidden, layers, vocab, intermediate, &dtype, &terms, shard.as_deref())
         }

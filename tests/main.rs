@@ -7,5 +7,6 @@ mod diagnostics;
 mod goldens;
 mod methods;
 mod reliability;
+mod repl;
 mod robustness;
 mod structure;

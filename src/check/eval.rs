@@ -52,6 +52,9 @@ pub(super) struct Checker<'s> {
     /// Call sites of the `fn`s being evaluated, innermost last.
     pub frames: Vec<(String, FileId, Span)>,
     overrides: Vec<Override>,
+    pub want: super::Want,
+    pub last: Option<super::Described>,
+    pub types: Vec<(FileId, Span, String)>,
     pub saves: Vec<Output>,
     result: Option<ResultValue>,
     importing: Vec<PathBuf>,
@@ -74,6 +77,9 @@ impl<'s> Checker<'s> {
                 .iter()
                 .map(|(n, t)| Override { name: n.clone(), text: t.clone(), used: false })
                 .collect(),
+            want: super::Want::default(),
+            last: None,
+            types: Vec::new(),
             saves: Vec::new(),
             result: None,
             importing: Vec::new(),
@@ -117,6 +123,11 @@ impl<'s> Checker<'s> {
                 self.report(d.with_note("only names declared with `param` can be set from the command line"));
             }
         }
+    }
+
+    /// Every name bound outside the standard library, with where.
+    pub fn definitions(&self) -> Vec<(String, FileId, Span)> {
+        self.globals.iter().map(|(n, b)| (n.clone(), b.file, b.span)).collect()
     }
 
     pub fn finish(self, main: FileId) -> Recipe {
@@ -178,7 +189,25 @@ impl<'s> Checker<'s> {
                         continue;
                     }
                     let v = self.eval(e, ctx);
-                    match self.settle_value(v, e.span, file) {
+                    let v = self.settle_value(v, e.span, file);
+                    if !matches!(v, Value::Poison) {
+                        let (summary, value) = match &v {
+                            Value::Tensor(t) => (Some(t.arch.summary()), Some(t.clone())),
+                            _ => (None, None),
+                        };
+                        let values = match &v {
+                            Value::List(items) => items
+                                .iter()
+                                .filter_map(|i| if let Value::Tensor(t) = i { Some(t.clone()) } else { None })
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        self.last = Some(super::Described { type_name: v.type_name(), summary, value, values });
+                    }
+                    if self.want.any_result && !matches!(v, Value::Tensor(_)) {
+                        continue;
+                    }
+                    match v {
                         Value::Tensor(t) => self.result = Some(ResultValue { value: t, file, span: e.span }),
                         Value::Poison => {}
                         other => {
@@ -370,6 +399,14 @@ impl<'s> Checker<'s> {
     // ---- expressions ----
 
     pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Value {
+        let v = self.eval_inner(e, ctx);
+        if self.want.types && !matches!(v, Value::Poison) {
+            self.types.push((ctx.file, e.span, v.type_name()));
+        }
+        v
+    }
+
+    fn eval_inner(&mut self, e: &Expr, ctx: Ctx) -> Value {
         match &e.kind {
             ExprKind::Num(n) => Value::Num(Sched::Const(*n)),
             ExprKind::Str(s) => Value::Str(s.clone()),

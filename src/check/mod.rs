@@ -63,6 +63,85 @@ pub struct ResultValue {
     pub span: Span,
 }
 
+/// Every function name a recipe can call: builtins, native methods and the
+/// standard library's `fn`s (for completion).
+pub fn builtin_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = builtins::BUILTINS.to_vec();
+    v.extend(methods::METHODS.iter().map(|m| m.name));
+    v.extend(stdlib_fns().into_iter().map(|(n, _)| n));
+    v
+}
+
+/// The standard library's functions and their parameter names.
+pub fn stdlib_fns() -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    for (name, text) in STDLIB {
+        let mut sources = Sources::default();
+        let Ok(p) = syntax::parse(text, sources.add(*name, *text)) else { continue };
+        for s in p.stmts {
+            if let syntax::StmtKind::Fn { name, params, .. } = s.kind {
+                let n: &'static str = STDLIB_NAMES.iter().find(|x| **x == name.name).copied().unwrap_or("");
+                out.push((n, params.into_iter().filter(|p| !p.variadic).map(|p| p.name.name).collect()));
+            }
+        }
+    }
+    out
+}
+
+const STDLIB_NAMES: &[&str] = &[
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+];
+
+/// Named arguments a function takes (for completion and hover).
+pub fn parameters_of(function: &str) -> Vec<String> {
+    if let Some(m) = methods::method(function) {
+        return m.params.iter().map(|p| p.name.to_string()).collect();
+    }
+    if let Some((_, params)) = builtins::PRIMITIVES.iter().find(|(n, _)| *n == function) {
+        return params.iter().map(|p| p.to_string()).collect();
+    }
+    stdlib_fns().into_iter().find(|(n, _)| *n == function).map(|(_, p)| p).unwrap_or_default()
+}
+
+/// What the REPL and the language server ask of a check beyond the recipe.
+#[derive(Default, Clone, Copy)]
+pub struct Want {
+    /// The last bare expression may be any value (the REPL shows it).
+    pub any_result: bool,
+    /// Record the type of every expression evaluated (hover).
+    pub types: bool,
+}
+
+/// The last bare expression, described for people.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub type_name: String,
+    /// For tensor values: architecture, layers, parameters.
+    pub summary: Option<String>,
+    pub value: Option<TVal>,
+    /// For a list: the tensor values in it.
+    pub values: Vec<TVal>,
+}
+
+/// Everything a check found.
+pub struct Analysis {
+    pub recipe: Option<Recipe>,
+    pub diags: Vec<Diagnostic>,
+    pub last: Option<Described>,
+    /// (file, span, type) of every evaluated expression, when asked for.
+    pub types: Vec<(FileId, Span, String)>,
+    /// Where each name the recipe (and its imports) binds is defined.
+    pub defs: Vec<(String, FileId, Span)>,
+}
+
 /// Checks the recipe in `path` (already read into `text`). `overrides` are
 /// `--set name=value` pairs, the value as recipe source text. Returns the
 /// recipe when there were no errors, and every diagnostic (warnings too).
@@ -72,15 +151,25 @@ pub fn check(
     overrides: &[(String, String)],
     sources: &mut Sources,
 ) -> (Option<Recipe>, Vec<Diagnostic>) {
+    let a = analyze(path, text, overrides, sources, Want::default());
+    (a.recipe, a.diags)
+}
+
+/// [`check`], with what the REPL and the language server need.
+pub fn analyze(path: &Path, text: &str, overrides: &[(String, String)], sources: &mut Sources, want: Want) -> Analysis {
     let file = sources.add(path.display().to_string(), text);
     let program = match syntax::parse(text, file) {
         Ok(p) => p,
-        Err(d) => return (None, vec![d]),
+        Err(d) => return Analysis { recipe: None, diags: vec![d], last: None, types: Vec::new(), defs: Vec::new() },
     };
     let mut checker = eval::Checker::new(sources, overrides);
+    checker.want = want;
     checker.load_stdlib();
     checker.run_main(&program, file, path);
     let diags = std::mem::take(&mut checker.diags);
+    let types = std::mem::take(&mut checker.types);
+    let last = checker.last.take();
+    let defs = checker.definitions();
     let ok = !diags.iter().any(Diagnostic::is_error);
-    (ok.then(|| checker.finish(file)), diags)
+    Analysis { recipe: ok.then(|| checker.finish(file)), diags, last, types, defs }
 }

@@ -254,6 +254,27 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
     Ok(report(plan, &inputs))
 }
 
+/// Computes every output tensor of `plan` whole (in parallel, under the
+/// memory budget) and hands each to `f` with its index: for statistics
+/// over a value rather than a checkpoint (the REPL's `:stats`, `:cos`).
+pub fn compute_all(
+    plan: &Plan,
+    max_memory: u64,
+    f: &(dyn Fn(usize, Vec<f32>) -> Result<(), String> + Sync),
+) -> Result<(), String> {
+    let inputs = Inputs::open(plan)?;
+    let budget = Budget::new(max_memory);
+    plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
+        let n: usize = plan.nodes[o.node].shape.iter().product();
+        let out = Mutex::new(vec![0f32; n]);
+        stream::compute(plan, &inputs, &budget, o.node, &|start, vals| {
+            out.lock().unwrap()[start..start + vals.len()].copy_from_slice(vals);
+            Ok(())
+        })?;
+        f(i, out.into_inner().unwrap())
+    })
+}
+
 /// A router weight [experts, hidden] (see [`RouterMode`]).
 pub fn router(
     plan: &Plan,
