@@ -11,6 +11,7 @@ pub mod diag;
 pub mod exec;
 pub mod graph;
 pub mod io;
+pub mod lsp;
 pub mod repl;
 pub mod syntax;
 pub mod testmodel;

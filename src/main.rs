@@ -62,6 +62,8 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// A language server over stdio, for editors.
+    Lsp,
     /// Explore models and try merges interactively.
     Repl {
         /// A recipe whose bindings to start from.
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
         Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
         Command::Demo { dir } => cmd_demo(&dir),
+        Command::Lsp => fuse::lsp::run().or_else(|e| fail(Diagnostic::error(Code::E0403, e))),
         Command::Repl { recipe } => {
             fuse::repl::run(recipe.as_deref()).or_else(|e| fail(Diagnostic::error(Code::E0403, e)))
         }

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod diagnostics;
 mod goldens;
+mod lsp;
 mod methods;
 mod reliability;
 mod repl;
