@@ -1,7 +1,6 @@
 //! `fuse lsp` as a process speaking JSON-RPC: diagnostics with range and
 //! code, hover, completion and go-to-definition.
 
-use crate::common::*;
 use fuse::testmodel::TinyLlama;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
