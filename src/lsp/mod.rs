@@ -246,7 +246,8 @@ mod tests {
         let t = "ab\ncdé\nf";
         assert_eq!(position(t, 4), json!({"line": 1, "character": 1}));
         assert_eq!(offset(t, 1, 1), 4);
-        assert_eq!(offset(t, 2, 0), 9);
+        assert_eq!(offset(t, 2, 0), 8);
+        assert_eq!(position(t, 7), json!({"line": 1, "character": 3}));
     }
 
     #[test]
