@@ -4,8 +4,10 @@
 
 use super::safetensors::{read_header, DType, TensorInfo};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
 
 /// One tensor of a checkpoint: which file holds it and where.
 #[derive(Clone, Debug)]
@@ -53,8 +55,34 @@ impl Checkpoint {
         Checkpoint::open_path(&root)
     }
 
-    /// Opens a checkpoint directory or a single .safetensors file.
+    /// Opens a checkpoint directory or a single .safetensors file. Headers
+    /// are cached per process and reread only when a file changes (the
+    /// language server and the REPL check on every keystroke or line).
     pub fn open_path(root: &Path) -> Result<Checkpoint, OpenError> {
+        type Cache = Mutex<HashMap<PathBuf, (Vec<(PathBuf, Option<(SystemTime, u64)>)>, Checkpoint)>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let stamp =
+            |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some((stamps, ck)) = cache.lock().unwrap().get(root) {
+            if stamps.iter().all(|(p, s)| stamp(p) == *s) {
+                return Ok(ck.clone());
+            }
+        }
+        let ck = Checkpoint::read(root)?;
+        let mut watched: Vec<PathBuf> = ck.files.clone();
+        if let Some(d) = &ck.dir {
+            watched.extend(["config.json", "model.safetensors.index.json"].iter().map(|f| d.join(f)));
+        }
+        let stamps = watched.into_iter().map(|p| {
+            let s = stamp(&p);
+            (p, s)
+        });
+        cache.lock().unwrap().insert(root.to_path_buf(), (stamps.collect(), ck.clone()));
+        Ok(ck)
+    }
+
+    fn read(root: &Path) -> Result<Checkpoint, OpenError> {
         let bad = |file: &Path, what: String| OpenError::Bad { file: file.to_path_buf(), what };
         let mut weight_map = None;
         let (dir, files) = if root.is_file() {
