@@ -12,6 +12,7 @@ pub mod exec;
 pub mod graph;
 pub mod io;
 pub mod lsp;
+pub mod progress;
 pub mod repl;
 pub mod syntax;
 pub mod testmodel;

@@ -271,7 +271,7 @@ fn cmd_run(
         let dir = &t.dir;
         let start = Instant::now();
         let plan = fuse::graph::lower(&r, &t.value, t.dtype, t.shard);
-        let bar = progress_bar(plan.layout.total_bytes(), plan.outputs.len());
+        let bar = fuse::progress::bar(plan.layout.total_bytes(), plan.outputs.len());
         let tick = |bytes: u64| {
             if let Some(b) = &bar {
                 b.inc(bytes);
@@ -368,21 +368,6 @@ fn print_lora(dir: &Path, rank: usize, rep: &fuse::exec::LoraReport) {
         let names: Vec<&str> = rep.dropped.iter().map(|(n, _)| n.as_str()).collect();
         eprintln!("  left out (a LoRA holds only 2-D layer tensors): {}", names.join(", "));
     }
-}
-
-/// A progress bar on a terminal; none in pipes and CI.
-fn progress_bar(bytes: u64, tensors: usize) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(bytes);
-    let style = indicatif::ProgressStyle::with_template(
-        "{bar:30} {bytes}/{total_bytes} ({binary_bytes_per_sec}, ETA {eta}) {msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(format!("{tensors} tensors"));
-    Some(bar)
 }
 
 /// A quarter of physical memory (4 GB where that is unknown).

@@ -255,7 +255,11 @@ impl Session {
         };
         let per = Mutex::new(BTreeMap::<Option<usize>, (f64, usize, usize)>::new());
         let plan = graph::lower(&r, &t, None, u64::MAX);
+        let bar = crate::progress::bar(plan.layout.total_bytes(), plan.outputs.len());
         let res = exec::compute_all(&plan, 1 << 30, &|i, v| {
+            if let Some(b) = &bar {
+                b.inc(plan.layout.tensors[i].bytes());
+            }
             let sq: f64 = v.iter().map(|x| (*x as f64).powi(2)).sum();
             let zeros = v.iter().filter(|x| **x == 0.0).count();
             let mut m = per.lock().unwrap();
@@ -286,13 +290,21 @@ impl Session {
         let plans: Vec<graph::Plan> = vals.iter().map(|v| graph::lower(&r, v, None, u64::MAX)).collect();
         let per = Mutex::new(BTreeMap::<Option<usize>, [f64; 3]>::new());
         let a_vals = Mutex::new(vec![None; plans[0].outputs.len()]);
+        let bar = crate::progress::bar(2 * plans[0].layout.total_bytes(), 2 * plans[0].outputs.len());
+        let tick = |p: &graph::Plan, i: usize| {
+            if let Some(b) = &bar {
+                b.inc(p.layout.tensors[i].bytes());
+            }
+        };
         let res = exec::compute_all(&plans[0], 1 << 30, &|i, v| {
+            tick(&plans[0], i);
             a_vals.lock().unwrap()[i] = Some(v);
             Ok(())
         })
         .and_then(|_| {
             let a_vals = a_vals.lock().unwrap();
             exec::compute_all(&plans[1], 1 << 30, &|i, b| {
+                tick(&plans[1], i);
                 let a = a_vals[i].as_ref().unwrap();
                 let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
                 for (x, y) in a.iter().zip(&b) {
