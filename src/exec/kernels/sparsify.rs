@@ -17,7 +17,12 @@ pub fn prepare_magnitude(src: &dyn Source, density: f64, rescale: bool) -> Resul
     }
     let n = src.len();
     let k = ((density * n as f64) as usize).clamp(1, n);
-    let threshold = kth_largest_magnitude(src, k)?;
+    let (threshold, above, equal) = select(src, k)?;
+    // Without a rescale, and when every entry equal to the threshold is kept,
+    // the two selection passes are all it takes.
+    if !rescale && k - above >= equal {
+        return Ok(Prepared::Magnitude { threshold, equal_budget: Vec::new(), scale: 1.0 });
+    }
     // Per chunk: entries above and equal to the threshold, and L1 sums.
     let counts = partials(src, 1, |_, b| {
         let (mut above, mut equal, mut l1, mut l1_above) = (0usize, 0usize, 0f64, 0f64);
@@ -89,7 +94,8 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
         Prepared::None => out.copy_from_slice(x),
         Prepared::Zero => out.fill(0.0),
         Prepared::Magnitude { threshold, equal_budget, scale } => {
-            let mut budget = equal_budget[start / CHUNK];
+            // No budgets: every entry equal to the threshold is kept.
+            let mut budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
             for (o, v) in out.iter_mut().zip(x) {
                 let m = v.abs();
                 let keep = m > *threshold
@@ -190,6 +196,12 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
 /// their bits, so a histogram of the high 16 bits finds the bucket and one
 /// of the low 16 bits inside it the value: two passes, no sort, no copy.
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
+    select(src, k).map(|(t, _, _)| t)
+}
+
+/// The k-th largest magnitude, with how many entries lie strictly above it
+/// and how many equal it (both read off the histograms).
+fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
     let bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
     let n = src.len();
     let chunks = n.div_ceil(CHUNK);
@@ -232,9 +244,12 @@ pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> 
         }
         (0, k)
     };
-    let (hb, k_in) = find(&histogram(&|b| Some((b >> 16) as usize))?, k);
-    let (lb, _) = find(&histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize))?, k_in);
-    Ok(f32::from_bits(((hb as u32) << 16) | lb as u32))
+    let high = histogram(&|b| Some((b >> 16) as usize))?;
+    let (hb, k_in) = find(&high, k);
+    let low = histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize))?;
+    let (lb, _) = find(&low, k_in);
+    let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
+    Ok((f32::from_bits(((hb as u32) << 16) | lb as u32), above, low[lb]))
 }
 
 /// The random stream of one tensor: from the seed, the tensor's name and
