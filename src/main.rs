@@ -258,13 +258,24 @@ fn cmd_run(
     let targets = targets(&r, output).or_else(|d| fail(d).map(|_| Vec::new()))?;
     // Refuse before computing anything, so a late output cannot fail after an early one was written.
     for t in &targets {
-        let dir = &t.dir;
-        let nonempty = dir.is_dir() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-        if (nonempty || dir.is_file()) && !force {
-            return fail(
-                Diagnostic::error(Code::E0402, format!("`{}` exists and is not empty", dir.display()))
-                    .with_help("pass --force to replace it, or choose another directory"),
-            );
+        let how = if output == Some(t.dir.as_path()) {
+            format!("this result is written to `{}` (-o)", t.dir.display())
+        } else {
+            "written here".to_string()
+        };
+        if let Some(d) = r.output_conflict(&t.dir, Some((t.file, t.span)), &how) {
+            report(&[d], &sources);
+            return Err(());
+        }
+        if let Err(refusal) = fuse::io::target::may_replace(&t.dir, force) {
+            let mut d = Diagnostic::error(Code::E0402, format!("`{}` {refusal}", t.dir.display()))
+                .with_label(t.file, t.span, how)
+                .with_help(refusal.help());
+            if matches!(refusal, fuse::io::target::Refusal::Foreign(_)) {
+                d = d.with_note("nothing was written or removed");
+            }
+            report(&[d], &sources);
+            return Err(());
         }
     }
     for t in &targets {

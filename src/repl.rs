@@ -223,6 +223,12 @@ impl Session {
                         strict: false,
                     };
                     let target = self.dir.join(dir);
+                    if let Some(mut d) = r.output_conflict(&target, None, "") {
+                        d.labels.clear();
+                        let text = render::render_plain(&[d], &Sources::default());
+                        self.print(text.trim_end());
+                        return true;
+                    }
                     match exec::run_plan(&plan, &target, false, &self.text, &opts) {
                         Ok(rep) => self.print(&format!("wrote {} ({} tensors)", target.display(), rep.tensors)),
                         Err(e) => self.print(&interrupted_or(e)),

@@ -169,8 +169,13 @@ fn existing_outputs_are_refused_without_force() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("E0402"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(tmp.path().join("out/keep.txt")).unwrap(), "precious");
+    // --force replaces only outputs fuse wrote (tests/outputs.rs has every case).
+    let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "out", "--force"]);
+    assert!(stderr(&o).contains("E0402") && stderr(&o).contains("`keep.txt`"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("out/keep.txt")).unwrap(), "precious");
+    std::fs::remove_file(tmp.path().join("out/keep.txt")).unwrap();
+    fuse_ok(tmp.path(), &["run", "r.fuse", "-o", "out"]);
     fuse_ok(tmp.path(), &["run", "r.fuse", "-o", "out", "--force"]);
-    assert!(!tmp.path().join("out/keep.txt").exists());
     assert!(tmp.path().join("out/model.safetensors").is_file());
 }
 

@@ -103,7 +103,9 @@ fn run_case(case: &Path) -> String {
     let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
     if std::env::var_os("FUSE_BLESS").is_some() {
         bless(case, &text, &errors, &sources);
-        return render::render_plain(&diags, &sources).replace(&scratch().display().to_string(), "$DIR");
+        return render::render_plain(&diags, &sources)
+            .replace(&scratch().display().to_string(), "$DIR")
+            .replace(&root().display().to_string(), "$ROOT");
     }
     let got: Vec<String> = errors.iter().map(|d| d.code.to_string()).collect();
     let want: Vec<String> = expects.iter().map(|e| e.code.clone()).collect();
@@ -120,7 +122,9 @@ fn run_case(case: &Path) -> String {
             );
         }
     }
-    render::render_plain(&diags, &sources).replace(&scratch().display().to_string(), "$DIR")
+    render::render_plain(&diags, &sources)
+        .replace(&scratch().display().to_string(), "$DIR")
+        .replace(&root().display().to_string(), "$ROOT")
 }
 
 /// Rewrites the case's `# expect:` lines to what was reported.

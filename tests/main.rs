@@ -7,6 +7,7 @@ mod diagnostics;
 mod goldens;
 mod lsp;
 mod methods;
+mod outputs;
 mod reliability;
 mod repl;
 mod robustness;

@@ -6,7 +6,7 @@ use fuse::testmodel::TinyLlama;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn repl(dir: &std::path::Path, args: &[&str], input: &str) -> (String, String) {
+pub fn repl(dir: &std::path::Path, args: &[&str], input: &str) -> (String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
         .current_dir(dir)
         .arg("repl")

@@ -94,6 +94,8 @@ impl Checker<'_> {
         }
         match Checkpoint::open(&spec, ctx.dir) {
             Ok(ck) => {
+                let what = format!("the model `{spec}`");
+                self.inputs.push(super::outputs::Input::checkpoint(what, &ck, ctx.file, pspan));
                 let i = self.models.len();
                 self.archs.push(Arc::new(Arch::from_checkpoint(&ck, i)));
                 self.models.push(Arc::new(ck));

@@ -56,6 +56,8 @@ pub(super) struct Checker<'s> {
     pub last: Option<super::Described>,
     pub types: Vec<(FileId, Span, String)>,
     pub saves: Vec<Output>,
+    /// Every path the recipe reads (models, adapters, imports, itself).
+    pub inputs: Vec<super::outputs::Input>,
     result: Option<ResultValue>,
     importing: Vec<PathBuf>,
 }
@@ -81,6 +83,7 @@ impl<'s> Checker<'s> {
             last: None,
             types: Vec::new(),
             saves: Vec::new(),
+            inputs: Vec::new(),
             result: None,
             importing: Vec::new(),
         }
@@ -110,6 +113,9 @@ impl<'s> Checker<'s> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         self.importing.push(path.to_path_buf());
         self.run_file(program, file, &dir, true);
+        // Last, so that an output overlapping both a model and the recipe names the model.
+        self.inputs.push(super::outputs::Input::file(format!("the recipe `{}`", path.display()), path, file, None));
+        self.check_outputs();
         let unused: Vec<String> = self.overrides.iter().filter(|o| !o.used).map(|o| o.name.clone()).collect();
         for name in unused {
             {
@@ -131,7 +137,14 @@ impl<'s> Checker<'s> {
     }
 
     pub fn finish(self, main: FileId) -> Recipe {
-        Recipe { models: self.models, exprs: self.exprs, saves: self.saves, result: self.result, main_file: main }
+        Recipe {
+            models: self.models,
+            exprs: self.exprs,
+            saves: self.saves,
+            result: self.result,
+            main_file: main,
+            inputs: self.inputs,
+        }
     }
 
     pub fn run_file(&mut self, program: &Program, file: FileId, dir: &Path, is_main: bool) {
@@ -301,6 +314,7 @@ impl<'s> Checker<'s> {
                 return;
             }
         };
+        self.inputs.push(super::outputs::Input::file(format!("the import `{rel}`"), &path, ctx.file, Some(span)));
         let file = self.sources.add(path.display().to_string(), text.clone());
         match syntax::parse(&text, file) {
             Ok(program) => {

@@ -135,6 +135,10 @@ impl Checker<'_> {
             }
             map.insert(target, (a, bm));
         }
+        let what = format!("the LoRA adapter `{rel}`");
+        let mut input = super::outputs::Input::checkpoint(what, &ck, ctx.file, pspan);
+        input.paths.push(crate::io::target::resolve(&dir));
+        self.inputs.push(input);
         let scale = if cfg.rslora { cfg.alpha / (cfg.r as f64).sqrt() } else { cfg.alpha / cfg.r as f64 };
         let adapter = self.models.len();
         self.archs.push(Arc::new(Arch::from_checkpoint(&ck, adapter)));

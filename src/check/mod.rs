@@ -9,10 +9,12 @@ mod eval;
 mod lora;
 pub mod methods;
 mod moe;
+mod outputs;
 mod structure;
 pub mod value;
 
 pub use eval::fmt_num;
+pub use outputs::Input;
 pub use value::{Arch, Kind, Sched, TExpr, TId, TVal, TensorCtx};
 
 use crate::diag::{Diagnostic, FileId, Sources};
@@ -33,6 +35,16 @@ pub struct Recipe {
     pub saves: Vec<Output>,
     pub result: Option<ResultValue>,
     pub main_file: FileId,
+    /// Every path the recipe reads: no output may overlap one (E0406).
+    pub inputs: Vec<Input>,
+}
+
+impl Recipe {
+    /// E0406 if an output at `dir` would be, contain or sit inside a path
+    /// the recipe reads. `at` is where the recipe names the output, if it does.
+    pub fn output_conflict(&self, dir: &Path, at: Option<(FileId, Span)>, how: &str) -> Option<Diagnostic> {
+        outputs::conflict(&self.inputs, dir, at, how)
+    }
 }
 
 /// A `save(...)` statement.

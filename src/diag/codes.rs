@@ -73,7 +73,8 @@ codes! {
     E0303 = "import failed",
     /// A bad output request: `save(a, "out", shard="lots")`
     E0401 = "bad output",
-    /// The output directory exists and is not empty, and `--force` was not given
+    /// The output path exists and may not be replaced: not empty without `--force`, or
+    /// (even with `--force`) holding files fuse did not write
     E0402 = "output exists",
     /// A failure while reading inputs or writing the output
     E0403 = "run failed",
@@ -81,6 +82,8 @@ codes! {
     E0404 = "non-finite input values",
     /// The run was interrupted by SIGINT or SIGTERM; nothing was written
     E0405 = "interrupted",
+    /// An output that is, contains or lies inside something the recipe reads: `save(model("base"), "base")`
+    E0406 = "output overlaps an input",
 }
 
 impl fmt::Display for Code {

@@ -436,19 +436,6 @@ pub fn encode(vals: &[f32], dtype: DType) -> Vec<u8> {
     out
 }
 
-/// Files copied from the origin model next to the weights.
-const COPIED: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-    "chat_template.jinja",
-];
-
 /// Runs a plan into `target`: weights, index, config.json (dtype patched),
 /// tokenizer files and a model card. The directory appears only when
 /// everything is written; on any failure nothing is left behind.
@@ -484,7 +471,7 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
         out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
     }
     if let Some(dir) = &origin.dir {
-        for name in COPIED {
+        for name in crate::io::COPIED_FILES {
             let p = dir.join(name);
             if p.is_file() {
                 out.copy_file(&p, name)?;

@@ -5,7 +5,22 @@
 pub mod checkpoint;
 pub mod pickle;
 pub mod safetensors;
+pub mod target;
 pub mod writer;
 
 pub use checkpoint::{layer_of, with_layer, Checkpoint, OpenError};
 pub use safetensors::DType;
+
+/// Files an output takes over from the model it is based on (tokenizer,
+/// generation settings, chat template), when that model has them.
+pub const COPIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.jinja",
+];

@@ -5,12 +5,16 @@
 //! Everything is written into a hidden sibling directory
 //! (`.NAME.fuse-partial-PID`) that is renamed onto the target only when
 //! complete; an unfinished one is removed on drop, and stale ones left by a
-//! killed run are cleaned by the next run to the same target.
+//! killed run are cleaned by the next run to the same target. What may be
+//! replaced is decided in `target.rs`; every output lists the files it holds
+//! in its manifest, written last.
 
 use super::safetensors::DType;
+use super::target;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// One tensor of the output: its name, shape and stored dtype.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,6 +142,8 @@ pub struct OutputDir {
     target: PathBuf,
     partial: PathBuf,
     files: Vec<File>,
+    /// Every file written so far, for the manifest.
+    names: Mutex<Vec<String>>,
     committed: bool,
 }
 
@@ -145,15 +151,7 @@ impl OutputDir {
     /// Checks the target, creates the partial directory and every shard file
     /// at its final size with its header written.
     pub fn create(target: &Path, force: bool, layout: &Layout) -> Result<OutputDir, String> {
-        if target.exists() {
-            let empty = target.is_dir() && fs::read_dir(target).map(|mut d| d.next().is_none()).unwrap_or(false);
-            if !empty && !force {
-                return Err(format!("`{}` exists and is not empty; pass --force to replace it", target.display()));
-            }
-            if !target.is_dir() {
-                return Err(format!("`{}` exists and is not a directory", target.display()));
-            }
-        }
+        target::may_replace(target, force).map_err(|r| format!("`{}` {r}", target.display()))?;
         let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
         let name = target.file_name().and_then(|n| n.to_str()).ok_or("the output path has no directory name")?;
@@ -161,7 +159,13 @@ impl OutputDir {
         let partial = parent.join(format!(".{name}.fuse-partial-{}", std::process::id()));
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
-        let mut out = OutputDir { target: target.to_path_buf(), partial, files: Vec::new(), committed: false };
+        let mut out = OutputDir {
+            target: target.to_path_buf(),
+            partial,
+            files: Vec::new(),
+            names: Mutex::new(Vec::new()),
+            committed: false,
+        };
         for shard in &layout.shards {
             let path = out.partial.join(&shard.file_name);
             let f = File::create(&path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
@@ -169,6 +173,7 @@ impl OutputDir {
                 .map_err(|e| format!("cannot reserve {} bytes for `{}`: {e}", shard.size, path.display()))?;
             f.write_all_at(&shard.header, 0).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             out.files.push(f);
+            out.names.get_mut().unwrap().push(shard.file_name.clone());
         }
         Ok(out)
     }
@@ -182,16 +187,22 @@ impl OutputDir {
     /// Writes a whole small file (config.json, the model card ...).
     pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<(), String> {
         let p = self.partial.join(name);
-        fs::write(&p, contents).map_err(|e| format!("cannot write `{}`: {e}", p.display()))
+        fs::write(&p, contents).map_err(|e| format!("cannot write `{}`: {e}", p.display()))?;
+        self.names.lock().unwrap().push(name.to_string());
+        Ok(())
     }
 
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<(), String> {
         let p = self.partial.join(name);
-        fs::copy(from, &p).map(|_| ()).map_err(|e| format!("cannot copy `{}`: {e}", from.display()))
+        fs::copy(from, &p).map_err(|e| format!("cannot copy `{}`: {e}", from.display()))?;
+        self.names.lock().unwrap().push(name.to_string());
+        Ok(())
     }
 
     /// Flushes everything and moves the finished directory onto the target.
     pub fn commit(mut self) -> Result<PathBuf, String> {
+        let names = std::mem::take(self.names.get_mut().unwrap());
+        self.write_file(target::MARKER, target::manifest(&names).as_bytes())?;
         for f in &self.files {
             f.sync_all().map_err(|e| format!("cannot flush output: {e}"))?;
         }
@@ -208,6 +219,11 @@ impl OutputDir {
                     break;
                 }
                 Err(e) if self.target.exists() => {
+                    // Checked again here: files may have appeared since `create`.
+                    if let Err(r) = target::may_replace(&self.target, true) {
+                        result = Err(format!("`{}` {r}; nothing was replaced", self.target.display()));
+                        break;
+                    }
                     let old = self.partial.with_file_name(format!(".{name}.fuse-old-{}-{attempt}", std::process::id()));
                     match fs::rename(&self.target, &old) {
                         Ok(()) => moved_aside.push(old),
