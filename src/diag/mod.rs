@@ -10,40 +10,7 @@ pub mod render;
 
 pub use codes::Code;
 
-use crate::syntax::Span;
-
-/// Which source file a span points into; indexes [`Sources`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileId(pub u32);
-
-/// Every source text a run has read (the recipe, its imports), so that
-/// diagnostics can be rendered against them.
-#[derive(Default, Debug)]
-pub struct Sources {
-    files: Vec<(String, String)>,
-}
-
-impl Sources {
-    pub fn add(&mut self, name: impl Into<String>, text: impl Into<String>) -> FileId {
-        self.files.push((name.into(), text.into()));
-        FileId(self.files.len() as u32 - 1)
-    }
-    pub fn name(&self, id: FileId) -> &str {
-        &self.files[id.0 as usize].0
-    }
-    pub fn text(&self, id: FileId) -> &str {
-        &self.files[id.0 as usize].1
-    }
-    /// 1-based line and column of a byte offset, for plain-text output.
-    pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
-        let text = self.text(id);
-        let offset = offset.min(text.len());
-        let before = &text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, col)
-    }
-}
+pub use crate::codemap::{FileId, Sources, Span};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Severity {

@@ -2,24 +2,8 @@
 //! Every node carries the byte span it came from, so any later stage can
 //! point a diagnostic at the exact text.
 
+pub use crate::codemap::Span;
 use std::fmt;
-
-/// A byte range in one source file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-}
-
-impl Span {
-    pub fn new(start: usize, end: usize) -> Span {
-        Span { start, end }
-    }
-    /// The smallest span covering both.
-    pub fn to(self, other: Span) -> Span {
-        Span::new(self.start.min(other.start), self.end.max(other.end))
-    }
-}
 
 /// A name as written, with where it was written.
 #[derive(Clone, Debug, PartialEq)]
