@@ -23,7 +23,7 @@ pub fn render(diag: &Diagnostic, sources: &Sources, color: bool, out: &mut dyn W
         return;
     };
     let config = Config::default().with_index_type(IndexType::Byte).with_color(color);
-    let span_of = |file: FileId, span: crate::syntax::Span| (file.0, visible(sources.text(file), span));
+    let span_of = |file: FileId, span: crate::codemap::Span| (file.0, visible(sources.text(file), span));
     let mut report = Report::build(kind, span_of(first.file, first.span))
         .with_config(config)
         .with_code(diag.code)
@@ -83,7 +83,7 @@ impl ariadne::Cache<u32> for FileCache<'_> {
 
 /// A byte range inside `text`, on character boundaries, never empty unless
 /// the text is: zero-width spans (end of input) are widened to one character.
-fn visible(text: &str, span: crate::syntax::Span) -> std::ops::Range<usize> {
+fn visible(text: &str, span: crate::codemap::Span) -> std::ops::Range<usize> {
     let floor = |mut i: usize| {
         i = i.min(text.len());
         while !text.is_char_boundary(i) {
