@@ -12,6 +12,7 @@ pub mod diag;
 pub mod exec;
 pub mod graph;
 pub mod io;
+pub mod ir;
 pub mod lsp;
 pub mod progress;
 pub mod repl;

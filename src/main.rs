@@ -263,7 +263,7 @@ fn cmd_run(
         } else {
             "written here".to_string()
         };
-        if let Some(d) = r.output_conflict(&t.dir, Some((t.file, t.span)), &how) {
+        if let Some(d) = check::output_conflict(&r, &t.dir, Some((t.file, t.span)), &how) {
             report(&[d], &sources);
             return Err(());
         }

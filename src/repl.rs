@@ -223,7 +223,7 @@ impl Session {
                         strict: false,
                     };
                     let target = self.dir.join(dir);
-                    if let Some(mut d) = r.output_conflict(&target, None, "") {
+                    if let Some(mut d) = check::output_conflict(&r, &target, None, "") {
                         d.labels.clear();
                         let text = render::render_plain(&[d], &Sources::default());
                         self.print(text.trim_end());

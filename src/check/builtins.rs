@@ -6,8 +6,8 @@ use super::eval::{Checker, Ctx};
 use super::methods::{Arity, BaseUse, Default as PDefault, Family, MethodSpec};
 use super::value::*;
 use crate::diag::{Code, Diagnostic};
-use crate::graph::{Kernel, Sparsify};
 use crate::io::{Checkpoint, OpenError};
+use crate::ir::{Kernel, Sparsify};
 use crate::syntax::{Arg, BinOp, Span};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,7 +95,7 @@ impl Checker<'_> {
         match Checkpoint::open(&spec, ctx.dir) {
             Ok(ck) => {
                 let what = format!("the model `{spec}`");
-                self.inputs.push(super::outputs::Input::checkpoint(what, &ck, ctx.file, pspan));
+                self.inputs.push(crate::ir::Input::checkpoint(what, &ck, ctx.file, pspan));
                 let i = self.models.len();
                 self.archs.push(Arc::new(Arch::from_checkpoint(&ck, i)));
                 self.models.push(Arc::new(ck));

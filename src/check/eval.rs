@@ -57,7 +57,7 @@ pub(super) struct Checker<'s> {
     pub types: Vec<(FileId, Span, String)>,
     pub saves: Vec<Output>,
     /// Every path the recipe reads (models, adapters, imports, itself).
-    pub inputs: Vec<super::outputs::Input>,
+    pub inputs: Vec<crate::ir::Input>,
     result: Option<ResultValue>,
     importing: Vec<PathBuf>,
 }
@@ -114,7 +114,7 @@ impl<'s> Checker<'s> {
         self.importing.push(path.to_path_buf());
         self.run_file(program, file, &dir, true);
         // Last, so that an output overlapping both a model and the recipe names the model.
-        self.inputs.push(super::outputs::Input::file(format!("the recipe `{}`", path.display()), path, file, None));
+        self.inputs.push(crate::ir::Input::file(format!("the recipe `{}`", path.display()), path, file, None));
         self.check_outputs();
         let unused: Vec<String> = self.overrides.iter().filter(|o| !o.used).map(|o| o.name.clone()).collect();
         for name in unused {
@@ -314,7 +314,7 @@ impl<'s> Checker<'s> {
                 return;
             }
         };
-        self.inputs.push(super::outputs::Input::file(format!("the import `{rel}`"), &path, ctx.file, Some(span)));
+        self.inputs.push(crate::ir::Input::file(format!("the import `{rel}`"), &path, ctx.file, Some(span)));
         let file = self.sources.add(path.display().to_string(), text.clone());
         match syntax::parse(&text, file) {
             Ok(program) => {

@@ -136,7 +136,7 @@ impl Checker<'_> {
             map.insert(target, (a, bm));
         }
         let what = format!("the LoRA adapter `{rel}`");
-        let mut input = super::outputs::Input::checkpoint(what, &ck, ctx.file, pspan);
+        let mut input = crate::ir::Input::checkpoint(what, &ck, ctx.file, pspan);
         input.paths.push(crate::io::target::resolve(&dir));
         self.inputs.push(input);
         let scale = if cfg.rslora { cfg.alpha / (cfg.r as f64).sqrt() } else { cfg.alpha / cfg.r as f64 };

@@ -13,67 +13,17 @@ mod outputs;
 mod structure;
 pub mod value;
 
+pub use crate::ir::{Arch, Input, LoraOut, Output, Recipe, ResultValue, Sched, TExpr, TId, TVal, TensorCtx};
 pub use eval::fmt_num;
-pub use outputs::Input;
-pub use value::{Arch, Kind, Sched, TExpr, TId, TVal, TensorCtx};
+pub use outputs::output_conflict;
+pub use value::Kind;
 
 use crate::diag::{Diagnostic, FileId, Sources};
-use crate::io::{Checkpoint, DType};
 use crate::syntax::{self, Span};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 /// The standard library, embedded: (file name, source).
 pub const STDLIB: &[(&str, &str)] = &[("stdlib/merge.fuse", include_str!("../../stdlib/merge.fuse"))];
-
-/// A checked recipe: the models it reads, the symbolic expressions over
-/// them, and what to write where.
-#[derive(Debug)]
-pub struct Recipe {
-    pub models: Vec<Arc<Checkpoint>>,
-    pub exprs: Vec<TExpr>,
-    pub saves: Vec<Output>,
-    pub result: Option<ResultValue>,
-    pub main_file: FileId,
-    /// Every path the recipe reads: no output may overlap one (E0406).
-    pub inputs: Vec<Input>,
-}
-
-impl Recipe {
-    /// E0406 if an output at `dir` would be, contain or sit inside a path
-    /// the recipe reads. `at` is where the recipe names the output, if it does.
-    pub fn output_conflict(&self, dir: &Path, at: Option<(FileId, Span)>, how: &str) -> Option<Diagnostic> {
-        outputs::conflict(&self.inputs, dir, at, how)
-    }
-}
-
-/// A `save(...)` statement.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub value: TVal,
-    pub dir: PathBuf,
-    pub dtype: Option<DType>,
-    pub shard: u64,
-    /// `save_lora`: extract a LoRA adapter instead of writing a model.
-    pub lora: Option<LoraOut>,
-    pub file: FileId,
-    pub span: Span,
-}
-
-/// What `save_lora` asks for: the rank, and the base model (recipe model index).
-#[derive(Debug, Clone, Copy)]
-pub struct LoraOut {
-    pub rank: usize,
-    pub base: usize,
-}
-
-/// The recipe's final bare expression, written by `fuse run -o DIR`.
-#[derive(Debug, Clone)]
-pub struct ResultValue {
-    pub value: TVal,
-    pub file: FileId,
-    pub span: Span,
-}
 
 /// Every function name a recipe can call: builtins, native methods and the
 /// standard library's `fn`s (for completion).

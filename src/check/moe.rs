@@ -6,7 +6,7 @@
 use super::eval::{Checker, Ctx};
 use super::value::*;
 use crate::diag::{Code, Diagnostic};
-use crate::graph::RouterMode;
+use crate::ir::RouterMode;
 use crate::syntax::{Arg, Span};
 use std::collections::HashMap;
 use std::sync::Arc;

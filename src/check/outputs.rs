@@ -3,33 +3,16 @@
 //! the recipe itself is refused (E0406), with or without `--force`.
 
 use super::eval::Checker;
-use crate::diag::{Code, Diagnostic, FileId};
+use crate::codemap::{FileId, Span};
+use crate::diag::{Code, Diagnostic};
 use crate::io::target::{self, Overlap};
-use crate::io::Checkpoint;
-use crate::syntax::Span;
-use std::path::{Path, PathBuf};
+use crate::ir::{Input, Recipe};
+use std::path::Path;
 
-/// A path the recipe reads, and where the recipe names it.
-#[derive(Debug, Clone)]
-pub struct Input {
-    /// What it is, for messages: "the model `models/base`".
-    pub what: String,
-    /// Every path it covers, resolved: a model's directory and each file.
-    pub paths: Vec<PathBuf>,
-    pub file: FileId,
-    /// The argument or import naming it; `None` for the recipe file itself.
-    pub span: Option<Span>,
-}
-
-impl Input {
-    pub fn checkpoint(what: String, ck: &Checkpoint, file: FileId, span: Span) -> Input {
-        let paths = std::iter::once(&ck.root).chain(&ck.dir).chain(&ck.files).map(|p| target::resolve(p)).collect();
-        Input { what, paths, file, span: Some(span) }
-    }
-
-    pub fn file(what: String, path: &Path, file: FileId, span: Option<Span>) -> Input {
-        Input { what, paths: vec![target::resolve(path)], file, span }
-    }
+/// E0406 if an output at `dir` would be, contain or sit inside a path the
+/// recipe reads. `at` is where the recipe names the output, if it does.
+pub fn output_conflict(recipe: &Recipe, dir: &Path, at: Option<(FileId, Span)>, how: &str) -> Option<Diagnostic> {
+    conflict(&recipe.inputs, dir, at, how)
 }
 
 /// The error for an output at `output` (named at `at`, `how` saying how,

@@ -5,7 +5,7 @@
 use super::eval::{Checker, Ctx};
 use super::value::*;
 use crate::diag::{Code, Diagnostic};
-use crate::io::{layer_of, with_layer};
+use crate::io::{is_vocab_tensor, layer_of, with_layer};
 use crate::syntax::{Arg, Expr, Ident, Span};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -15,9 +15,10 @@ mod stream;
 
 pub use lora::{run_lora, Kept, LoraReport};
 
-use crate::graph::{NodeId, Op, Plan, RouterMode};
+use crate::graph::{NodeId, Op, Plan};
 use crate::io::writer::OutputDir;
 use crate::io::DType;
+use crate::ir::RouterMode;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::BTreeSet;

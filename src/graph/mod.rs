@@ -4,13 +4,11 @@
 //! output layout (names, shapes, dtypes, shard offsets) is fixed before any
 //! tensor data is read.
 
-mod kernel;
+use crate::ir::{Kernel, RouterMode};
 
-pub use kernel::{Kernel, RouterMode, Sparsify};
-
-use crate::check::{Recipe, Sched, TExpr, TId, TVal, TensorCtx};
 use crate::io::writer::{Layout, OutTensor};
 use crate::io::{Checkpoint, DType};
+use crate::ir::{Recipe, Sched, TExpr, TId, TVal, TensorCtx};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -128,7 +126,7 @@ impl Builder<'_> {
                 }
             },
             TExpr::ResizeVocab { input, from, to } => {
-                if crate::check::value::is_vocab_tensor(ctx.name) && shape.first() == Some(to) {
+                if crate::io::is_vocab_tensor(ctx.name) && shape.first() == Some(to) {
                     let mut in_shape = shape.to_vec();
                     in_shape[0] = *from;
                     let x = self.lower(*input, ctx, &in_shape, memo);

@@ -307,3 +307,11 @@ mod tests {
         assert_eq!(with_layer("model.layers.3.mlp.up_proj.weight", 12), "model.layers.12.mlp.up_proj.weight");
     }
 }
+
+/// Tensors whose first dimension is the vocabulary: input embedding and output head.
+pub fn is_vocab_tensor(name: &str) -> bool {
+    name.contains("embed_tokens")
+        || name.starts_with("lm_head")
+        || name.contains("wte")
+        || name.contains("output.weight")
+}

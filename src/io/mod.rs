@@ -8,7 +8,7 @@ pub mod safetensors;
 pub mod target;
 pub mod writer;
 
-pub use checkpoint::{layer_of, with_layer, Checkpoint, OpenError};
+pub use checkpoint::{is_vocab_tensor, layer_of, with_layer, Checkpoint, OpenError};
 pub use safetensors::DType;
 
 /// Files an output takes over from the model it is based on (tokenizer,

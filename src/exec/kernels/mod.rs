@@ -10,8 +10,9 @@ mod sphere;
 
 pub use sparsify::{kth_largest_magnitude, stream_key, uniform};
 
-use crate::graph::{Kernel, F};
+use crate::graph::F;
 use crate::io::DType;
+use crate::ir::Kernel;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -108,7 +109,7 @@ pub enum Prepared {
 /// Kernels that can stream: elementwise ones, and those that need only
 /// whole-tensor statistics computed in passes over their inputs.
 pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
-    use crate::graph::Sparsify as S;
+    use crate::ir::Sparsify as S;
     match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } => true,
         Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. }, .. } => true,
@@ -120,7 +121,7 @@ pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
 
 /// Computes a streamable kernel's statistics with passes over `src`.
 pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::result::Result<Prepared, String> {
-    use crate::graph::Sparsify as S;
+    use crate::ir::Sparsify as S;
     Ok(match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } => Prepared::None,
         Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {

@@ -3,7 +3,8 @@
 //! dropping (DELLA), with mergekit's L1 rescale.
 
 use super::{partials, Prepared, Source, CHUNK};
-use crate::graph::{Sparsify, F};
+use crate::graph::F;
+use crate::ir::Sparsify;
 use rayon::prelude::*;
 
 /// Magnitude trimming's statistics: the k-th largest magnitude, how many
