@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const COMMANDS: &[(&str, &str)] = &[
-    (":help", "this list"),
+    (":help [NAME]", "this list, or the docs of a function"),
     (":type EXPR", "the type of an expression"),
     (":inspect EXPR", "a value's architecture: layers, tensors, parameters"),
     (":stats EXPR", "a task vector's norm and sparsity per layer (computes)"),
@@ -181,9 +181,17 @@ impl Session {
         let (name, arg) = cmd.split_once(char::is_whitespace).map_or((cmd, ""), |(n, a)| (n, a.trim()));
         match name {
             "q" | "quit" | "exit" => return false,
+            "help" | "h" if !arg.is_empty() => match check::docs_of(arg) {
+                Some(doc) => self.print(&doc.replace("**", "")),
+                None => self.print(&format!("no function `{arg}`; :help lists them")),
+            },
             "help" | "h" => {
                 let lines: Vec<String> = COMMANDS.iter().map(|(c, d)| format!("  {c:<16} {d}")).collect();
-                self.print(&format!("Enter statements (`x = ...`) or expressions; commands:\n{}", lines.join("\n")));
+                let functions = check::function_names().join(" ");
+                self.print(&format!(
+                    "Enter statements (`x = ...`) or expressions; commands:\n{}\nfunctions (`:help NAME` for one): {functions}",
+                    lines.join("\n")
+                ));
             }
             "type" | "t" => {
                 if let Some((_, d)) = self.value(arg) {
@@ -392,7 +400,7 @@ pub fn completions(names: &[String], line: &str, pos: usize) -> (usize, Vec<Pair
         cands.extend(COMMANDS.iter().map(|(c, _)| c.split(' ').next().unwrap().to_string()));
     } else {
         cands.extend(names.iter().cloned());
-        cands.extend(crate::check::builtin_names().into_iter().map(str::to_string));
+        cands.extend(crate::check::function_names());
         // Inside a call: its named arguments.
         if let Some(open) = before.rfind('(') {
             let callee: String = before[..open]

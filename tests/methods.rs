@@ -133,3 +133,29 @@ fn the_whole_stdlib_type_checks() {
     let (recipe, diags) = fuse::check::check(&root().join("stdlib_check.fuse"), &text, &[], &mut sources);
     assert!(recipe.is_some(), "{}", fuse::diag::render::render_plain(&diags, &sources));
 }
+
+/// docs/natives.md is generated from the table of natives: the committed page
+/// must equal what the table says (`FUSE_BLESS=1` rewrites it).
+#[test]
+fn the_function_reference_is_generated_from_the_table() {
+    let page = root().join("docs/natives.md");
+    let generated = fuse::check::natives::reference();
+    if std::env::var_os("FUSE_BLESS").is_some() {
+        std::fs::write(&page, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&page).unwrap_or_default();
+    assert!(committed == generated, "docs/natives.md is out of date: run `FUSE_BLESS=1 cargo test`");
+    for name in fuse::check::function_names() {
+        assert!(generated.contains(&format!("### `{name}(")), "`{name}` is missing from the reference");
+        assert!(fuse::check::docs_of(&name).is_some(), "`{name}` has no docs");
+    }
+}
+
+#[test]
+fn the_repl_help_comes_from_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, _) = crate::repl::repl(tmp.path(), &[], ":help slerp\n:help\n:help nope\n");
+    assert!(out.contains("slerp(..models, t)") && out.contains("Example: `slerp(base, chat, t=0.3)`"), "{out}");
+    assert!(out.contains("functions (`:help NAME` for one): model over_layers"), "{out}");
+    assert!(out.contains(" ties ") && out.contains("no function `nope`"), "{out}");
+}

@@ -1,9 +1,10 @@
-//! Builtin functions: `model`, `over_layers`, the primitives the standard
-//! library is written in, and the merge methods that are native kernels.
+//! How the natives of `natives.rs` are evaluated: `model`, `over_layers`,
+//! the primitives the standard library is written in, and the merge methods
+//! that are native kernels.
 
 use super::call::Bound;
 use super::eval::{Checker, Ctx};
-use super::methods::{Arity, BaseUse, Default as PDefault, Family, MethodSpec};
+use super::natives::{Arity, BaseUse, Default as PDefault, Family, How, MethodSpec, Native};
 use super::value::*;
 use crate::diag::{Code, Diagnostic};
 use crate::io::{Checkpoint, OpenError};
@@ -12,66 +13,27 @@ use crate::syntax::{Arg, BinOp, Span};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Builtins other than the native methods: (name, parameters).
-pub const PRIMITIVES: &[(&str, &[&str])] = &[
-    ("model", &["path"]),
-    ("task_vectors", &["models", "base"]),
-    ("weighted_sum", &["xs", "weight", "normalize"]),
-    ("merge_deltas", &["deltas", "weight", "elect_sign", "normalize"]),
-    ("trim_magnitude", &["deltas", "density", "rescale"]),
-    ("trim_outliers", &["deltas", "density", "gamma", "rescale"]),
-    ("drop_random", &["deltas", "density", "rescale", "seed"]),
-    ("drop_della", &["deltas", "density", "epsilon", "rescale", "seed"]),
-];
-
-/// Every builtin name but the native methods.
-pub const BUILTINS: &[&str] = &[
-    "model",
-    "over_layers",
-    "stack",
-    "lora",
-    "moe",
-    "resize_vocab",
-    "task_vectors",
-    "weighted_sum",
-    "merge_deltas",
-    "trim_magnitude",
-    "trim_outliers",
-    "drop_random",
-    "drop_della",
-];
-
 impl Checker<'_> {
-    pub fn call_builtin(&mut self, name: &str, args: &[Arg], span: Span, ctx: Ctx) -> Value {
-        if name == "over_layers" {
-            return self.call_over_layers(args, span, ctx);
+    /// Calls a native function as the table in `natives.rs` says.
+    pub fn call_native(&mut self, native: &'static Native, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+        match native.how {
+            How::Special(f) => f(self, args, span, ctx),
+            How::Bound { required, eval } => {
+                let names: Vec<&str> = native.params.iter().map(|p| p.name).collect();
+                let Some(mut b) = self.bind_args(native.name, &names, names.len(), required, args, span, ctx) else {
+                    return Value::Poison;
+                };
+                if b.values().any(|(v, _)| matches!(v, Value::Poison)) {
+                    return Value::Poison;
+                }
+                eval(self, native, &mut b, span, ctx)
+            }
+            How::Method(spec) => self.call_method(native, &spec, args, span, ctx),
         }
-        if name == "stack" {
-            return self.call_stack(args, span, ctx);
-        }
-        if name == "lora" {
-            return self.call_lora(args, span, ctx);
-        }
-        if name == "moe" {
-            return self.call_moe(args, span, ctx);
-        }
-        if name == "resize_vocab" {
-            return self.call_resize_vocab(args, span, ctx);
-        }
-        let params = PRIMITIVES.iter().find(|(n, _)| *n == name).expect("primitive").1;
-        let Some(mut b) = self.bind_args(name, params, params.len(), 1, args, span, ctx) else {
-            return Value::Poison;
-        };
-        if b.values().any(|(v, _)| matches!(v, Value::Poison)) {
-            return Value::Poison;
-        }
-        match name {
-            "model" => self.call_model(b.remove("path").unwrap(), ctx),
-            "task_vectors" => self.task_vectors(&mut b, span, ctx),
-            "weighted_sum" => self.weighted_sum(&mut b, span, ctx),
-            "merge_deltas" => self.merge_deltas(&mut b, span, ctx),
-            _ => self.sparsify(name, &mut b, span, ctx),
-        }
+    }
+
+    pub(super) fn native_model(&mut self, _: &'static Native, b: &mut Bound, _: Span, ctx: Ctx) -> Value {
+        self.call_model(b.remove("path").unwrap(), ctx)
     }
 
     fn call_model(&mut self, (v, pspan): (Value, Span), ctx: Ctx) -> Value {
@@ -120,7 +82,7 @@ impl Checker<'_> {
         TVal { expr, arch: self.archs[model].clone(), weight: Sched::Const(1.0) }
     }
 
-    fn call_over_layers(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+    pub(super) fn call_over_layers(&mut self, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         let mut vals = Vec::new();
         for a in args {
             if let Some(n) = &a.name {
@@ -232,7 +194,7 @@ impl Checker<'_> {
         }
     }
 
-    fn task_vectors(&mut self, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+    pub(super) fn task_vectors(&mut self, _: &'static Native, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
         let Some(models) = self.tensors(b.remove("models").unwrap(), "models or task vectors", ctx) else {
             return Value::Poison;
         };
@@ -263,7 +225,7 @@ impl Checker<'_> {
         self.frames.last().map_or("task_vectors".into(), |f| f.0.clone())
     }
 
-    fn weighted_sum(&mut self, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+    pub(super) fn weighted_sum(&mut self, native: &'static Native, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
         let Some(xs) = self.tensors(b.remove("xs").unwrap(), "models or task vectors", ctx) else {
             return Value::Poison;
         };
@@ -275,10 +237,13 @@ impl Checker<'_> {
                     .with_help("average models with models, or task vectors with task vectors"),
             );
         }
-        let Some(weights) = self.per_model("weight", b.remove("weight"), xs.len(), 1.0, ctx) else {
+        let Some(weights) = self.per_model("weight", b.remove("weight"), xs.len(), native.num_default("weight"), ctx)
+        else {
             return Value::Poison;
         };
-        let Some(normalize) = self.flag(b.remove("normalize"), true, ctx) else { return Value::Poison };
+        let Some(normalize) = self.flag(b.remove("normalize"), native.bool_default("normalize"), ctx) else {
+            return Value::Poison;
+        };
         let total = weights.iter().cloned().reduce(|a, b| Sched::bin(BinOp::Add, a, b)).unwrap();
         let terms: Vec<(Sched, TId)> = weights
             .iter()
@@ -312,13 +277,18 @@ impl Checker<'_> {
         Some(xs)
     }
 
-    fn merge_deltas(&mut self, b: &mut Bound, _span: Span, ctx: Ctx) -> Value {
+    pub(super) fn merge_deltas(&mut self, native: &'static Native, b: &mut Bound, _: Span, ctx: Ctx) -> Value {
         let Some(ds) = self.deltas(b.remove("deltas").unwrap(), ctx) else { return Value::Poison };
-        let Some(weights) = self.per_model("weight", b.remove("weight"), ds.len(), 1.0, ctx) else {
+        let Some(weights) = self.per_model("weight", b.remove("weight"), ds.len(), native.num_default("weight"), ctx)
+        else {
             return Value::Poison;
         };
-        let Some(elect_sign) = self.flag(b.remove("elect_sign"), false, ctx) else { return Value::Poison };
-        let Some(normalize) = self.flag(b.remove("normalize"), false, ctx) else { return Value::Poison };
+        let Some(elect_sign) = self.flag(b.remove("elect_sign"), native.bool_default("elect_sign"), ctx) else {
+            return Value::Poison;
+        };
+        let Some(normalize) = self.flag(b.remove("normalize"), native.bool_default("normalize"), ctx) else {
+            return Value::Poison;
+        };
         let kernel = Kernel::Consensus { weights, elect_sign, normalize };
         let expr = self.push(TExpr::Kernel { kernel, inputs: ds.iter().map(|d| d.expr).collect() });
         Value::Tensor(TVal { expr, arch: ds[0].arch.clone(), weight: Sched::Const(0.0) })
@@ -326,11 +296,15 @@ impl Checker<'_> {
 
     /// trim_magnitude, trim_outliers, drop_random, drop_della: one sparsify
     /// kernel per task vector.
-    fn sparsify(&mut self, name: &str, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+    pub(super) fn sparsify(&mut self, native: &'static Native, b: &mut Bound, span: Span, ctx: Ctx) -> Value {
+        let name = native.name;
         let Some(ds) = self.deltas(b.remove("deltas").unwrap(), ctx) else { return Value::Poison };
         let n = ds.len();
         let dspan = b.get("density").map_or(span, |d| d.1);
-        let Some(density) = self.per_model("density", b.remove("density"), n, 1.0, ctx) else { return Value::Poison };
+        let Some(density) = self.per_model("density", b.remove("density"), n, native.num_default("density"), ctx)
+        else {
+            return Value::Poison;
+        };
         for d in &density {
             if let Some(c) = d.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
                 return self.err(
@@ -340,10 +314,11 @@ impl Checker<'_> {
                 );
             }
         }
-        let random = matches!(name, "drop_random" | "drop_della");
-        let Some(rescale) = self.flag(b.remove("rescale"), random, ctx) else { return Value::Poison };
+        let Some(rescale) = self.flag(b.remove("rescale"), native.bool_default("rescale"), ctx) else {
+            return Value::Poison;
+        };
         let seed = match b.remove("seed") {
-            None => 0,
+            None => native.num_default("seed") as u64,
             Some((Value::Num(Sched::Const(s)), _)) if s >= 0.0 && s.fract() == 0.0 => s as u64,
             Some((v, s)) => {
                 return self.err(
@@ -353,8 +328,8 @@ impl Checker<'_> {
             }
         };
         let extra = match name {
-            "trim_outliers" => self.per_model("gamma", b.remove("gamma"), n, 0.01, ctx),
-            "drop_della" => self.per_model("epsilon", b.remove("epsilon"), n, 0.15, ctx),
+            "trim_outliers" => self.per_model("gamma", b.remove("gamma"), n, native.num_default("gamma"), ctx),
+            "drop_della" => self.per_model("epsilon", b.remove("epsilon"), n, native.num_default("epsilon"), ctx),
             _ => Some(vec![Sched::Const(0.0); n]),
         };
         let Some(extra) = extra else { return Value::Poison };
@@ -475,7 +450,14 @@ impl Checker<'_> {
     // ---- native methods ----
 
     /// A merge method implemented by one native kernel (see `methods.rs`).
-    pub fn call_method(&mut self, spec: &MethodSpec, args: &[Arg], span: Span, ctx: Ctx) -> Value {
+    pub fn call_method(
+        &mut self,
+        native: &'static Native,
+        spec: &MethodSpec,
+        args: &[Arg],
+        span: Span,
+        ctx: Ctx,
+    ) -> Value {
         let mut inputs = Vec::new();
         let mut named = Vec::new();
         for a in args {
@@ -486,8 +468,8 @@ impl Checker<'_> {
                 inputs.push((self.settle_value(v, a.value.span, ctx.file), a.value.span));
             }
         }
-        let pnames: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
-        let Some(mut b) = self.bind_args(spec.name, &pnames, 0, 0, &named, span, ctx) else { return Value::Poison };
+        let pnames: Vec<&str> = native.params.iter().map(|p| p.name).collect();
+        let Some(mut b) = self.bind_args(native.name, &pnames, 0, 0, &named, span, ctx) else { return Value::Poison };
         if inputs.iter().any(|(v, _)| matches!(v, Value::Poison)) || b.values().any(|(v, _)| matches!(v, Value::Poison))
         {
             return Value::Poison;
@@ -507,9 +489,9 @@ impl Checker<'_> {
                 _ => span,
             };
             return self.err(
-                Diagnostic::error(code, format!("`{}` takes {want} models, got {n}", spec.name))
+                Diagnostic::error(code, format!("`{}` takes {want} models, got {n}", native.name))
                     .with_label(ctx.file, at, format!("{n} model{} given", if n == 1 { "" } else { "s" }))
-                    .with_help(format!("for example `{}`", spec.example)),
+                    .with_help(format!("for example `{}`", native.example)),
             );
         }
         let mut tvals = Vec::new();
@@ -520,7 +502,7 @@ impl Checker<'_> {
                     return self.err(
                         Diagnostic::error(
                             Code::E0106,
-                            format!("`{}` merges models, found {}", spec.name, other.type_name()),
+                            format!("`{}` merges models, found {}", native.name, other.type_name()),
                         )
                         .with_label(ctx.file, *s, "expected a model")
                         .with_help("parameters are named: `name=value`"),
@@ -534,12 +516,12 @@ impl Checker<'_> {
             }
         }
         // Required arguments and defaults.
-        for p in spec.params {
+        for p in native.params {
             if p.default == PDefault::Required && !b.contains_key(p.name) {
                 return self.err(
-                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", spec.name, p.name))
+                    Diagnostic::error(Code::E0105, format!("`{}` needs `{}`", native.name, p.name))
                         .with_label(ctx.file, span, format!("`{}=` not given", p.name))
-                        .with_help(format!("for example `{}`", spec.example)),
+                        .with_help(format!("for example `{}`", native.example)),
                 );
             }
         }
@@ -547,9 +529,9 @@ impl Checker<'_> {
             BaseUse::Never => None,
             BaseUse::Optional => match b.remove("base") {
                 None | Some((Value::None, _)) => None,
-                given => Some(self.base_model(given, span, spec.name, ctx)),
+                given => Some(self.base_model(given, span, native.name, ctx)),
             },
-            BaseUse::Required => Some(self.base_model(b.remove("base"), span, spec.name, ctx)),
+            BaseUse::Required => Some(self.base_model(b.remove("base"), span, native.name, ctx)),
         };
         let base = match base {
             Some(None) => return Value::Poison,
@@ -564,7 +546,7 @@ impl Checker<'_> {
         let kinds: Vec<Option<Kind>> = tvals.iter().map(|(t, _)| self.kind(t)).collect();
         if let Some(i) = kinds.iter().position(|k| *k != kinds[0]) {
             return self.err(
-                Diagnostic::error(Code::E0106, format!("`{}` mixes models and task vectors", spec.name))
+                Diagnostic::error(Code::E0106, format!("`{}` mixes models and task vectors", native.name))
                     .with_label(ctx.file, tvals[i].1, "this one differs from the first")
                     .with_help("give all models, or all task vectors"),
             );
@@ -579,7 +561,7 @@ impl Checker<'_> {
                 _ => ins.push(t.expr),
             }
         }
-        let Some(kernel) = self.method_kernel(spec, &mut b, n, base.as_ref(), &mut ins, span, ctx) else {
+        let Some(kernel) = self.method_kernel(native, spec, &mut b, n, base.as_ref(), &mut ins, span, ctx) else {
             return Value::Poison;
         };
         let expr = self.push(TExpr::Kernel { kernel, inputs: ins });
@@ -601,6 +583,7 @@ impl Checker<'_> {
     #[allow(clippy::too_many_arguments)]
     fn method_kernel(
         &mut self,
+        native: &'static Native,
         spec: &MethodSpec,
         b: &mut Bound,
         n: usize,
@@ -610,28 +593,29 @@ impl Checker<'_> {
         ctx: Ctx,
     ) -> Option<Kernel<Sched>> {
         Some(match spec.family {
-            Family::Slerp => Kernel::Slerp { t: self.num(b.remove("t"), 0.0, ctx)? },
-            Family::NearSwap => Kernel::NearSwap { t: self.num(b.remove("t"), 0.0, ctx)? },
+            Family::Slerp => Kernel::Slerp { t: self.num(b.remove("t"), native.num_default("t"), ctx)? },
+            Family::NearSwap => Kernel::NearSwap { t: self.num(b.remove("t"), native.num_default("t"), ctx)? },
             Family::NuSlerp => {
-                let w = self.per_model("weight", b.remove("weight"), 2, 1.0, ctx)?;
+                let w = self.per_model("weight", b.remove("weight"), 2, native.num_default("weight"), ctx)?;
                 let total = Sched::bin(BinOp::Add, w[0].clone(), w[1].clone());
-                let flatten = self.flag(b.remove("nuslerp_flatten"), true, ctx)?;
-                let row_wise = self.flag(b.remove("nuslerp_row_wise"), false, ctx)?;
+                let flatten = self.flag(b.remove("nuslerp_flatten"), native.bool_default("nuslerp_flatten"), ctx)?;
+                let row_wise = self.flag(b.remove("nuslerp_row_wise"), native.bool_default("nuslerp_row_wise"), ctx)?;
                 let t = Sched::Ratio(Box::new(w[1].clone()), Box::new(total), 0.5);
                 Kernel::NuSlerp { t, flatten, row_wise }
             }
             Family::MultiSlerp => {
-                let w = self.per_model("weight", b.remove("weight"), n, 1.0, ctx)?;
-                let normalize = self.flag(b.remove("normalize_weights"), true, ctx)?;
+                let w = self.per_model("weight", b.remove("weight"), n, native.num_default("weight"), ctx)?;
+                let normalize =
+                    self.flag(b.remove("normalize_weights"), native.bool_default("normalize_weights"), ctx)?;
                 let total = w.iter().cloned().reduce(|a, c| Sched::bin(BinOp::Add, a, c)).unwrap();
                 let weights = w
                     .into_iter()
                     .map(|x| if normalize { Sched::bin(BinOp::Div, x, total.clone()) } else { x })
                     .collect();
-                Kernel::MultiSlerp { weights, eps: self.num(b.remove("eps"), 1e-8, ctx)? }
+                Kernel::MultiSlerp { weights, eps: self.num(b.remove("eps"), native.num_default("eps"), ctx)? }
             }
             Family::Karcher => {
-                let max_iter = match self.num(b.remove("max_iter"), 10.0, ctx)?.as_const() {
+                let max_iter = match self.num(b.remove("max_iter"), native.num_default("max_iter"), ctx)?.as_const() {
                     Some(m) if m >= 1.0 => m as u64,
                     _ => {
                         self.report(
@@ -641,17 +625,17 @@ impl Checker<'_> {
                         return None;
                     }
                 };
-                Kernel::Karcher { max_iter, tol: self.num(b.remove("tol"), 1e-5, ctx)? }
+                Kernel::Karcher { max_iter, tol: self.num(b.remove("tol"), native.num_default("tol"), ctx)? }
             }
             Family::ModelStock => {
-                let filter_wise = self.flag(b.remove("filter_wise"), false, ctx)?;
+                let filter_wise = self.flag(b.remove("filter_wise"), native.bool_default("filter_wise"), ctx)?;
                 let bm = base.expect("model_stock has a base");
                 ins.insert(0, bm.expr);
                 Kernel::ModelStock { filter_wise }
             }
             Family::ArceeFusion => Kernel::ArceeFusion,
             Family::Sce => {
-                let topk = self.num(b.remove("select_topk"), 1.0, ctx)?;
+                let topk = self.num(b.remove("select_topk"), native.num_default("select_topk"), ctx)?;
                 if let Some(c) = topk.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
                     self.report(
                         Diagnostic::error(Code::E0106, format!("select_topk {} is outside [0, 1]", super::fmt_num(c)))

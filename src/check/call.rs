@@ -2,9 +2,8 @@
 //! evaluating `fn` bodies (the recipe's and the standard library's). Errors
 //! raised inside the standard library also point at the user's call.
 
-use super::builtins::BUILTINS;
 use super::eval::{Checker, Ctx};
-use super::methods;
+use super::natives;
 use super::value::*;
 use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::syntax::{Arg, Expr, ExprKind, Span};
@@ -44,11 +43,9 @@ impl Checker<'_> {
         let known = ctx.locals.is_some_and(|l| l.contains_key(name))
             || self.globals.contains_key(name)
             || self.prelude.contains_key(name)
-            || BUILTINS.contains(&name.as_str())
-            || methods::method(name).is_some();
+            || natives::native(name).is_some();
         if !known {
-            let mut cands: Vec<&str> = BUILTINS.to_vec();
-            cands.extend(methods::METHODS.iter().map(|m| m.name));
+            let mut cands: Vec<&str> = natives::all().map(|n| n.name).collect();
             cands.extend(self.prelude.keys().map(String::as_str));
             cands.extend(
                 self.globals.iter().filter(|(_, b)| matches!(b.value, Value::Func(_))).map(|(n, _)| n.as_str()),
@@ -64,9 +61,9 @@ impl Checker<'_> {
             return self.err(d);
         }
         match self.lookup(name, callee.span, ctx) {
-            Value::Func(Func::Builtin(b)) => match methods::method(b) {
-                Some(spec) => self.call_method(spec, args, span, ctx),
-                None => self.call_builtin(b, args, span, ctx),
+            Value::Func(Func::Builtin(b)) => match natives::native(b) {
+                Some(native) => self.call_native(native, args, span, ctx),
+                None => unreachable!("builtin `{b}` is not in the table of natives"),
             },
             Value::Func(Func::User(f)) => self.call_user(&f, args, span, ctx),
             Value::Poison => Value::Poison,
@@ -98,7 +95,7 @@ impl Checker<'_> {
             let v = self.eval(&a.value, ctx);
             let name = match &a.name {
                 Some(n) => {
-                    let canon = methods::canonical_param(&n.name);
+                    let canon = natives::canonical_param(&n.name);
                     if !params.contains(&canon) {
                         self.unknown_arg(fname, &n.name, n.span, params, ctx);
                         ok = false;
@@ -188,7 +185,7 @@ impl Checker<'_> {
             let v = self.eval(&a.value, ctx);
             match &a.name {
                 Some(n) => {
-                    let canon = methods::canonical_param(&n.name);
+                    let canon = natives::canonical_param(&n.name);
                     if !names.contains(&canon) || Some(canon) == variadic.map(|i| names[i]) {
                         self.unknown_arg(&f.name, &n.name, n.span, &names, ctx);
                         ok = false;

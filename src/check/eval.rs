@@ -3,8 +3,7 @@
 //! are collected and evaluation goes on with a poison value, so one run
 //! reports everything it can.
 
-use super::builtins::BUILTINS;
-use super::methods;
+use super::natives;
 use super::value::*;
 use super::{Output, Recipe, ResultValue};
 use crate::diag::{did_you_mean, Code, Diagnostic, FileId, Sources};
@@ -251,7 +250,7 @@ impl<'s> Checker<'s> {
             self.report(d);
             return;
         }
-        if BUILTINS.contains(&name) || methods::method(name).is_some() || PER_TENSOR.contains(&name) || name == "none" {
+        if natives::native(name).is_some() || PER_TENSOR.contains(&name) || name == "none" {
             self.report(
                 Diagnostic::error(Code::E0102, format!("`{name}` is a builtin name"))
                     .with_label(file, span, "this would hide the builtin")
@@ -471,11 +470,8 @@ impl<'s> Checker<'s> {
             "depth" => return Value::Num(Sched::Depth),
             _ => {}
         }
-        if let Some(b) = BUILTINS.iter().find(|b| **b == name) {
-            return Value::Func(Func::Builtin(b));
-        }
-        if let Some(m) = methods::method(name) {
-            return Value::Func(Func::Builtin(m.name));
+        if let Some(n) = natives::native(name) {
+            return Value::Func(Func::Builtin(n.name));
         }
         let mut candidates: Vec<&str> = self.globals.keys().map(String::as_str).collect();
         if let Some(l) = ctx.locals {

@@ -7,8 +7,8 @@ mod builtins;
 mod call;
 mod eval;
 mod lora;
-pub mod methods;
 mod moe;
+pub mod natives;
 mod outputs;
 mod structure;
 pub mod value;
@@ -25,52 +25,63 @@ use std::path::Path;
 /// The standard library, embedded: (file name, source).
 pub const STDLIB: &[(&str, &str)] = &[("stdlib/merge.fuse", include_str!("../../stdlib/merge.fuse"))];
 
-/// Every function name a recipe can call: builtins, native methods and the
-/// standard library's `fn`s (for completion).
-pub fn builtin_names() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = builtins::BUILTINS.to_vec();
-    v.extend(methods::METHODS.iter().map(|m| m.name));
-    v.extend(stdlib_fns().into_iter().map(|(n, _)| n));
+/// Every function name a recipe can call: the natives and the standard
+/// library's `fn`s (for completion and did-you-means).
+pub fn function_names() -> Vec<String> {
+    let mut v: Vec<String> = natives::all().map(|n| n.name.to_string()).collect();
+    v.extend(stdlib_fns().into_iter().map(|f| f.name));
     v
 }
 
-/// The standard library's functions and their parameter names.
-pub fn stdlib_fns() -> Vec<(&'static str, Vec<String>)> {
+/// A function of the standard library, as its source declares it.
+pub struct StdlibFn {
+    pub name: String,
+    /// Parameter names, `..rest` left out.
+    pub params: Vec<String>,
+    /// The source of the signature: `ties(..models, weight=1.0, ...)`.
+    pub signature: String,
+    /// The comment lines right above the `fn`.
+    pub doc: String,
+}
+
+/// The standard library's functions.
+pub fn stdlib_fns() -> Vec<StdlibFn> {
     let mut out = Vec::new();
     for (name, text) in STDLIB {
         let mut sources = Sources::default();
         let Ok(p) = syntax::parse(text, sources.add(*name, *text)) else { continue };
         for s in p.stmts {
-            if let syntax::StmtKind::Fn { name, params, .. } = s.kind {
-                let n: &'static str = STDLIB_NAMES.iter().find(|x| **x == name.name).copied().unwrap_or("");
-                out.push((n, params.into_iter().filter(|p| !p.variadic).map(|p| p.name.name).collect()));
+            if let syntax::StmtKind::Fn { name, params, body } = s.kind {
+                let head = &text[s.span.start..body.span.start];
+                let signature = head.trim_start_matches("fn").trim().trim_end_matches('=').trim().to_string();
+                let doc: Vec<&str> = text[..s.span.start].lines().rev().take_while(|l| l.starts_with('#')).collect();
+                let doc: Vec<&str> = doc.into_iter().rev().map(|l| l.trim_start_matches('#').trim()).collect();
+                out.push(StdlibFn {
+                    name: name.name,
+                    params: params.into_iter().filter(|p| !p.variadic).map(|p| p.name.name).collect(),
+                    signature: signature.split_whitespace().collect::<Vec<_>>().join(" "),
+                    doc: doc.join(" "),
+                });
             }
         }
     }
     out
 }
 
-const STDLIB_NAMES: &[&str] = &[
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-];
-
 /// Named arguments a function takes (for completion and hover).
 pub fn parameters_of(function: &str) -> Vec<String> {
-    if let Some(m) = methods::method(function) {
-        return m.params.iter().map(|p| p.name.to_string()).collect();
+    if let Some(n) = natives::native(function) {
+        return n.params.iter().map(|p| p.name.to_string()).collect();
     }
-    if let Some((_, params)) = builtins::PRIMITIVES.iter().find(|(n, _)| *n == function) {
-        return params.iter().map(|p| p.to_string()).collect();
+    stdlib_fns().into_iter().find(|f| f.name == function).map(|f| f.params).unwrap_or_default()
+}
+
+/// Documentation of a native or standard-library function, in Markdown.
+pub fn docs_of(name: &str) -> Option<String> {
+    if let Some(n) = natives::native(name) {
+        return Some(n.markdown());
     }
-    stdlib_fns().into_iter().find(|(n, _)| *n == function).map(|(_, p)| p).unwrap_or_default()
+    stdlib_fns().into_iter().find(|f| f.name == name).map(|f| format!("**{}** — {}", f.signature, f.doc))
 }
 
 /// What the REPL and the language server ask of a check beyond the recipe.

@@ -222,19 +222,7 @@ fn hover(uri: &str, text: &str, at: usize) -> Value {
 
 /// Documentation of a builtin, native method or standard-library function.
 pub fn docs_of(name: &str) -> Option<String> {
-    if let Some(m) = check::methods::method(name) {
-        let params: Vec<String> = m.params.iter().map(|p| format!("- `{}`: {}", p.name, p.doc)).collect();
-        return Some(format!("**{}** — {}\n\n{}\n\nExample: `{}`", m.name, m.doc, params.join("\n"), m.example));
-    }
-    let params = check::parameters_of(name);
-    let stdlib = check::STDLIB[0].1;
-    // The comment lines right above `fn name(` in the standard library.
-    if let Some(pos) = stdlib.find(&format!("fn {name}(")) {
-        let doc: Vec<&str> = stdlib[..pos].lines().rev().take_while(|l| l.starts_with('#')).collect();
-        let doc: Vec<&str> = doc.into_iter().rev().map(|l| l.trim_start_matches('#').trim()).collect();
-        return Some(format!("**{name}**({}) — {}", params.join(", "), doc.join(" ")));
-    }
-    (!params.is_empty()).then(|| format!("**{name}**({})", params.join(", ")))
+    check::docs_of(name)
 }
 
 #[cfg(test)]
