@@ -184,36 +184,6 @@ fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
     Ok(())
 }
 
-/// The outputs a run writes: the recipe's saves, and its result where -o names a directory.
-fn targets(r: &Recipe, output: Option<&Path>) -> Result<Vec<check::Output>, Diagnostic> {
-    let mut out: Vec<check::Output> = r.saves.clone();
-    match (&r.result, output) {
-        (Some(res), Some(o)) => out.push(check::Output {
-            value: res.value.clone(),
-            dir: o.to_path_buf(),
-            dtype: None,
-            shard: 5_000_000_000,
-            lora: None,
-            file: res.file,
-            span: res.span,
-        }),
-        (Some(_), None) if out.is_empty() => {
-            return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go")
-                .with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
-        }
-        (None, Some(_)) => {
-            return Err(Diagnostic::error(Code::E0111, "-o was given but the recipe has no result")
-                .with_help("end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`"))
-        }
-        _ => {}
-    }
-    if out.is_empty() {
-        return Err(Diagnostic::error(Code::E0111, "the recipe writes nothing")
-            .with_help("end it with an expression and pass -o DIR, or add `save(expr, \"dir\")`"));
-    }
-    Ok(out)
-}
-
 fn cmd_run(
     recipe: &Path,
     output: Option<&Path>,
@@ -255,7 +225,7 @@ fn cmd_run(
     };
     let mut sources = Sources::default();
     let (r, text) = load(recipe, set, &mut sources)?;
-    let targets = targets(&r, output).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    let targets = r.outputs(output).or_else(|d| fail(d).map(|_| Vec::new()))?;
     // Refuse before computing anything, so a late output cannot fail after an early one was written.
     for t in &targets {
         let how = if output == Some(t.dir.as_path()) {
@@ -394,7 +364,7 @@ fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
     let mut sources = Sources::default();
     let (r, _) = load(recipe, set, &mut sources)?;
     let targets =
-        targets(&r, Some(Path::new("<-o>"))).or_else(|_| targets(&r, None)).or_else(|d| fail(d).map(|_| Vec::new()))?;
+        r.outputs(Some(Path::new("<-o>"))).or_else(|_| r.outputs(None)).or_else(|d| fail(d).map(|_| Vec::new()))?;
     for t in &targets {
         let (dir, plan) = (&t.dir, fuse::graph::lower(&r, &t.value, t.dtype, t.shard));
         println!(

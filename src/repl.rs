@@ -223,7 +223,7 @@ impl Session {
                     return true;
                 };
                 if let Some((r, Described { value: Some(t), .. })) = self.value(expr) {
-                    let plan = graph::lower(&r, &t, None, 5_000_000_000);
+                    let plan = graph::lower(&r, &t, None, crate::io::writer::DEFAULT_SHARD);
                     let opts = exec::Options {
                         engine: exec::Engine::Stream,
                         max_memory: 1 << 30,

@@ -91,7 +91,8 @@ impl TinyLlama {
                 }
             }
             let slot = layout.slots[i];
-            out.write_at(slot.shard, slot.offset, &crate::exec::encode(&vals, self.dtype)).map_err(|e| e.to_string())
+            out.write_at(slot.shard, slot.offset, &crate::io::codec::encode(&vals, self.dtype))
+                .map_err(|e| e.to_string())
         })?;
         if let Some(index) = layout.index_json() {
             out.write_file("model.safetensors.index.json", index.as_bytes())?;

@@ -382,7 +382,7 @@ impl<'s> Checker<'s> {
             }
         };
         let shard = match bound.remove("shard") {
-            None => 5_000_000_000,
+            None => crate::io::writer::DEFAULT_SHARD,
             Some((Value::Str(s), sp)) => match crate::io::writer::parse_size(&s) {
                 Some(n) => n,
                 None => {

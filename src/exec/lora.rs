@@ -3,7 +3,7 @@
 //! [r, in] with `B A` the best rank-r approximation, and written as a PEFT
 //! adapter directory, atomically like every output.
 
-use super::{stream, Budget, Inputs, Options};
+use super::{stream, Budget, Options};
 use crate::graph::Plan;
 use crate::io::writer::{Layout, OutTensor, OutputDir};
 use crate::io::DType;
@@ -45,7 +45,7 @@ pub fn run_lora(
     recipe_text: &str,
     opts: &Options,
 ) -> Result<LoraReport, String> {
-    let inputs = Inputs::open(plan)?;
+    let inputs = super::open_inputs(plan)?;
     let budget = Budget::new(opts.max_memory);
     let targets: Vec<usize> = (0..plan.outputs.len())
         .filter(|&i| plan.outputs[i].layer.is_some() && plan.nodes[plan.outputs[i].node].shape.len() == 2)
@@ -91,7 +91,7 @@ pub fn run_lora(
     for (k, (_, b, a, _)) in factors.iter().enumerate() {
         for (j, vals) in [(2 * k, a), (2 * k + 1, b)] {
             let slot = layout.slots[j];
-            out.write_at(slot.shard, slot.offset, &super::encode(vals, DType::F32))
+            out.write_at(slot.shard, slot.offset, &crate::io::codec::encode(vals, DType::F32))
                 .map_err(|e| format!("writing the adapter: {e}"))?;
         }
     }

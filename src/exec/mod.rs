@@ -16,15 +16,14 @@ mod stream;
 pub use lora::{run_lora, Kept, LoraReport};
 
 use crate::graph::{NodeId, Op, Plan};
+use crate::io::codec::encode;
+use crate::io::package::Package;
+pub use crate::io::read::Inputs;
 use crate::io::writer::OutputDir;
-use crate::io::DType;
 use crate::ir::RouterMode;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use std::collections::BTreeSet;
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -136,93 +135,18 @@ pub fn interrupted() -> bool {
     interrupt_flag().load(Ordering::Relaxed)
 }
 
-/// The input files of a plan, opened once and read with positioned reads
-/// (see docs/notes/reading-inputs.md for why not memory maps).
-pub struct Inputs {
-    files: Vec<Vec<File>>,
-    /// Input tensors found holding NaN or infinity: (checkpoint, tensor).
-    non_finite: Mutex<BTreeSet<(String, String)>>,
-}
-
-impl Inputs {
-    fn open(plan: &Plan) -> Result<Inputs, String> {
-        let used: Vec<bool> = (0..plan.models.len())
-            .map(|m| plan.nodes.iter().any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m)))
-            .collect();
-        let mut files = Vec::new();
-        for (m, ck) in plan.models.iter().enumerate() {
-            let mut fs = Vec::new();
-            if used[m] {
-                for f in &ck.files {
-                    fs.push(File::open(f).map_err(|e| format!("cannot open `{}`: {e}", f.display()))?);
-                }
-            }
-            files.push(fs);
-        }
-        Ok(Inputs { files, non_finite: Mutex::new(BTreeSet::new()) })
-    }
-
-    /// Reads `len` bytes of a tensor from byte `offset` of its data.
-    fn read_bytes(
-        &self,
-        plan: &Plan,
-        model: usize,
-        tensor: &str,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<DType, String> {
-        let ck = &plan.models[model];
-        let entry = ck
-            .tensors
-            .get(tensor)
-            .ok_or_else(|| format!("tensor `{tensor}` is missing from `{}`", ck.root.display()))?;
-        self.files[model][entry.file]
-            .read_exact_at(buf, entry.info.start + offset)
-            .map_err(|e| format!("cannot read tensor `{tensor}` from `{}`: {e}", ck.files[entry.file].display()))?;
-        Ok(entry.info.dtype)
-    }
-
-    /// A whole tensor's bytes and dtype.
-    fn bytes(&self, plan: &Plan, model: usize, tensor: &str) -> Result<(Vec<u8>, DType), String> {
-        let info = &plan.models[model].tensors.get(tensor).map(|e| e.info.clone());
-        let len = info.as_ref().map_or(0, |i| (i.end - i.start) as usize);
-        let mut buf = vec![0u8; len];
-        let dtype = self.read_bytes(plan, model, tensor, 0, &mut buf)?;
-        let mut vals = vec![0f32; buf.len() / dtype.size().max(1)];
-        if dtype.is_float() && decode(&buf, dtype, &mut vals).is_ok() {
-            self.check_finite(plan, model, tensor, &vals);
-        }
-        Ok((buf, dtype))
-    }
-
-    /// Reads elements `start ..` of a tensor into `out` as f32.
-    fn read(&self, plan: &Plan, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
-        let dtype = plan.models[model].tensors.get(tensor).map_or(DType::F32, |e| e.info.dtype);
-        let size = dtype.size();
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUF.with_borrow_mut(|buf| {
-            buf.resize(out.len() * size, 0);
-            self.read_bytes(plan, model, tensor, (start * size) as u64, buf)?;
-            decode(buf, dtype, out)
-        })?;
-        self.check_finite(plan, model, tensor, out);
-        Ok(())
-    }
-
-    fn check_finite(&self, plan: &Plan, model: usize, tensor: &str, vals: &[f32]) {
-        if vals.iter().any(|v| !v.is_finite()) {
-            let ck = plan.models[model].root.display().to_string();
-            self.non_finite.lock().unwrap().insert((ck, tensor.to_string()));
-        }
-    }
+/// Opens the files of the models the plan loads from.
+fn open_inputs(plan: &Plan) -> Result<Inputs, String> {
+    let used: Vec<bool> = (0..plan.models.len())
+        .map(|m| plan.nodes.iter().any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m)))
+        .collect();
+    Inputs::open(&plan.models, &used)
 }
 
 /// Computes every output tensor of `plan` and writes it into `out`, holding
 /// at most about `max_memory` bytes of whole tensors at once.
 pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, String> {
-    let inputs = Inputs::open(plan)?;
+    let inputs = open_inputs(plan)?;
     let budget = Budget::new(opts.max_memory);
     let done = |i: usize| {
         if let Some(p) = opts.progress {
@@ -263,7 +187,7 @@ pub fn compute_all(
     max_memory: u64,
     f: &(dyn Fn(usize, Vec<f32>) -> Result<(), String> + Sync),
 ) -> Result<(), String> {
-    let inputs = Inputs::open(plan)?;
+    let inputs = open_inputs(plan)?;
     let budget = Budget::new(max_memory);
     plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
         let n: usize = plan.nodes[o.node].shape.iter().product();
@@ -277,13 +201,7 @@ pub fn compute_all(
 }
 
 /// A router weight [experts, hidden] (see [`RouterMode`]).
-pub fn router(
-    plan: &Plan,
-    inputs: &Inputs,
-    mode: &RouterMode,
-    tensor: &str,
-    shape: &[usize],
-) -> Result<Vec<f32>, String> {
+pub fn router(inputs: &Inputs, mode: &RouterMode, tensor: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
     let (experts, hidden) = (shape[0], shape[1]);
     Ok(match mode {
         RouterMode::Uniform => vec![0.0; experts * hidden],
@@ -302,7 +220,7 @@ pub fn router(
             for (e, ids) in tokens.iter().enumerate() {
                 let mut sum = vec![0f64; hidden];
                 for &id in ids {
-                    inputs.read(plan, *model, embed, id as usize * hidden, &mut row)?;
+                    inputs.read(*model, embed, id as usize * hidden, &mut row)?;
                     sum.iter_mut().zip(&row).for_each(|(s, r)| *s += *r as f64);
                 }
                 for (o, s) in out[e * hidden..(e + 1) * hidden].iter_mut().zip(sum) {
@@ -319,7 +237,7 @@ fn report(plan: &Plan, inputs: &Inputs) -> Report {
         tensors: plan.outputs.len(),
         bytes: plan.layout.total_bytes(),
         shards: plan.layout.shards.len(),
-        non_finite: inputs.non_finite.lock().unwrap().iter().cloned().collect(),
+        non_finite: inputs.non_finite(),
     }
 }
 
@@ -351,7 +269,7 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
         let node = &plan.nodes[n];
         let t = match &node.op {
             Op::Load { model, tensor } => {
-                let (bytes, dtype) = inputs.bytes(plan, *model, tensor)?;
+                let (bytes, dtype) = inputs.bytes(*model, tensor)?;
                 kernels::load(&bytes, dtype, &node.shape, device).map_err(ce)?
             }
             Op::Lin(terms) => {
@@ -360,7 +278,7 @@ fn eval_output(plan: &Plan, inputs: &Inputs, root: NodeId, device: &Device) -> R
             }
             Op::Zeros => Tensor::zeros(node.shape.as_slice(), candle_core::DType::F32, device).map_err(ce)?,
             Op::Router { mode, tensor } => {
-                let v = router(plan, inputs, mode, tensor, &node.shape)?;
+                let v = router(inputs, mode, tensor, &node.shape)?;
                 Tensor::from_vec(v, node.shape.as_slice(), device).map_err(ce)?
             }
             Op::Kernel { kernel, inputs: ins } => {
@@ -396,47 +314,6 @@ fn children(op: &Op) -> Vec<NodeId> {
     }
 }
 
-/// Little-endian `dtype` bytes to f32.
-pub fn decode(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<(), String> {
-    match dtype {
-        DType::F32 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(4))
-            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        DType::BF16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-        DType::F16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        DType::F64 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(8))
-            .for_each(|(o, b)| *o = f64::from_le_bytes(b.try_into().unwrap()) as f32),
-        other => return Err(format!("{other} tensors cannot be merged")),
-    }
-    Ok(())
-}
-
-/// f32 values to little-endian bytes of `dtype` (round to nearest even).
-pub fn encode(vals: &[f32], dtype: DType) -> Vec<u8> {
-    let mut out = Vec::with_capacity(vals.len() * dtype.size());
-    match dtype {
-        DType::F32 => vals.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::BF16 => vals.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
-        DType::F16 => vals.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
-        DType::F64 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
-        DType::I64 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as i64).to_le_bytes())),
-        DType::I32 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as i32).to_le_bytes())),
-        DType::I16 => vals.iter().for_each(|v| out.extend_from_slice(&(*v as i16).to_le_bytes())),
-        DType::I8 => vals.iter().for_each(|v| out.push(*v as i8 as u8)),
-        DType::U8 | DType::Bool => vals.iter().for_each(|v| out.push(*v as u8)),
-    }
-    out
-}
-
 /// Runs a plan into `target`: weights, index, config.json (dtype patched),
 /// tokenizer files and a model card. The directory appears only when
 /// everything is written; on any failure nothing is left behind.
@@ -450,45 +327,15 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
             report.non_finite.len()
         ));
     }
-    if let Some(index) = plan.layout.index_json() {
-        out.write_file("model.safetensors.index.json", index.as_bytes())?;
-    }
-    let origin = &plan.models[plan.origin];
-    if let Some(mut config) = origin.config.clone() {
-        if let (Some(obj), Some(d)) =
-            (config.as_object_mut(), plan.dtype.or_else(|| plan.layout.tensors.first().map(|t| t.dtype)))
-        {
-            obj.insert("torch_dtype".into(), d.torch_name().into());
-            if obj.contains_key("dtype") {
-                obj.insert("dtype".into(), d.torch_name().into());
-            }
-            if obj.contains_key("num_hidden_layers") {
-                obj.insert("num_hidden_layers".into(), plan.n_layers.into());
-            }
-            for (k, v) in &plan.config {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
-        out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
-    }
-    if let Some(dir) = &origin.dir {
-        for name in crate::io::COPIED_FILES {
-            let p = dir.join(name);
-            if p.is_file() {
-                out.copy_file(&p, name)?;
-            }
-        }
-    }
-    out.write_file("README.md", model_card(plan, recipe_text).as_bytes())?;
+    let package = Package {
+        models: &plan.models,
+        origin: plan.origin,
+        dtype: plan.dtype.or_else(|| plan.layout.tensors.first().map(|t| t.dtype)),
+        n_layers: plan.n_layers,
+        config: &plan.config,
+        recipe: recipe_text,
+    };
+    package.write(&out, &plan.layout)?;
     out.commit()?;
     Ok(report)
-}
-
-fn model_card(plan: &Plan, recipe: &str) -> String {
-    let models: Vec<String> = plan.models.iter().map(|m| format!("- `{}`", m.root.display())).collect();
-    format!(
-        "---\nlibrary_name: transformers\ntags:\n- merge\n- fuse\n---\n# Merged model\n\nThis model was merged with fuse from these checkpoints:\n\n{}\n\n## Recipe\n\n```\n{}\n```\n",
-        models.join("\n"),
-        recipe.trim_end()
-    )
 }

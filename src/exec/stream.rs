@@ -30,7 +30,7 @@ pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
     let slot = plan.layout.slots[i];
     let size = dtype.size() as u64;
     compute(plan, inputs, budget, o.node, &|start, vals| {
-        let bytes = super::encode(vals, dtype);
+        let bytes = crate::io::codec::encode(vals, dtype);
         out.write_at(slot.shard, slot.offset + start as u64 * size, &bytes)
             .map_err(|e| format!("writing `{}`: {e}", o.name))
     })
@@ -49,7 +49,7 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     let mut st = State::default();
     for n in special {
         if let Op::Router { mode, tensor } = &plan.nodes[n].op {
-            let v = super::router(plan, inputs, mode, tensor, &plan.nodes[n].shape)?;
+            let v = super::router(inputs, mode, tensor, &plan.nodes[n].shape)?;
             st.whole.insert(n, v);
             continue;
         }
@@ -160,7 +160,7 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
         return Ok(());
     }
     match &plan.nodes[n].op {
-        Op::Load { model, tensor } => inputs.read(plan, *model, tensor, start, out),
+        Op::Load { model, tensor } => inputs.read(*model, tensor, start, out),
         Op::Lin(terms) => {
             let mut scratch = vec![0f32; out.len()];
             for (k, (c, x)) in terms.iter().enumerate() {

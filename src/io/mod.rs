@@ -3,7 +3,10 @@
 //! sharded outputs. Tensor data itself is read in `exec/`.
 
 pub mod checkpoint;
+pub mod codec;
+pub mod package;
 pub mod pickle;
+pub mod read;
 pub mod safetensors;
 pub mod target;
 pub mod writer;

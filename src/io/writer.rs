@@ -16,6 +16,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// The largest shard an output is split into unless `save(..., shard=...)`
+/// says otherwise (Hugging Face's `max_shard_size` default).
+pub const DEFAULT_SHARD: u64 = 5_000_000_000;
+
 /// One tensor of the output: its name, shape and stored dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutTensor {

@@ -16,6 +16,7 @@ pub use sched::{glob_match, Sched, TensorCtx};
 pub use texpr::{human_count, Arch, TExpr, TId, TVal, TensorSig};
 
 use crate::codemap::{FileId, Span};
+use crate::diag::{Code, Diagnostic};
 use crate::io::{target, Checkpoint, DType};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,39 @@ pub struct Recipe {
     pub main_file: FileId,
     /// Every path the recipe reads: no output may overlap one (E0406).
     pub inputs: Vec<Input>,
+}
+
+impl Recipe {
+    /// The outputs a run writes: the recipe's saves, and its result where
+    /// `-o` names a directory for it (E0111 when that does not add up).
+    pub fn outputs(&self, result_dir: Option<&Path>) -> Result<Vec<Output>, Diagnostic> {
+        let mut out: Vec<Output> = self.saves.clone();
+        match (&self.result, result_dir) {
+            (Some(res), Some(o)) => out.push(Output {
+                value: res.value.clone(),
+                dir: o.to_path_buf(),
+                dtype: None,
+                shard: crate::io::writer::DEFAULT_SHARD,
+                lora: None,
+                file: res.file,
+                span: res.span,
+            }),
+            (Some(_), None) if out.is_empty() => {
+                return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go")
+                    .with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
+            }
+            (None, Some(_)) => {
+                return Err(Diagnostic::error(Code::E0111, "-o was given but the recipe has no result")
+                    .with_help("end the recipe with the expression to write, e.g. `base + 0.5*(ft - base)`"))
+            }
+            _ => {}
+        }
+        if out.is_empty() {
+            return Err(Diagnostic::error(Code::E0111, "the recipe writes nothing")
+                .with_help("end it with an expression and pass -o DIR, or add `save(expr, \"dir\")`"));
+        }
+        Ok(out)
+    }
 }
 
 /// A `save(...)` statement.

@@ -1,0 +1,73 @@
+//! What an output checkpoint holds besides its weights, in Hugging Face
+//! layout: the shard index, config.json (taken from the origin model, dtype
+//! and layer count patched), the tokenizer and generation files copied from
+//! the origin model, and a model card holding the recipe.
+
+use super::writer::{Layout, OutputDir};
+use super::{Checkpoint, DType};
+use std::sync::Arc;
+
+/// Everything needed to write an output's files around its weights.
+pub struct Package<'a> {
+    /// Every model the recipe read (listed in the model card).
+    pub models: &'a [Arc<Checkpoint>],
+    /// The model whose config.json and tokenizer the output takes.
+    pub origin: usize,
+    /// The output's dtype, for config.json's `torch_dtype`.
+    pub dtype: Option<DType>,
+    /// The output's layer count (`num_hidden_layers`).
+    pub n_layers: usize,
+    /// Further config.json fields to set.
+    pub config: &'a [(String, serde_json::Value)],
+    /// The recipe's text, for the model card.
+    pub recipe: &'a str,
+}
+
+impl Package<'_> {
+    /// Writes the index, config.json, copied files and the model card.
+    pub fn write(&self, out: &OutputDir, layout: &Layout) -> Result<(), String> {
+        if let Some(index) = layout.index_json() {
+            out.write_file("model.safetensors.index.json", index.as_bytes())?;
+        }
+        let origin = &self.models[self.origin];
+        if let Some(config) = self.config_json(origin) {
+            out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
+        }
+        if let Some(dir) = &origin.dir {
+            for name in super::COPIED_FILES {
+                let p = dir.join(name);
+                if p.is_file() {
+                    out.copy_file(&p, name)?;
+                }
+            }
+        }
+        out.write_file("README.md", self.model_card().as_bytes())
+    }
+
+    /// The origin's config.json with the output's dtype, layer count and fields.
+    fn config_json(&self, origin: &Checkpoint) -> Option<serde_json::Value> {
+        let mut config = origin.config.clone()?;
+        if let (Some(obj), Some(d)) = (config.as_object_mut(), self.dtype) {
+            obj.insert("torch_dtype".into(), d.torch_name().into());
+            if obj.contains_key("dtype") {
+                obj.insert("dtype".into(), d.torch_name().into());
+            }
+            if obj.contains_key("num_hidden_layers") {
+                obj.insert("num_hidden_layers".into(), self.n_layers.into());
+            }
+            for (k, v) in self.config {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        Some(config)
+    }
+
+    fn model_card(&self) -> String {
+        let models: Vec<String> = self.models.iter().map(|m| format!("- `{}`", m.root.display())).collect();
+        format!(
+            "---\nlibrary_name: transformers\ntags:\n- merge\n- fuse\n---\n# Merged model\n\nThis model was merged with fuse from these checkpoints:\n\n{}\n\n## Recipe\n\n```\n{}\n```\n",
+            models.join("\n"),
+            self.recipe.trim_end()
+        )
+    }
+}

@@ -1,0 +1,91 @@
+//! Reading tensor data: positioned reads of the input checkpoints' files,
+//! widened to f32, noting inputs that hold NaN or infinity.
+
+use super::codec::decode;
+use super::{Checkpoint, DType};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+/// The input checkpoints of a run, opened once and read with positioned
+/// reads (see docs/notes/reading-inputs.md for why not memory maps).
+pub struct Inputs {
+    models: Vec<Arc<Checkpoint>>,
+    files: Vec<Vec<File>>,
+    /// Input tensors found holding NaN or infinity: (checkpoint, tensor).
+    non_finite: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Inputs {
+    /// Opens the files of the models for which `used` is true.
+    pub fn open(models: &[Arc<Checkpoint>], used: &[bool]) -> Result<Inputs, String> {
+        let mut files = Vec::new();
+        for (m, ck) in models.iter().enumerate() {
+            let mut fs = Vec::new();
+            if used[m] {
+                for f in &ck.files {
+                    fs.push(File::open(f).map_err(|e| format!("cannot open `{}`: {e}", f.display()))?);
+                }
+            }
+            files.push(fs);
+        }
+        Ok(Inputs { models: models.to_vec(), files, non_finite: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// Reads `len` bytes of a tensor from byte `offset` of its data.
+    fn read_bytes(&self, model: usize, tensor: &str, offset: u64, buf: &mut [u8]) -> Result<DType, String> {
+        let ck = &self.models[model];
+        let entry = ck
+            .tensors
+            .get(tensor)
+            .ok_or_else(|| format!("tensor `{tensor}` is missing from `{}`", ck.root.display()))?;
+        self.files[model][entry.file]
+            .read_exact_at(buf, entry.info.start + offset)
+            .map_err(|e| format!("cannot read tensor `{tensor}` from `{}`: {e}", ck.files[entry.file].display()))?;
+        Ok(entry.info.dtype)
+    }
+
+    /// A whole tensor's bytes and dtype.
+    pub fn bytes(&self, model: usize, tensor: &str) -> Result<(Vec<u8>, DType), String> {
+        let info = &self.models[model].tensors.get(tensor).map(|e| e.info.clone());
+        let len = info.as_ref().map_or(0, |i| (i.end - i.start) as usize);
+        let mut buf = vec![0u8; len];
+        let dtype = self.read_bytes(model, tensor, 0, &mut buf)?;
+        let mut vals = vec![0f32; buf.len() / dtype.size().max(1)];
+        if dtype.is_float() && decode(&buf, dtype, &mut vals).is_ok() {
+            self.check_finite(model, tensor, &vals);
+        }
+        Ok((buf, dtype))
+    }
+
+    /// Reads elements `start ..` of a tensor into `out` as f32.
+    pub fn read(&self, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
+        let dtype = self.models[model].tensors.get(tensor).map_or(DType::F32, |e| e.info.dtype);
+        let size = dtype.size();
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.resize(out.len() * size, 0);
+            self.read_bytes(model, tensor, (start * size) as u64, buf)?;
+            decode(buf, dtype, out)
+        })?;
+        self.check_finite(model, tensor, out);
+        Ok(())
+    }
+
+    fn check_finite(&self, model: usize, tensor: &str, vals: &[f32]) {
+        if vals.iter().any(|v| !v.is_finite()) {
+            let ck = self.models[model].root.display().to_string();
+            self.non_finite.lock().unwrap().insert((ck, tensor.to_string()));
+        }
+    }
+}
+
+impl Inputs {
+    /// Input tensors seen holding NaN or infinity: (checkpoint, tensor).
+    pub fn non_finite(&self) -> Vec<(String, String)> {
+        self.non_finite.lock().unwrap().iter().cloned().collect()
+    }
+}
