@@ -177,54 +177,90 @@ fn a_full_disk_fails_cleanly() {
     assert_eq!(out.lines().skip_while(|l| !l.starts_with("rc=")).count(), 1, "left behind:\n{out}");
 }
 
-/// Kills runs at several points; an output that exists must equal a full run's.
+/// Kills runs at several points; an output that exists must equal a full
+/// run's, and no output means fuse stopped (exit 130, E0405) or was killed.
+/// The test must see both happen part way through writing: a SIGINT or
+/// SIGTERM that fuse handles, and a SIGKILL that leaves the hidden partial
+/// directory for the next run to remove. Each signal is also sent as soon
+/// as the partial directory appears; a machine fast enough to finish first
+/// gets a larger model (a few times at most).
 #[test]
 fn interrupted_runs_leave_nothing_or_the_whole_thing() {
+    let mut seen = Vec::new();
+    for vocab in [8_000, 24_000, 64_000] {
+        let (stopped, killed) = interrupt_runs(vocab);
+        if stopped > 0 && killed > 0 {
+            return;
+        }
+        seen.push(format!("vocab {vocab}: {stopped} stopped by fuse, {killed} killed while writing"));
+    }
+    panic!("no run was interrupted part way through:\n{}", seen.join("\n"));
+}
+
+/// Signals runs of a TIES merge with the given vocabulary; returns how many
+/// fuse stopped cleanly and how many a SIGKILL ended while writing.
+fn interrupt_runs(vocab: usize) -> (usize, usize) {
+    use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let shape = TinyLlama { hidden: 256, intermediate: 704, layers: 4, vocab: 8000, ..Default::default() };
+    let shape = TinyLlama { hidden: 256, intermediate: 704, layers: 4, vocab, ..Default::default() };
     shape.write(&d.join("a"), &[(1, 0.02)]).unwrap();
     shape.write(&d.join("b"), &[(1, 0.02), (2, 0.01)]).unwrap();
     write_recipe(d, "r.fuse", "base = model(\"a\")\nb = model(\"b\")\nbase + ties(b, density=0.3)\n");
     fuse_ok(d, &["run", "r.fuse", "-o", "reference"]);
     let reference = std::fs::read(d.join("reference/model.safetensors")).unwrap();
-    for (i, ms) in [1u64, 10, 25, 50, 100, 200].iter().enumerate() {
+    let hidden = |out: &str, tag: &str| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".{out}.fuse-{tag}")))
+            .collect()
+    };
+    // A delay after the start, or none: at once when the partial directory appears.
+    let delays = [Some(1u64), Some(10), Some(25), Some(50), Some(100), Some(200), None, None, None];
+    let (mut stopped, mut killed) = (0, 0);
+    for (i, delay) in delays.iter().enumerate() {
         let signal = ["INT", "TERM", "KILL"][i % 3];
+        let when = delay.map_or("when writing starts".to_string(), |ms| format!("at {ms} ms"));
         let out = format!("out{i}");
-        let child = Command::new(env!("CARGO_BIN_EXE_fuse"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
             .current_dir(d)
             .args(["run", "r.fuse", "-o", &out])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(*ms));
+        match delay {
+            Some(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            None => {
+                while hidden(&out, "partial").is_empty() && child.try_wait().unwrap().is_none() {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
         let _ = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
         let done = child.wait_with_output().unwrap();
-        let status = done.status;
+        let (status, err) = (done.status, stderr(&done));
         let target = d.join(&out);
         if target.exists() {
-            assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference, "{signal} at {ms} ms");
-        } else if signal != "KILL" {
-            // A signal that lands before fuse installs its handlers ends it
-            // outright (nothing was started); later ones stop it cleanly.
-            use std::os::unix::process::ExitStatusExt;
-            if status.signal().is_none() {
-                assert_eq!(status.code(), Some(130), "{signal} at {ms} ms: {status:?}");
-                assert!(stderr(&done).contains("E0405"), "{}", stderr(&done));
-            }
+            assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference, "{signal} {when}");
+        } else if status.signal().is_some() {
+            // SIGKILL, or a signal that landed before fuse installed its handlers.
+            killed += usize::from(signal == "KILL" && !hidden(&out, "partial").is_empty());
+        } else {
+            assert_eq!(status.code(), Some(130), "{signal} {when}: {status:?}\n{err}");
+            assert!(err.contains("E0405"), "{signal} {when}: {err}");
+            assert!(hidden(&out, "").is_empty(), "{signal} {when}: fuse stopped but left {:?}", hidden(&out, ""));
+            stopped += 1;
         }
         // Anything a killed run left is hidden, and the next run to that output removes it.
         if !target.exists() {
             fuse_ok(d, &["run", "r.fuse", "-o", &out]);
             assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference);
         }
-        let leftovers: Vec<_> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&format!(".{out}.fuse-")))
-            .collect();
-        assert!(leftovers.is_empty(), "{signal} at {ms} ms left {leftovers:?}");
+        let leftovers = hidden(&out, "");
+        assert!(leftovers.is_empty(), "{signal} {when} left {leftovers:?}");
     }
+    (stopped, killed)
 }
 
 #[test]
