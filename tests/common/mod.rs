@@ -1,6 +1,6 @@
 //! Shared helpers: running the real binary, reading checkpoints with the
 //! `safetensors` crate (independently of fuse's own reader), and comparing
-//! tensors with the fixtures' tolerance.
+//! tensors with a tolerance or in units in the last place.
 
 #![allow(dead_code)]
 
@@ -78,7 +78,7 @@ fn decode(b: &[u8], dtype: safetensors::Dtype) -> Vec<f32> {
     }
 }
 
-/// The fixtures' rule: same tensor set, shapes and dtypes, and
+/// Same tensor set, shapes and dtypes, and
 /// |ours - expected| <= tol * max(1, |expected|) everywhere.
 pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, tol: f32) {
     let a: Vec<&String> = ours.keys().collect();
@@ -90,6 +90,44 @@ pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, 
         assert_eq!(o.dtype, e.dtype, "dtype of {name}");
         for (i, (x, y)) in o.data.iter().zip(&e.data).enumerate() {
             assert!((x - y).abs() <= tol * y.abs().max(1.0), "{name}[{i}]: ours {x}, expected {y}");
+        }
+    }
+}
+
+/// The spacing of f32 numbers at |x| (one unit in the last place).
+pub fn ulp(x: f32) -> f64 {
+    let a = x.abs();
+    (f32::from_bits(a.to_bits() + 1) - a) as f64
+}
+
+/// Same tensor set, shapes and dtypes, and every entry within `ulps` units
+/// in the last place of its scale: the largest magnitude among the expected
+/// value and the `inputs`' entries of the same tensor at the same index.
+/// Rounding in a short f32 formula is bounded by the size of the values it
+/// combines, not by the result (which cancellation can make tiny).
+pub fn assert_ulps(
+    ours: &BTreeMap<String, T>,
+    expected: &BTreeMap<String, T>,
+    inputs: &[BTreeMap<String, T>],
+    ulps: f64,
+) {
+    let a: Vec<&String> = ours.keys().collect();
+    let b: Vec<&String> = expected.keys().collect();
+    assert_eq!(a, b, "tensor sets differ");
+    for (name, e) in expected {
+        let o = &ours[name];
+        assert_eq!(o.shape, e.shape, "shape of {name}");
+        assert_eq!(o.dtype, e.dtype, "dtype of {name}");
+        let ins: Vec<&[f32]> = inputs
+            .iter()
+            .filter_map(|m| m.get(name))
+            .filter(|t| t.data.len() == e.data.len())
+            .map(|t| &t.data[..])
+            .collect();
+        for (i, (x, y)) in o.data.iter().zip(&e.data).enumerate() {
+            let scale = ins.iter().map(|t| t[i].abs()).fold(y.abs(), f32::max);
+            let err = (*x as f64 - *y as f64).abs() / ulp(scale);
+            assert!(err <= ulps, "{name}[{i}]: ours {x:e}, expected {y:e}: {err:.1} ulps of {scale:e}, over {ulps}");
         }
     }
 }
