@@ -132,6 +132,42 @@ pub fn assert_ulps(
     }
 }
 
+/// TIES as the paper and mergekit describe it, written plainly with a full
+/// sort: an independent check of the kernel's O(n) selection.
+pub fn ties_reference(deltas: &[Vec<f32>], density: f64) -> Vec<f32> {
+    let trimmed: Vec<Vec<f32>> = deltas
+        .iter()
+        .map(|d| {
+            let k = ((density * d.len() as f64) as usize).max(1);
+            let mut idx: Vec<usize> = (0..d.len()).collect();
+            idx.sort_by(|&a, &b| d[b].abs().total_cmp(&d[a].abs()));
+            let mut t = vec![0f32; d.len()];
+            for &i in &idx[..k] {
+                t[i] = d[i];
+            }
+            t
+        })
+        .collect();
+    (0..deltas[0].len())
+        .map(|i| {
+            let sum: f32 = trimmed.iter().map(|t| t[i]).sum();
+            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+            let agree: Vec<f32> =
+                trimmed.iter().map(|t| t[i]).filter(|v| *v != 0.0 && v.signum() == majority).collect();
+            if agree.is_empty() {
+                0.0
+            } else {
+                agree.iter().sum::<f32>() / agree.len() as f32
+            }
+        })
+        .collect()
+}
+
+/// `a - b`, entry by entry, in f32 (as fuse subtracts).
+pub fn sub(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
 /// Writes a recipe into `dir` and returns its path.
 pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
