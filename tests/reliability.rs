@@ -325,3 +325,75 @@ fn outputs_do_not_depend_on_threads_or_budget() {
         assert_eq!(one, run("budget", "2", &["--max-memory", "1KB"]), "{name}: memory budget");
     }
 }
+
+/// The same for tensors several streaming chunks long and not a multiple of
+/// one, where the work of one tensor is split: per-chunk partial sums (norms,
+/// L1, counts), TIES's selection histograms (one per block of chunks, and
+/// the blocks depend on the thread count), per-chunk budgets for magnitudes
+/// equal to the threshold (bf16 deltas have many), random streams and whole
+/// tensors under the budget. The candle engine must agree as well.
+#[test]
+fn long_tensors_do_not_depend_on_threads_budget_or_engine() {
+    use fuse::exec::kernels::CHUNK;
+    use fuse::io::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Embeddings 6.4 chunks, MLP weights 5.9, attention 1.1 and under one.
+    let shape = TinyLlama { hidden: 192, intermediate: 1000, layers: 1, vocab: 1100, ..Default::default() };
+    let long: Vec<usize> = shape.tensors().iter().map(|(_, s)| s.iter().product()).filter(|n| *n > 4 * CHUNK).collect();
+    assert!(long.len() >= 2 && long.iter().all(|n| n % CHUNK != 0), "{long:?}");
+    for (name, terms) in
+        [("base", &[(1, 0.02)][..]), ("ft0", &[(1, 0.02), (2, 0.01)]), ("ft1", &[(1, 0.02), (3, 0.01)])]
+    {
+        shape.write(&d.join(name), terms).unwrap();
+        TinyLlama { dtype: DType::BF16, ..shape.clone() }.write(&d.join("bf16").join(name), terms).unwrap();
+    }
+    shape.write(&d.join("ft2"), &[(1, 0.02), (4, 0.01)]).unwrap();
+    let merges = [
+        ("ties", "base + ties(ft0, ft1, ft2, weight=[1.0, 0.7, 0.5], density=[0.2, 0.5, 0.8], rescale=true)"),
+        ("ties_bf16", "bbase + ties(bft0, bft1, density=0.3, base=bbase)"),
+        ("dare_ties", "base + dare_ties(ft0, ft1, density=0.4, seed=7)"),
+        ("slerp", "slerp(base, ft0, t=0.3)"),
+        ("nuslerp", "nuslerp(ft0, ft1, weight=[0.7, 0.3], base=base)"),
+        ("model_stock", "model_stock(ft0, ft1, ft2)"),
+        ("breadcrumbs_ties", "base + breadcrumbs_ties(ft0, ft1, density=0.8, gamma=0.1)"),
+        ("sce", "base + sce(ft0, ft1, ft2, select_topk=0.5)"),
+    ];
+    let run = |tag: &str, threads: &str, extra: &[&str]| -> Vec<Vec<u8>> {
+        let mut recipe = String::new();
+        for m in ["base", "ft0", "ft1", "ft2"] {
+            recipe += &format!("{m} = model(\"{m}\")\n");
+        }
+        for m in ["base", "ft0", "ft1"] {
+            recipe += &format!("b{m} = model(\"bf16/{m}\")\n");
+        }
+        for (name, expr) in merges {
+            recipe += &format!("save({expr}, \"{tag}/{name}\")\n");
+        }
+        let file = write_recipe(d, &format!("{tag}.fuse"), &recipe);
+        let o = Command::new(env!("CARGO_BIN_EXE_fuse"))
+            .current_dir(d)
+            .env("RAYON_NUM_THREADS", threads)
+            .arg("run")
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{tag}: {}", stderr(&o));
+        merges
+            .iter()
+            .map(|(name, _)| std::fs::read(d.join(tag).join(name).join("model.safetensors")).unwrap())
+            .collect()
+    };
+    let one = run("threads1", "1", &[]);
+    for (tag, threads, extra) in [
+        ("threads2", "2", &[][..]),
+        ("budget", "2", &["--max-memory", "1KB"]),
+        ("candle", "2", &["--device", "candle-cpu"]),
+    ] {
+        let other = run(tag, threads, extra);
+        for ((name, _), (a, b)) in merges.iter().zip(one.iter().zip(&other)) {
+            assert!(a == b, "{name}: one thread and {tag} differ");
+        }
+    }
+}
