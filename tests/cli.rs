@@ -132,11 +132,12 @@ fn existing_outputs_are_refused_without_force() {
     std::fs::write(tmp.path().join("out/keep.txt"), "precious").unwrap();
     let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "out"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("E0402"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0402");
     assert_eq!(std::fs::read_to_string(tmp.path().join("out/keep.txt")).unwrap(), "precious");
     // --force replaces only outputs fuse wrote (tests/outputs.rs has every case).
     let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "out", "--force"]);
-    assert!(stderr(&o).contains("E0402") && stderr(&o).contains("`keep.txt`"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0402");
+    assert!(stderr(&o).contains("`keep.txt`"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(tmp.path().join("out/keep.txt")).unwrap(), "precious");
     std::fs::remove_file(tmp.path().join("out/keep.txt")).unwrap();
     fuse_ok(tmp.path(), &["run", "r.fuse", "-o", "out"]);
@@ -153,7 +154,7 @@ fn a_failed_run_leaves_nothing_behind() {
     std::fs::write(tmp.path().join("blocker"), "").unwrap();
     let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "blocker/out"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("E0403"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0403");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -36,6 +36,23 @@ pub fn fuse_ok(cwd: &Path, args: &[&str]) -> Output {
     o
 }
 
+/// The environment variable naming the file where [`expect_code`] records
+/// the codes it saw (set by the meta-test in `diagnostics.rs`).
+pub const OBSERVED_CODES: &str = "FUSE_TEST_OBSERVED_CODES";
+
+/// Asserts that a process's `stderr` reports diagnostic `code`
+/// (`[E0402] Error: ...`), and records the code where [`OBSERVED_CODES`]
+/// says: the meta-test reruns the tests that name runtime codes and checks
+/// that each was seen by a passing assertion.
+pub fn expect_code(stderr: &str, code: &str) {
+    assert!(stderr.contains(&format!("[{code}]")), "expected [{code}] in:\n{stderr}");
+    if let Some(path) = std::env::var_os(OBSERVED_CODES) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(f, "{code}").unwrap();
+    }
+}
+
 /// A tensor read back from disk as f32.
 #[derive(Debug, Clone)]
 pub struct T {
