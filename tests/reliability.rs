@@ -1,6 +1,7 @@
 //! Bad input, faults and hostile files: every failure names the file and the
 //! problem, exits non-zero, and leaves no output behind; interrupted runs
-//! never leave a complete-looking output that differs from a full run.
+//! never leave a complete-looking output that differs from a full run; and
+//! outputs do not depend on the thread count, the memory budget or the engine.
 
 use crate::common::*;
 use fuse::testmodel::TinyLlama;
