@@ -341,6 +341,8 @@ fn long_tensors_do_not_depend_on_threads_budget_or_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     // Embeddings 6.4 chunks, MLP weights 5.9, attention 1.1 and under one.
+    // Above 4 chunks, one thread's 4 histogram blocks hold several chunks
+    // each and two threads' 8 blocks one each.
     let shape = TinyLlama { hidden: 192, intermediate: 1000, layers: 1, vocab: 1100, ..Default::default() };
     let long: Vec<usize> = shape.tensors().iter().map(|(_, s)| s.iter().product()).filter(|n| *n > 4 * CHUNK).collect();
     assert!(long.len() >= 2 && long.iter().all(|n| n % CHUNK != 0), "{long:?}");
