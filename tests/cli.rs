@@ -18,41 +18,6 @@ fn demo_models(dir: &Path) -> std::path::PathBuf {
     models
 }
 
-/// TIES as the paper and mergekit describe it, written plainly with a full
-/// sort: an independent check of the kernel's O(n) selection.
-fn ties_reference(deltas: &[Vec<f32>], density: f64) -> Vec<f32> {
-    let trimmed: Vec<Vec<f32>> = deltas
-        .iter()
-        .map(|d| {
-            let k = ((density * d.len() as f64) as usize).max(1);
-            let mut idx: Vec<usize> = (0..d.len()).collect();
-            idx.sort_by(|&a, &b| d[b].abs().total_cmp(&d[a].abs()));
-            let mut t = vec![0f32; d.len()];
-            for &i in &idx[..k] {
-                t[i] = d[i];
-            }
-            t
-        })
-        .collect();
-    (0..deltas[0].len())
-        .map(|i| {
-            let sum: f32 = trimmed.iter().map(|t| t[i]).sum();
-            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-            let agree: Vec<f32> =
-                trimmed.iter().map(|t| t[i]).filter(|v| *v != 0.0 && v.signum() == majority).collect();
-            if agree.is_empty() {
-                0.0
-            } else {
-                agree.iter().sum::<f32>() / agree.len() as f32
-            }
-        })
-        .collect()
-}
-
-fn sub(a: &[f32], b: &[f32]) -> Vec<f32> {
-    a.iter().zip(b).map(|(x, y)| x - y).collect()
-}
-
 #[test]
 fn design_card_equals_its_closed_form() {
     let tmp = tempfile::tempdir().unwrap();
@@ -167,11 +132,12 @@ fn existing_outputs_are_refused_without_force() {
     std::fs::write(tmp.path().join("out/keep.txt"), "precious").unwrap();
     let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "out"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("E0402"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0402");
     assert_eq!(std::fs::read_to_string(tmp.path().join("out/keep.txt")).unwrap(), "precious");
     // --force replaces only outputs fuse wrote (tests/outputs.rs has every case).
     let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "out", "--force"]);
-    assert!(stderr(&o).contains("E0402") && stderr(&o).contains("`keep.txt`"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0402");
+    assert!(stderr(&o).contains("`keep.txt`"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(tmp.path().join("out/keep.txt")).unwrap(), "precious");
     std::fs::remove_file(tmp.path().join("out/keep.txt")).unwrap();
     fuse_ok(tmp.path(), &["run", "r.fuse", "-o", "out"]);
@@ -188,7 +154,7 @@ fn a_failed_run_leaves_nothing_behind() {
     std::fs::write(tmp.path().join("blocker"), "").unwrap();
     let o = fuse(tmp.path(), &["run", "r.fuse", "-o", "blocker/out"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("E0403"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0403");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

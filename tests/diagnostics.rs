@@ -165,21 +165,168 @@ fn every_case_reports_what_it_expects() {
     });
 }
 
-/// Codes that only a run can produce are asserted on in `cli.rs`.
+/// Codes that only a run can produce: tests assert them on a real process's
+/// stderr with `expect_code` (cli.rs, outputs.rs, reliability.rs).
 const RUNTIME_CODES: &[&str] = &["E0402", "E0403", "E0404", "E0405"];
 
 #[test]
 fn every_code_is_tested() {
+    if std::env::var_os(OBSERVED_CODES).is_some() {
+        return; // the rerun below
+    }
     let names: Vec<String> = cases().iter().map(|p| p.file_stem().unwrap().to_str().unwrap().to_string()).collect();
-    let cli = std::fs::read_to_string(root().join("tests/cli.rs")).unwrap()
-        + &std::fs::read_to_string(root().join("tests/reliability.rs")).unwrap();
-    for code in Code::ALL {
+    for code in Code::ALL.iter().filter(|c| !RUNTIME_CODES.contains(&c.as_str())) {
         let c = code.as_str();
-        let covered = if RUNTIME_CODES.contains(&c) {
-            cli.contains(&format!("\"{c}\""))
+        assert!(
+            names.iter().any(|n| n.starts_with(c)),
+            "{c} ({}) has no test: add tests/diagnostics/{c}.fuse",
+            code.summary()
+        );
+    }
+    let (tests, observed) = observe_runtime_codes();
+    for c in RUNTIME_CODES {
+        assert!(
+            observed.contains(*c),
+            "{c} was never seen by a passing `expect_code` in these tests: {tests:?}; \
+             assert it on a run's stderr with `expect_code(&stderr, \"{c}\")`"
+        );
+    }
+}
+
+/// Reruns, in a child process of this test binary, every test that names a
+/// runtime code in its code (not its comments) or calls a function that
+/// does, and returns those tests and the codes their `expect_code`
+/// assertions saw pass.
+fn observe_runtime_codes() -> (Vec<String>, std::collections::BTreeSet<String>) {
+    // Top-level functions: (test name if a test, name, body). A body ends at
+    // the first `}` in column 0 (rustfmt).
+    let mut fns: Vec<(Option<String>, String, String)> = Vec::new();
+    for e in std::fs::read_dir(root().join("tests")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let module = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let code = strip_comments(&std::fs::read_to_string(&path).unwrap());
+        let lines: Vec<&str> = code.lines().collect();
+        let mut is_test = false;
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() == "#[test]" {
+                is_test = true;
+            } else if let Some(rest) = line.strip_prefix("fn ").or_else(|| line.strip_prefix("pub fn ")) {
+                let name = rest[..rest.find(['(', '<']).unwrap()].to_string();
+                let body = lines[i + 1..].iter().take_while(|l| **l != "}").copied().collect::<Vec<_>>().join("\n");
+                fns.push((is_test.then(|| format!("{module}::{name}")), name, body));
+                is_test = false;
+            }
+        }
+    }
+    let mut naming: Vec<bool> =
+        fns.iter().map(|(_, _, body)| RUNTIME_CODES.iter().any(|c| body.contains(&format!("\"{c}\"")))).collect();
+    loop {
+        let callers: Vec<bool> = fns
+            .iter()
+            .map(|(_, _, body)| {
+                fns.iter().zip(&naming).any(|((_, n, _), named)| *named && body.contains(&format!("{n}(")))
+            })
+            .collect();
+        let next: Vec<bool> = naming.iter().zip(&callers).map(|(a, b)| *a || *b).collect();
+        if next == naming {
+            break;
+        }
+        naming = next;
+    }
+    let mut tests: Vec<String> =
+        fns.iter().zip(&naming).filter(|(_, named)| **named).filter_map(|((test, _, _), _)| test.clone()).collect();
+    tests.sort();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("codes");
+    let o = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--quiet"])
+        .args(&tests)
+        .env(OBSERVED_CODES, &file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rerunning {tests:?} failed:\n{}{}", stdout(&o), stderr(&o));
+    let seen = std::fs::read_to_string(&file).unwrap_or_default();
+    (tests, seen.lines().map(str::to_string).collect())
+}
+
+/// Rust source with its comments removed (string, raw string and character
+/// literals kept whole, so a `//` inside one is not a comment).
+fn strip_comments(src: &str) -> String {
+    let s = src.as_bytes();
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i..].starts_with(b"//") {
+            while i < s.len() && s[i] != b'\n' {
+                i += 1;
+            }
+        } else if s[i..].starts_with(b"/*") {
+            let mut depth = 0;
+            while i < s.len() {
+                if s[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if s[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    if s[i] == b'\n' {
+                        out.push(b'\n');
+                    }
+                    i += 1;
+                }
+            }
         } else {
-            names.iter().any(|n| n.starts_with(c))
-        };
-        assert!(covered, "{c} ({}) has no test: add tests/diagnostics/{c}.fuse", code.summary());
+            let len = literal_len(s, i).unwrap_or(1).min(s.len() - i);
+            out.extend_from_slice(&s[i..i + len]);
+            i += len;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The length of the string, raw string or character literal at `s[i]`, if
+/// one starts there (a `'` that starts none is a lifetime).
+fn literal_len(s: &[u8], i: usize) -> Option<usize> {
+    match s[i] {
+        b'"' => {
+            let mut j = i + 1;
+            while j < s.len() && s[j] != b'"' {
+                j += if s[j] == b'\\' { 2 } else { 1 };
+            }
+            Some(j + 1 - i)
+        }
+        b'r' => {
+            let hashes = s[i + 1..].iter().take_while(|b| **b == b'#').count();
+            if s.get(i + 1 + hashes) != Some(&b'"') {
+                return None;
+            }
+            let close: Vec<u8> = std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
+            let start = i + 2 + hashes;
+            let end =
+                s[start..].windows(close.len()).position(|w| w == close).map_or(s.len(), |k| start + k + close.len());
+            Some(end - i)
+        }
+        b'\'' if s.get(i + 1) == Some(&b'\\') => {
+            let end = s[i + 2..].iter().skip(1).position(|b| *b == b'\'').map_or(s.len(), |k| i + 3 + k + 1);
+            Some(end - i)
+        }
+        b'\'' => {
+            // One character, of 1 to 4 bytes, then the closing quote.
+            let width = match s.get(i + 1).copied().unwrap_or(0) {
+                b if b < 0x80 => 1,
+                b if b >= 0xf0 => 4,
+                b if b >= 0xe0 => 3,
+                _ => 2,
+            };
+            (s.get(i + 1 + width) == Some(&b'\'')).then_some(width + 2)
+        }
+        _ => None,
     }
 }

@@ -1,8 +1,32 @@
 //! mergekit 0.1.5 goldens: each `tests/golden/NAME.fuse` is the port of
 //! `tests/fixtures/mergekit/cases/NAME/mergekit.yml`; its output must match
-//! mergekit's within the fixtures' tolerance.
+//! mergekit's to a few units in the last place of f32 (tighter than the
+//! fixtures' README asks: 1e-5 is about 1% of a task-vector entry there).
 
 use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Both mergekit and fuse evaluate each entry as a short f32 formula (a few
+/// products and sums of at most four inputs, with coefficients computed once
+/// per tensor), rounding a handful of times by at most half an ulp of the
+/// values combined: a few ulps each, so 8 between them. Measured largest
+/// errors, in ulps of the entry's scale: 0 for task arithmetic, TIES,
+/// breadcrumbs and passthrough (bit for bit); 2 linear, slerp, model_stock,
+/// nearswap; 3 linear_unnormalized, sce; 4 nuslerp; 5 karcher, multislerp;
+/// 6 nuslerp with a base (coefficients above 1 on task vectors). arcee_fusion
+/// has its own rule below.
+const ULPS: f64 = 8.0;
+
+/// The fixture models `recipe` reads.
+fn inputs(recipe: &Path) -> Vec<BTreeMap<String, T>> {
+    let text = std::fs::read_to_string(recipe).unwrap();
+    ["base", "ft0", "ft1", "ft2"]
+        .iter()
+        .filter(|m| text.contains(&format!("models/{m}\")")))
+        .map(|m| read_model(&fixtures().join("models").join(m)))
+        .collect()
+}
 
 fn golden(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
@@ -11,7 +35,7 @@ fn golden(name: &str) {
     fuse_ok(&root(), &["run", recipe.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     let ours = read_model(&out);
     let expected = read_model(&fixtures().join("cases").join(name).join("expected"));
-    assert_close(&ours, &expected, 1e-5);
+    assert_ulps(&ours, &expected, &inputs(&recipe), ULPS);
 }
 
 #[test]
@@ -86,10 +110,12 @@ fn nearswap() {
 
 /// Arcee Fusion keeps each entry of either the base or the fine-tune,
 /// chosen by an importance whose KL factor is near float32's resolution on
-/// these small models, so mergekit's rounding noise decides borderline
-/// entries. Every entry must be exactly one of the two, the choice must
-/// agree with mergekit's on all but a sliver of entries, and all else is
-/// the fixtures' rule.
+/// these small models, so mergekit's float32 rounding decides borderline
+/// entries (about 0.2% fall on the other side of a float64 computation). No
+/// ulp rule can hold there: a flipped choice is off by the whole difference
+/// of the inputs. Every entry must be exactly one of the two, as every one
+/// of mergekit's is, and equal mergekit's on all but a sliver: 70 of 34,016
+/// entries (0.21%) measured, 0.3% allowed.
 #[test]
 fn arcee_fusion() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,13 +133,14 @@ fn arcee_fusion() {
         for i in 0..e.data.len() {
             let (b, f) = (base[name].data[i], ft[name].data[i]);
             assert!(o.data[i] == b || o.data[i] == f, "{name}[{i}] is neither input");
+            assert!(e.data[i] == b || e.data[i] == f, "mergekit's {name}[{i}] is neither input");
             total += 1;
             kept += usize::from(o.data[i] == f && f != b);
-            differ += usize::from((o.data[i] - e.data[i]).abs() > 1e-5 * e.data[i].abs().max(1.0));
+            differ += usize::from(o.data[i] != e.data[i]);
         }
     }
     assert!(kept > total / 20, "the fusion kept almost nothing: {kept} of {total}");
-    assert!(differ * 200 < total, "{differ} of {total} entries disagree with mergekit");
+    assert!(differ * 1000 < total * 3, "{differ} of {total} entries disagree with mergekit");
 }
 
 #[test]

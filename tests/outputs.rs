@@ -49,7 +49,7 @@ fn refused(cwd: &Path, args: &[&str], code: &str, words: &[&str], root: &Path) -
     let o = fuse(cwd, args);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "fuse {args:?}: {e}");
-    assert!(e.contains(code), "fuse {args:?}: expected {code} in\n{e}");
+    expect_code(&e, code);
     for w in words {
         assert!(e.contains(w), "fuse {args:?}: expected `{w}` in\n{e}");
     }

@@ -1,6 +1,7 @@
 //! Bad input, faults and hostile files: every failure names the file and the
 //! problem, exits non-zero, and leaves no output behind; interrupted runs
-//! never leave a complete-looking output that differs from a full run.
+//! never leave a complete-looking output that differs from a full run; and
+//! outputs do not depend on the thread count, the memory budget or the engine.
 
 use crate::common::*;
 use fuse::testmodel::TinyLlama;
@@ -144,7 +145,8 @@ fn non_finite_inputs_warn_and_strict_refuses() {
     write_recipe(d, "r.fuse", "m = model(\"nan\")\nm\n");
     let o = fuse(d, &["run", "r.fuse", "-o", "out"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("E0404") && stderr(&o).contains("tensor `w`"), "{}", stderr(&o));
+    expect_code(&stderr(&o), "E0404");
+    assert!(stderr(&o).contains("tensor `w`"), "{}", stderr(&o));
     let o = fuse(d, &["run", "r.fuse", "-o", "strict", "--strict"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("tensor `w`") && stderr(&o).contains("NaN"), "{}", stderr(&o));
@@ -177,54 +179,90 @@ fn a_full_disk_fails_cleanly() {
     assert_eq!(out.lines().skip_while(|l| !l.starts_with("rc=")).count(), 1, "left behind:\n{out}");
 }
 
-/// Kills runs at several points; an output that exists must equal a full run's.
+/// Kills runs at several points; an output that exists must equal a full
+/// run's, and no output means fuse stopped (exit 130, E0405) or was killed.
+/// The test must see both happen part way through writing: a SIGINT or
+/// SIGTERM that fuse handles, and a SIGKILL that leaves the hidden partial
+/// directory for the next run to remove. Each signal is also sent as soon
+/// as the partial directory appears; a machine fast enough to finish first
+/// gets a larger model (a few times at most).
 #[test]
 fn interrupted_runs_leave_nothing_or_the_whole_thing() {
+    let mut seen = Vec::new();
+    for vocab in [8_000, 24_000, 64_000] {
+        let (stopped, killed) = interrupt_runs(vocab);
+        if stopped > 0 && killed > 0 {
+            return;
+        }
+        seen.push(format!("vocab {vocab}: {stopped} stopped by fuse, {killed} killed while writing"));
+    }
+    panic!("no run was interrupted part way through:\n{}", seen.join("\n"));
+}
+
+/// Signals runs of a TIES merge with the given vocabulary; returns how many
+/// fuse stopped cleanly and how many a SIGKILL ended while writing.
+fn interrupt_runs(vocab: usize) -> (usize, usize) {
+    use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let shape = TinyLlama { hidden: 256, intermediate: 704, layers: 4, vocab: 8000, ..Default::default() };
+    let shape = TinyLlama { hidden: 256, intermediate: 704, layers: 4, vocab, ..Default::default() };
     shape.write(&d.join("a"), &[(1, 0.02)]).unwrap();
     shape.write(&d.join("b"), &[(1, 0.02), (2, 0.01)]).unwrap();
     write_recipe(d, "r.fuse", "base = model(\"a\")\nb = model(\"b\")\nbase + ties(b, density=0.3)\n");
     fuse_ok(d, &["run", "r.fuse", "-o", "reference"]);
     let reference = std::fs::read(d.join("reference/model.safetensors")).unwrap();
-    for (i, ms) in [1u64, 10, 25, 50, 100, 200].iter().enumerate() {
+    let hidden = |out: &str, tag: &str| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".{out}.fuse-{tag}")))
+            .collect()
+    };
+    // A delay after the start, or none: at once when the partial directory appears.
+    let delays = [Some(1u64), Some(10), Some(25), Some(50), Some(100), Some(200), None, None, None];
+    let (mut stopped, mut killed) = (0, 0);
+    for (i, delay) in delays.iter().enumerate() {
         let signal = ["INT", "TERM", "KILL"][i % 3];
+        let when = delay.map_or("when writing starts".to_string(), |ms| format!("at {ms} ms"));
         let out = format!("out{i}");
-        let child = Command::new(env!("CARGO_BIN_EXE_fuse"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
             .current_dir(d)
             .args(["run", "r.fuse", "-o", &out])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(*ms));
+        match delay {
+            Some(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            None => {
+                while hidden(&out, "partial").is_empty() && child.try_wait().unwrap().is_none() {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
         let _ = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
         let done = child.wait_with_output().unwrap();
-        let status = done.status;
+        let (status, err) = (done.status, stderr(&done));
         let target = d.join(&out);
         if target.exists() {
-            assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference, "{signal} at {ms} ms");
-        } else if signal != "KILL" {
-            // A signal that lands before fuse installs its handlers ends it
-            // outright (nothing was started); later ones stop it cleanly.
-            use std::os::unix::process::ExitStatusExt;
-            if status.signal().is_none() {
-                assert_eq!(status.code(), Some(130), "{signal} at {ms} ms: {status:?}");
-                assert!(stderr(&done).contains("E0405"), "{}", stderr(&done));
-            }
+            assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference, "{signal} {when}");
+        } else if status.signal().is_some() {
+            // SIGKILL, or a signal that landed before fuse installed its handlers.
+            killed += usize::from(signal == "KILL" && !hidden(&out, "partial").is_empty());
+        } else {
+            assert_eq!(status.code(), Some(130), "{signal} {when}: {status:?}\n{err}");
+            expect_code(&err, "E0405");
+            assert!(hidden(&out, "").is_empty(), "{signal} {when}: fuse stopped but left {:?}", hidden(&out, ""));
+            stopped += 1;
         }
         // Anything a killed run left is hidden, and the next run to that output removes it.
         if !target.exists() {
             fuse_ok(d, &["run", "r.fuse", "-o", &out]);
             assert_eq!(std::fs::read(target.join("model.safetensors")).unwrap(), reference);
         }
-        let leftovers: Vec<_> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&format!(".{out}.fuse-")))
-            .collect();
-        assert!(leftovers.is_empty(), "{signal} at {ms} ms left {leftovers:?}");
+        let leftovers = hidden(&out, "");
+        assert!(leftovers.is_empty(), "{signal} {when} left {leftovers:?}");
     }
+    (stopped, killed)
 }
 
 #[test]
@@ -287,5 +325,79 @@ fn outputs_do_not_depend_on_threads_or_budget() {
         let one = run("1", "1", &[]);
         assert_eq!(one, run("2", "2", &[]), "{name}: threads");
         assert_eq!(one, run("budget", "2", &["--max-memory", "1KB"]), "{name}: memory budget");
+    }
+}
+
+/// The same for tensors several streaming chunks long and not a multiple of
+/// one, where the work of one tensor is split: per-chunk partial sums (norms,
+/// L1, counts), TIES's selection histograms (one per block of chunks, and
+/// the blocks depend on the thread count), per-chunk budgets for magnitudes
+/// equal to the threshold (bf16 deltas have many), random streams and whole
+/// tensors under the budget. The candle engine must agree as well.
+#[test]
+fn long_tensors_do_not_depend_on_threads_budget_or_engine() {
+    use fuse::exec::kernels::CHUNK;
+    use fuse::io::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Embeddings 6.4 chunks, MLP weights 5.9, attention 1.1 and under one.
+    // Above 4 chunks, one thread's 4 histogram blocks hold several chunks
+    // each and two threads' 8 blocks one each.
+    let shape = TinyLlama { hidden: 192, intermediate: 1000, layers: 1, vocab: 1100, ..Default::default() };
+    let long: Vec<usize> = shape.tensors().iter().map(|(_, s)| s.iter().product()).filter(|n| *n > 4 * CHUNK).collect();
+    assert!(long.len() >= 2 && long.iter().all(|n| n % CHUNK != 0), "{long:?}");
+    for (name, terms) in
+        [("base", &[(1, 0.02)][..]), ("ft0", &[(1, 0.02), (2, 0.01)]), ("ft1", &[(1, 0.02), (3, 0.01)])]
+    {
+        shape.write(&d.join(name), terms).unwrap();
+        TinyLlama { dtype: DType::BF16, ..shape.clone() }.write(&d.join("bf16").join(name), terms).unwrap();
+    }
+    shape.write(&d.join("ft2"), &[(1, 0.02), (4, 0.01)]).unwrap();
+    let merges = [
+        ("ties", "base + ties(ft0, ft1, ft2, weight=[1.0, 0.7, 0.5], density=[0.2, 0.5, 0.8], rescale=true)"),
+        ("ties_bf16", "bbase + ties(bft0, bft1, density=0.3, base=bbase)"),
+        ("dare_ties", "base + dare_ties(ft0, ft1, density=0.4, seed=7)"),
+        ("slerp", "slerp(base, ft0, t=0.3)"),
+        ("nuslerp", "nuslerp(ft0, ft1, weight=[0.7, 0.3], base=base)"),
+        ("model_stock", "model_stock(ft0, ft1, ft2)"),
+        ("breadcrumbs_ties", "base + breadcrumbs_ties(ft0, ft1, density=0.8, gamma=0.1)"),
+        ("sce", "base + sce(ft0, ft1, ft2, select_topk=0.5)"),
+    ];
+    let run = |tag: &str, threads: &str, extra: &[&str]| -> Vec<Vec<u8>> {
+        let mut recipe = String::new();
+        for m in ["base", "ft0", "ft1", "ft2"] {
+            recipe += &format!("{m} = model(\"{m}\")\n");
+        }
+        for m in ["base", "ft0", "ft1"] {
+            recipe += &format!("b{m} = model(\"bf16/{m}\")\n");
+        }
+        for (name, expr) in merges {
+            recipe += &format!("save({expr}, \"{tag}/{name}\")\n");
+        }
+        let file = write_recipe(d, &format!("{tag}.fuse"), &recipe);
+        let o = Command::new(env!("CARGO_BIN_EXE_fuse"))
+            .current_dir(d)
+            .env("RAYON_NUM_THREADS", threads)
+            .arg("run")
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{tag}: {}", stderr(&o));
+        merges
+            .iter()
+            .map(|(name, _)| std::fs::read(d.join(tag).join(name).join("model.safetensors")).unwrap())
+            .collect()
+    };
+    let one = run("threads1", "1", &[]);
+    for (tag, threads, extra) in [
+        ("threads2", "2", &[][..]),
+        ("budget", "2", &["--max-memory", "1KB"]),
+        ("candle", "2", &["--device", "candle-cpu"]),
+    ] {
+        let other = run(tag, threads, extra);
+        for ((name, _), (a, b)) in merges.iter().zip(one.iter().zip(&other)) {
+            assert!(a == b, "{name}: one thread and {tag} differ");
+        }
     }
 }

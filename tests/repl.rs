@@ -3,7 +3,9 @@
 
 use crate::common::*;
 use fuse::testmodel::TinyLlama;
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 pub fn repl(dir: &std::path::Path, args: &[&str], input: &str) -> (String, String) {
@@ -64,9 +66,58 @@ fn repl_types_errors_statistics_and_completion() {
     };
     assert!((all(blocks[0]) - 1.0).abs() < 1e-4, "{}", blocks[0]);
     assert!(all(blocks[1]).abs() < 0.1, "{}", blocks[1]);
-    // :stats: two 20% trims leave most entries zero.
-    assert!(out.contains("L2 norm") && out.contains("%"), "{out}");
+    // :stats: each layer's L2 norm and share of zeros, as TIES written
+    // plainly gives them from the checkpoints' bytes (two 20% trims leave
+    // about 0.8 * 0.8 of the entries zero).
+    let stats: BTreeMap<String, (String, f64)> = out
+        .split("   layer      L2 norm     zeros\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no :stats table in\n{out}"))
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .take_while(|w| w.len() == 3 && w[2].ends_with('%'))
+        .map(|w| (w[0].to_string(), (w[1].to_string(), w[2].trim_end_matches('%').parse().unwrap())))
+        .collect();
+    let expected = ties_stats(d, 0.2);
+    assert_eq!(stats.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{out}");
+    for (layer, (norm, zeros)) in &stats {
+        let (want_norm, want_zeros) = expected[layer];
+        // Within the printed precision: half a unit of the last digit, and a little.
+        let (mantissa, exp) = norm.split_once('e').unwrap();
+        let (mantissa, exp): (f64, i32) = (mantissa.parse().unwrap(), exp.parse().unwrap());
+        let unit = 10f64.powi(exp - 4);
+        assert!(
+            (mantissa * 10f64.powi(exp) - want_norm).abs() <= 0.6 * unit,
+            "layer {layer}: L2 norm {norm}, expected {want_norm}"
+        );
+        assert!(
+            (zeros - 100.0 * want_zeros).abs() <= 0.006,
+            "layer {layer}: zeros {zeros}%, expected {}%",
+            100.0 * want_zeros
+        );
+        assert!((0.6..0.7).contains(&want_zeros), "layer {layer}: {want_zeros}");
+    }
     // Completion, and a multi-line expression.
     assert!(out.lines().any(|l| l.split_whitespace().any(|w| w == "ties")), "{out}");
     assert!(out.matches("Model  (LlamaForCausalLM").count() >= 1, "{out}");
+}
+
+/// Per layer ("other" for the rest), the L2 norm and the fraction of zeros
+/// of `ties(math, code, density)` on `base`, computed with the plain TIES
+/// of `common` from the checkpoints in `dir`.
+fn ties_stats(dir: &Path, density: f64) -> BTreeMap<String, (f64, f64)> {
+    let [base, math, code] = ["base", "math", "code"].map(|m| read_model(&dir.join(m)));
+    let mut per: BTreeMap<String, (f64, usize, usize)> = BTreeMap::new();
+    for (name, b) in &base {
+        let merged = ties_reference(&[sub(&math[name].data, &b.data), sub(&code[name].data, &b.data)], density);
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .map_or("other".to_string(), str::to_string);
+        let e = per.entry(layer).or_default();
+        e.0 += merged.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+        e.1 += merged.iter().filter(|v| **v == 0.0).count();
+        e.2 += merged.len();
+    }
+    per.into_iter().map(|(l, (sq, z, n))| (l, (sq.sqrt(), z as f64 / n as f64))).collect()
 }

@@ -1,6 +1,6 @@
 //! Shared helpers: running the real binary, reading checkpoints with the
 //! `safetensors` crate (independently of fuse's own reader), and comparing
-//! tensors with the fixtures' tolerance.
+//! tensors with a tolerance or in units in the last place.
 
 #![allow(dead_code)]
 
@@ -34,6 +34,23 @@ pub fn fuse_ok(cwd: &Path, args: &[&str]) -> Output {
     let o = fuse(cwd, args);
     assert!(o.status.success(), "fuse {args:?} failed:\n{}", stderr(&o));
     o
+}
+
+/// The environment variable naming the file where [`expect_code`] records
+/// the codes it saw (set by the meta-test in `diagnostics.rs`).
+pub const OBSERVED_CODES: &str = "FUSE_TEST_OBSERVED_CODES";
+
+/// Asserts that a process's `stderr` reports diagnostic `code`
+/// (`[E0402] Error: ...`), and records the code where [`OBSERVED_CODES`]
+/// says: the meta-test reruns the tests that name runtime codes and checks
+/// that each was seen by a passing assertion.
+pub fn expect_code(stderr: &str, code: &str) {
+    assert!(stderr.contains(&format!("[{code}]")), "expected [{code}] in:\n{stderr}");
+    if let Some(path) = std::env::var_os(OBSERVED_CODES) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(f, "{code}").unwrap();
+    }
 }
 
 /// A tensor read back from disk as f32.
@@ -78,7 +95,7 @@ fn decode(b: &[u8], dtype: safetensors::Dtype) -> Vec<f32> {
     }
 }
 
-/// The fixtures' rule: same tensor set, shapes and dtypes, and
+/// Same tensor set, shapes and dtypes, and
 /// |ours - expected| <= tol * max(1, |expected|) everywhere.
 pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, tol: f32) {
     let a: Vec<&String> = ours.keys().collect();
@@ -92,6 +109,80 @@ pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, 
             assert!((x - y).abs() <= tol * y.abs().max(1.0), "{name}[{i}]: ours {x}, expected {y}");
         }
     }
+}
+
+/// The spacing of f32 numbers at |x| (one unit in the last place).
+pub fn ulp(x: f32) -> f64 {
+    let a = x.abs();
+    (f32::from_bits(a.to_bits() + 1) - a) as f64
+}
+
+/// Same tensor set, shapes and dtypes, and every entry within `ulps` units
+/// in the last place of its scale: the largest magnitude among the expected
+/// value and the `inputs`' entries of the same tensor at the same index.
+/// Rounding in a short f32 formula is bounded by the size of the values it
+/// combines, not by the result (which cancellation can make tiny).
+pub fn assert_ulps(
+    ours: &BTreeMap<String, T>,
+    expected: &BTreeMap<String, T>,
+    inputs: &[BTreeMap<String, T>],
+    ulps: f64,
+) {
+    let a: Vec<&String> = ours.keys().collect();
+    let b: Vec<&String> = expected.keys().collect();
+    assert_eq!(a, b, "tensor sets differ");
+    for (name, e) in expected {
+        let o = &ours[name];
+        assert_eq!(o.shape, e.shape, "shape of {name}");
+        assert_eq!(o.dtype, e.dtype, "dtype of {name}");
+        let ins: Vec<&[f32]> = inputs
+            .iter()
+            .filter_map(|m| m.get(name))
+            .filter(|t| t.data.len() == e.data.len())
+            .map(|t| &t.data[..])
+            .collect();
+        for (i, (x, y)) in o.data.iter().zip(&e.data).enumerate() {
+            let scale = ins.iter().map(|t| t[i].abs()).fold(y.abs(), f32::max);
+            let err = (*x as f64 - *y as f64).abs() / ulp(scale);
+            assert!(err <= ulps, "{name}[{i}]: ours {x:e}, expected {y:e}: {err:.1} ulps of {scale:e}, over {ulps}");
+        }
+    }
+}
+
+/// TIES as the paper and mergekit describe it, written plainly with a full
+/// sort: an independent check of the kernel's O(n) selection.
+pub fn ties_reference(deltas: &[Vec<f32>], density: f64) -> Vec<f32> {
+    let trimmed: Vec<Vec<f32>> = deltas
+        .iter()
+        .map(|d| {
+            let k = ((density * d.len() as f64) as usize).max(1);
+            let mut idx: Vec<usize> = (0..d.len()).collect();
+            idx.sort_by(|&a, &b| d[b].abs().total_cmp(&d[a].abs()));
+            let mut t = vec![0f32; d.len()];
+            for &i in &idx[..k] {
+                t[i] = d[i];
+            }
+            t
+        })
+        .collect();
+    (0..deltas[0].len())
+        .map(|i| {
+            let sum: f32 = trimmed.iter().map(|t| t[i]).sum();
+            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+            let agree: Vec<f32> =
+                trimmed.iter().map(|t| t[i]).filter(|v| *v != 0.0 && v.signum() == majority).collect();
+            if agree.is_empty() {
+                0.0
+            } else {
+                agree.iter().sum::<f32>() / agree.len() as f32
+            }
+        })
+        .collect()
+}
+
+/// `a - b`, entry by entry, in f32 (as fuse subtracts).
+pub fn sub(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
 /// Writes a recipe into `dir` and returns its path.
