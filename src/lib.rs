@@ -16,5 +16,6 @@ pub mod ir;
 pub mod lsp;
 pub mod progress;
 pub mod repl;
+pub mod rng;
 pub mod syntax;
 pub mod testmodel;

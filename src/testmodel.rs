@@ -85,9 +85,9 @@ impl TinyLlama {
             let n: usize = shape.iter().product();
             let mut vals = vec![if name.contains("norm") { 1.0f32 } else { 0.0 }; n];
             for &(seed, scale) in terms {
-                let mut rng = Rng::new(seed, name);
-                for v in vals.iter_mut() {
-                    *v += scale * rng.normal();
+                let key = crate::rng::stream_key(seed, name, 0);
+                for (i, v) in vals.iter_mut().enumerate() {
+                    *v += scale * crate::rng::normal(key, i as u64) as f32;
                 }
             }
             let slot = layout.slots[i];
@@ -146,32 +146,5 @@ impl TinyLlama {
             "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
         });
         serde_json::to_string(&v).unwrap()
-    }
-}
-
-/// splitmix64 seeded from (seed, name): the same stream whatever the order.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, name: &str) -> Rng {
-        let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
-        for b in name.bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
-        }
-        Rng(h)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
     }
 }

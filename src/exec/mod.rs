@@ -207,12 +207,7 @@ pub fn router(inputs: &Inputs, mode: &RouterMode, tensor: &str, shape: &[usize])
         RouterMode::Uniform => vec![0.0; experts * hidden],
         RouterMode::Random { seed } => {
             let key = kernels::stream_key(*seed, tensor, 0);
-            (0..experts * hidden)
-                .map(|i| {
-                    let (u, v) = (kernels::uniform(key, 2 * i as u64), kernels::uniform(key, 2 * i as u64 + 1));
-                    ((-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-                })
-                .collect()
+            (0..experts * hidden).map(|i| crate::rng::normal(key, i as u64) as f32).collect()
         }
         RouterMode::CheapEmbed { model, tensor: embed, tokens } => {
             let mut out = vec![0f32; experts * hidden];

@@ -8,7 +8,8 @@ mod combine;
 mod sparsify;
 mod sphere;
 
-pub use sparsify::{kth_largest_magnitude, stream_key, uniform};
+pub use crate::rng::{stream_key, uniform};
+pub use sparsify::kth_largest_magnitude;
 
 use crate::graph::F;
 use crate::io::DType;
@@ -128,7 +129,7 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
             sparsify::prepare_magnitude(src, density.get(), *rescale)?
         }
         Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
-            sparsify::prepare_random(src, density.get(), *rescale, sparsify::stream_key(*seed, t.name, *stream))?
+            sparsify::prepare_random(src, density.get(), *rescale, crate::rng::stream_key(*seed, t.name, *stream))?
         }
         Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
         Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
@@ -175,7 +176,7 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
     Ok(match kernel {
         Kernel::Sparsify { how, rescale, seed, stream } => {
             let mut x = inputs.pop().ok_or("sparsify takes one input")?;
-            sparsify::whole(&mut x, how, *rescale, sparsify::stream_key(*seed, t.name, *stream), t.shape)?;
+            sparsify::whole(&mut x, how, *rescale, crate::rng::stream_key(*seed, t.name, *stream), t.shape)?;
             x
         }
         Kernel::NuSlerp { t: s, row_wise, .. } => {

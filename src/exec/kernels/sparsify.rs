@@ -5,6 +5,7 @@
 use super::{partials, Prepared, Source, CHUNK};
 use crate::graph::F;
 use crate::ir::Sparsify;
+use crate::rng::uniform;
 use rayon::prelude::*;
 
 /// Magnitude trimming's statistics: the k-th largest magnitude, how many
@@ -253,30 +254,6 @@ fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
     Ok((f32::from_bits(((hb as u32) << 16) | lb as u32), above, low[lb]))
 }
 
-/// The random stream of one tensor: from the seed, the tensor's name and
-/// which input it is, never from thread or visiting order.
-pub fn stream_key(seed: u64, tensor: &str, stream: u64) -> u64 {
-    let mut h = mix(seed ^ 0x243F_6A88_85A3_08D3);
-    for b in tensor.bytes() {
-        h = mix(h ^ b as u64);
-    }
-    mix(h ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-}
-
-/// A uniform number in [0, 1) for element `i` of a stream (counter-based,
-/// so any element can be drawn on any thread).
-pub fn uniform(key: u64, i: u64) -> f64 {
-    (mix(key ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03)) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// splitmix64's finalizer.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +297,7 @@ mod tests {
 
     #[test]
     fn uniform_is_uniform() {
-        let key = stream_key(7, "w", 0);
+        let key = crate::rng::stream_key(7, "w", 0);
         let mean: f64 = (0..100_000).map(|i| uniform(key, i)).sum::<f64>() / 1e5;
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
     }

@@ -1,0 +1,36 @@
+//! The one seeded random generator: counter-based (splitmix64's finalizer
+//! over a key and an index), so any element of a stream can be drawn on any
+//! thread in any order and the result depends only on the seed, the tensor's
+//! name and the stream. DARE/DELLA masks, random MoE routers and the
+//! synthetic test models all draw from it.
+
+/// The random stream of one tensor: from the seed, the tensor's name and
+/// which input it is, never from thread or visiting order.
+pub fn stream_key(seed: u64, tensor: &str, stream: u64) -> u64 {
+    let mut h = mix(seed ^ 0x243F_6A88_85A3_08D3);
+    for b in tensor.bytes() {
+        h = mix(h ^ b as u64);
+    }
+    mix(h ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// A uniform number in [0, 1) for element `i` of a stream (counter-based,
+/// so any element can be drawn on any thread).
+pub fn uniform(key: u64, i: u64) -> f64 {
+    (mix(key ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// splitmix64's finalizer.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A standard normal number for element `i` of a stream (Box-Muller over
+/// elements `2i` and `2i + 1` of the uniform stream).
+pub fn normal(key: u64, i: u64) -> f64 {
+    let (u, v) = (uniform(key, 2 * i), uniform(key, 2 * i + 1));
+    (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
