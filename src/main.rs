@@ -32,9 +32,9 @@ enum Command {
         /// Replace output directories that exist and are not empty.
         #[arg(long)]
         force: bool,
-        /// Where to compute: cpu, or cuda (needs the `cuda` build feature).
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Where to compute (cuda needs the `cuda` build feature).
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
         /// Bound on whole tensors held in memory at once, e.g. 2GB (default: a quarter of RAM).
         #[arg(long)]
         max_memory: Option<String>,
@@ -81,8 +81,8 @@ enum Command {
         /// Intermediate (MLP) size; default 2.75 x hidden, as Llama.
         #[arg(long)]
         intermediate: Option<usize>,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        #[arg(long, value_enum, default_value_t = GenDType::F32)]
+        dtype: GenDType,
         /// Noise terms `seed:scale`; a fine-tune repeats the base's and adds one.
         #[arg(long = "term", default_values_t = vec!["1:0.02".to_string()])]
         terms: Vec<String>,
@@ -98,6 +98,25 @@ enum Command {
     },
 }
 
+/// Where `fuse run` computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    /// The streaming engine on CPU threads.
+    Cpu,
+    /// candle-core's CUDA backend (build with `--features cuda`).
+    Cuda,
+    /// The candle engine on CPU: slower, for cross-checking the streaming engine.
+    CandleCpu,
+}
+
+/// The dtypes `fuse gen-model` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GenDType {
+    F32,
+    Bf16,
+    F16,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The first SIGINT or SIGTERM asks a run to stop and clean up; a second exits at once.
@@ -108,7 +127,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run { recipe, output, set, force, device, max_memory, strict } => {
-            cmd_run(&recipe, output.as_deref(), &set, force, &device, max_memory.as_deref(), strict)
+            cmd_run(&recipe, output.as_deref(), &set, force, device, max_memory.as_deref(), strict)
         }
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
@@ -119,7 +138,7 @@ fn main() -> ExitCode {
             fuse::repl::run(recipe.as_deref()).or_else(|e| fail(Diagnostic::error(Code::E0403, e)))
         }
         Command::GenModel { dir, hidden, layers, vocab, intermediate, dtype, terms, shard } => {
-            cmd_gen_model(&dir, hidden, layers, vocab, intermediate, &dtype, &terms, shard.as_deref())
+            cmd_gen_model(&dir, hidden, layers, vocab, intermediate, dtype, &terms, shard.as_deref())
         }
     };
     match result {
@@ -189,12 +208,12 @@ fn cmd_run(
     output: Option<&Path>,
     set: &[String],
     force: bool,
-    device: &str,
+    device: Device,
     max_memory: Option<&str>,
     strict: bool,
 ) -> CmdResult {
     let max_memory = match max_memory {
-        None => default_max_memory(),
+        None => fuse::exec::default_max_memory(),
         Some(m) => fuse::io::writer::parse_size(m).unwrap_or(0),
     };
     let Some(max_memory) = (max_memory > 0).then_some(max_memory) else {
@@ -204,10 +223,9 @@ fn cmd_run(
         );
     };
     let engine = match device {
-        "cpu" => Engine::Stream,
-        // The candle engine on CPU: slower, for cross-checking the streaming engine.
-        "candle-cpu" => Engine::Candle(candle_core::Device::Cpu),
-        "cuda" => match candle_core::Device::new_cuda(0) {
+        Device::Cpu => Engine::Stream,
+        Device::CandleCpu => Engine::Candle(candle_core::Device::Cpu),
+        Device::Cuda => match candle_core::Device::new_cuda(0) {
             Ok(d) => Engine::Candle(d),
             Err(e) => {
                 return fail(
@@ -216,12 +234,6 @@ fn cmd_run(
                 )
             }
         },
-        other => {
-            return fail(
-                Diagnostic::error(Code::E0403, format!("unknown device `{other}`"))
-                    .with_help("use --device cpu or --device cuda"),
-            )
-        }
     };
     let mut sources = Sources::default();
     let (r, text) = load(recipe, set, &mut sources)?;
@@ -351,15 +363,6 @@ fn print_lora(dir: &Path, rank: usize, rep: &fuse::exec::LoraReport) {
     }
 }
 
-/// A quarter of physical memory (4 GB where that is unknown).
-fn default_max_memory() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-    });
-    total.map_or(4 << 30, |t| t / 4)
-}
-
 fn cmd_graph(recipe: &Path, set: &[String]) -> CmdResult {
     let mut sources = Sources::default();
     let (r, _) = load(recipe, set, &mut sources)?;
@@ -422,16 +425,15 @@ fn cmd_gen_model(
     layers: usize,
     vocab: usize,
     intermediate: Option<usize>,
-    dtype: &str,
+    dtype: GenDType,
     terms: &[String],
     shard: Option<&str>,
 ) -> CmdResult {
     let bad = |what: String| fail(Diagnostic::error(Code::E0401, what));
     let dtype = match dtype {
-        "f32" => fuse::io::DType::F32,
-        "bf16" => fuse::io::DType::BF16,
-        "f16" => fuse::io::DType::F16,
-        other => return bad(format!("unknown dtype `{other}`; use f32, bf16 or f16")),
+        GenDType::F32 => fuse::io::DType::F32,
+        GenDType::Bf16 => fuse::io::DType::BF16,
+        GenDType::F16 => fuse::io::DType::F16,
     };
     let mut parsed = Vec::new();
     for t in terms {
@@ -494,7 +496,7 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
-    cmd_run(&recipe, Some(&out), &[], true, "cpu", None, false)?;
+    cmd_run(&recipe, Some(&out), &[], true, Device::Cpu, None, false)?;
     cmd_inspect(&out.display().to_string(), false)?;
     println!("merged model: {}", out.display());
     Ok(())

@@ -135,6 +135,88 @@ pub fn interrupted() -> bool {
     interrupt_flag().load(Ordering::Relaxed)
 }
 
+/// The default `--max-memory`: a quarter of the memory this process may
+/// use, the smaller of physical memory and the cgroup's limit (a container
+/// limited to less than a quarter of its host's RAM is not the host); 4 GB
+/// where neither is known.
+pub fn default_max_memory() -> u64 {
+    let physical = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    });
+    let cgroup =
+        std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_limit(&c, Path::new("/sys/fs/cgroup")));
+    match (physical, cgroup) {
+        (Some(p), Some(c)) => p.min(c) / 4,
+        (Some(x), None) | (None, Some(x)) => x / 4,
+        (None, None) => 4 << 30,
+    }
+}
+
+/// The memory limit of this process's cgroup, given `/proc/self/cgroup` and
+/// where the cgroup filesystem is mounted: v2's `memory.max` (walking up to
+/// the root, since a parent's limit binds too), else v1's
+/// `memory.limit_in_bytes`. `None` when unlimited or unknown.
+pub fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
+    let read = |p: &Path| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    let mut limit: Option<u64> = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let rel = path.trim_start_matches('/');
+        let found = if controllers.is_empty() {
+            // v2: the unified hierarchy.
+            let mut dir = root.join(rel);
+            let mut min: Option<u64> = None;
+            loop {
+                if let Some(v) = read(&dir.join("memory.max")) {
+                    min = Some(min.map_or(v, |m: u64| m.min(v)));
+                }
+                if dir == root || !dir.pop() {
+                    break;
+                }
+            }
+            min
+        } else if controllers.split(',').any(|c| c == "memory") {
+            // v1 (the group's own directory, else the mount's root when the
+            // container sees only its own group); huge values mean "no limit".
+            read(&root.join("memory").join(rel).join("memory.limit_in_bytes"))
+                .or_else(|| read(&root.join("memory/memory.limit_in_bytes")))
+                .filter(|&v| v < (1u64 << 60))
+        } else {
+            None
+        };
+        if let Some(v) = found {
+            limit = Some(limit.map_or(v, |l| l.min(v)));
+        }
+    }
+    limit
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::cgroup_limit;
+
+    #[test]
+    fn cgroup_limits_are_read_for_v1_and_v2() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        // v2: the tightest limit on the way up counts; "max" is no limit.
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("memory.max"), "max\n").unwrap();
+        std::fs::write(root.join("a/memory.max"), "3000000000\n").unwrap();
+        std::fs::write(root.join("a/b/memory.max"), "max\n").unwrap();
+        assert_eq!(cgroup_limit("0::/a/b\n", root), Some(3_000_000_000));
+        assert_eq!(cgroup_limit("0::/\n", root), None);
+        // v1: the memory controller's group; the "unlimited" sentinel is no limit.
+        std::fs::create_dir_all(root.join("memory/job")).unwrap();
+        std::fs::write(root.join("memory/job/memory.limit_in_bytes"), "2147483648\n").unwrap();
+        std::fs::write(root.join("memory/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        assert_eq!(cgroup_limit("5:cpu:/\n4:memory:/job\n", root), Some(2 << 30));
+        assert_eq!(cgroup_limit("4:memory:/elsewhere\n", root), None);
+    }
+}
+
 /// Opens the files of the models the plan loads from.
 fn open_inputs(plan: &Plan) -> Result<Inputs, String> {
     let used: Vec<bool> = (0..plan.models.len())
