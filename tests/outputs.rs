@@ -219,3 +219,31 @@ fn the_repl_refuses_to_save_over_an_input() {
     after.remove(Path::new("history"));
     assert_eq!(after, before);
 }
+
+/// Leftovers of killed runs are recognised by their lock, not their PID: a
+/// PID that is alive here may belong to another PID namespace (or be reused),
+/// and a live run elsewhere must keep its partial output.
+#[test]
+fn stale_partial_outputs_are_found_by_lock_not_by_pid() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    write_recipe(d, "r.fuse", "base = model(\"base\")\nbase\n");
+    // Named after PID 1, which is always alive: only the missing lock says they are stale.
+    for stale in [".out.fuse-partial-1-0-0", ".out.fuse-old-1-0-0-0"] {
+        std::fs::create_dir(d.join(stale)).unwrap();
+        std::fs::write(d.join(stale).join("model.safetensors"), "half").unwrap();
+    }
+    // A run in progress elsewhere: its directory is locked.
+    let live = d.join(".out.fuse-partial-77-0-0");
+    std::fs::create_dir(&live).unwrap();
+    let held = std::fs::File::open(&live).unwrap();
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    fuse_ok(d, &["run", "r.fuse", "-o", "out"]);
+    assert!(!d.join(".out.fuse-partial-1-0-0").exists() && !d.join(".out.fuse-old-1-0-0-0").exists());
+    assert!(live.is_dir(), "a locked partial output was removed");
+    drop(held);
+    fuse_ok(d, &["run", "r.fuse", "-o", "out", "--force"]);
+    assert!(!live.exists(), "an unlocked partial output was kept");
+}

@@ -3,9 +3,10 @@
 //! directory appear atomically at the end.
 //!
 //! Everything is written into a hidden sibling directory
-//! (`.NAME.fuse-partial-PID`) that is renamed onto the target only when
-//! complete; an unfinished one is removed on drop, and stale ones left by a
-//! killed run are cleaned by the next run to the same target. What may be
+//! (`.NAME.fuse-partial-PID-...`), locked while in use, that is renamed onto
+//! the target only when complete; an unfinished one is removed on drop, and
+//! stale ones left by a killed run (their lock gone with it) are cleaned by
+//! the next run to the same target. What may be
 //! replaced is decided in `target.rs`; every output lists the files it holds
 //! in its manifest, written last.
 
@@ -145,6 +146,9 @@ impl Layout {
 pub struct OutputDir {
     target: PathBuf,
     partial: PathBuf,
+    /// Held while the partial directory exists: it tells other runs'
+    /// clean-up that the directory is in use (see [`clean_stale`]).
+    lock: Option<File>,
     files: Vec<File>,
     /// Every file written so far, for the manifest.
     names: Mutex<Vec<String>>,
@@ -160,12 +164,13 @@ impl OutputDir {
         fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
         let name = target.file_name().and_then(|n| n.to_str()).ok_or("the output path has no directory name")?;
         clean_stale(parent, name);
-        let partial = parent.join(format!(".{name}.fuse-partial-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&partial);
+        let partial = parent.join(format!(".{name}.fuse-partial-{}", unique()));
         fs::create_dir(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
+        let lock = lock(&partial).map_err(|e| format!("cannot lock `{}`: {e}", partial.display()))?;
         let mut out = OutputDir {
             target: target.to_path_buf(),
             partial,
+            lock: Some(lock),
             files: Vec::new(),
             names: Mutex::new(Vec::new()),
             committed: false,
@@ -219,6 +224,7 @@ impl OutputDir {
         for attempt in 0..16 {
             match fs::rename(&self.partial, &self.target) {
                 Ok(()) => {
+                    self.lock = None;
                     result = Ok(self.target.clone());
                     break;
                 }
@@ -228,9 +234,11 @@ impl OutputDir {
                         result = Err(format!("`{}` {r}; nothing was replaced", self.target.display()));
                         break;
                     }
-                    let old = self.partial.with_file_name(format!(".{name}.fuse-old-{}-{attempt}", std::process::id()));
+                    let old = self.partial.with_file_name(format!(".{name}.fuse-old-{}-{attempt}", unique()));
+                    // Locked before it is moved, so no clean-up removes it while we may still put it back.
+                    let held = lock(&self.target).ok();
                     match fs::rename(&self.target, &old) {
-                        Ok(()) => moved_aside.push(old),
+                        Ok(()) => moved_aside.push((old, held)),
                         Err(e2) if e2.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e2) => {
                             result =
@@ -247,13 +255,13 @@ impl OutputDir {
         }
         if let Ok(p) = &result {
             self.committed = true;
-            for old in moved_aside {
+            for (old, _held) in moved_aside {
                 let _ = fs::remove_dir_all(old);
             }
             return Ok(p.clone());
         }
         // Put back what we moved, if the target is still free.
-        if let Some(old) = moved_aside.pop() {
+        if let Some((old, _held)) = moved_aside.pop() {
             let _ = fs::rename(old, &self.target);
         }
         Err(result.unwrap_err())
@@ -281,7 +289,12 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     }
 }
 
-/// Removes partial outputs for `name` left by runs that are no longer alive.
+/// Removes partial outputs for `name` that no run holds any more. A run
+/// holds an exclusive `flock` on its partial directory (and on an old output
+/// it moves aside) for as long as it uses it; a lock dies with its process,
+/// whatever PID namespace or machine that process ran in, so a directory
+/// whose lock can be taken is stale. (Checking PIDs instead would delete a
+/// live run's directory seen from another PID namespace on a shared volume.)
 fn clean_stale(parent: &Path, name: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
@@ -289,16 +302,33 @@ fn clean_stale(parent: &Path, name: &str) {
     for e in entries.flatten() {
         let file_name = e.file_name();
         let f = file_name.to_string_lossy();
-        for tag in [".fuse-partial-", ".fuse-old-"] {
-            let prefix = format!(".{name}{tag}");
-            if let Some(pid) = f.strip_prefix(&prefix) {
-                let alive = Path::new("/proc").join(pid).exists() && pid != std::process::id().to_string();
-                if !alive {
-                    let _ = fs::remove_dir_all(e.path());
-                }
+        let ours = [".fuse-partial-", ".fuse-old-"].iter().any(|tag| f.starts_with(&format!(".{name}{tag}")));
+        if ours {
+            if let Ok(_held) = lock(&e.path()) {
+                let _ = fs::remove_dir_all(e.path());
             }
         }
     }
+}
+
+/// Takes an exclusive lock on a directory without waiting; fails when
+/// another open file description holds one.
+fn lock(dir: &Path) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dir)?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// A name part unique to this run: the PID alone repeats across PID namespaces.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Parses a size such as `5GB`, `500MB`, `2GiB` or a plain byte count.
