@@ -7,6 +7,7 @@
 //! checkpoints and `diag` reporting problems.
 
 pub mod check;
+pub mod complete;
 pub mod diag;
 pub mod exec;
 pub mod graph;

@@ -167,8 +167,8 @@ fn answer(req: &Request, docs: &HashMap<String, String>) -> Value {
         "textDocument/completion" => {
             let (a, _) = analyze(uri, text);
             let names: Vec<String> = a.defs.into_iter().map(|(n, _, _)| n).collect();
-            let (_, items) = crate::repl::completions(&names, text, at);
-            Value::Array(items.into_iter().map(|c| json!({ "label": c.replacement, "kind": 3 })).collect())
+            let (_, items) = crate::complete::complete(&names, text, at);
+            Value::Array(items.into_iter().map(|c| json!({ "label": c.text, "kind": 3 })).collect())
         }
         "textDocument/definition" => {
             let word = word_at(text, at);
