@@ -1,14 +1,34 @@
 //! `fuse lsp` as a process speaking JSON-RPC: diagnostics with range and
-//! code, hover, completion and go-to-definition.
+//! code, hover, completion and go-to-definition, for documents under paths
+//! that need escaping in URIs.
 
 use fuse::testmodel::TinyLlama;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 struct Client {
+    child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+/// A `fuse lsp` process, initialized.
+fn start() -> Client {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
+        .arg("lsp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (stdin, stdout) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
+    let mut c = Client { child, stdin, stdout, next_id: 100 };
+    let init = c.request(1, "initialize", json!({"capabilities": {}, "processId": null, "rootUri": null}));
+    assert_eq!(init["capabilities"]["hoverProvider"], true);
+    c.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    c
 }
 
 impl Client {
@@ -50,6 +70,45 @@ impl Client {
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
         self.wait(|m| m["id"] == id)["result"].clone()
     }
+
+    /// Opens (version 1) or replaces a document; returns the diagnostics published for it.
+    fn open(&mut self, uri: &str, version: u32, text: &str) -> Value {
+        let m = if version == 1 {
+            json!({"jsonrpc": "2.0", "method": "textDocument/didOpen",
+                "params": {"textDocument": {"uri": uri, "languageId": "fuse", "version": 1, "text": text}}})
+        } else {
+            json!({"jsonrpc": "2.0", "method": "textDocument/didChange",
+                "params": {"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text}]}})
+        };
+        self.send(m);
+        self.wait(|m| m["method"] == "textDocument/publishDiagnostics")["params"].clone()
+    }
+
+    /// A position request on `uri`.
+    fn at(&mut self, method: &str, uri: &str, line: u32, character: u32) -> Value {
+        self.next_id += 1;
+        let params = json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}});
+        self.request(self.next_id, method, params)
+    }
+
+    /// The hover text at a position ("" for none).
+    fn hover(&mut self, uri: &str, line: u32, character: u32) -> String {
+        let h = self.at("textDocument/hover", uri, line, character);
+        h["contents"]["value"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The completions at a position: (label, kind).
+    fn complete(&mut self, uri: &str, line: u32, character: u32) -> Vec<(String, u64)> {
+        let items = self.at("textDocument/completion", uri, line, character);
+        let items = items.as_array().unwrap().iter();
+        items.map(|i| (i["label"].as_str().unwrap().to_string(), i["kind"].as_u64().unwrap())).collect()
+    }
+
+    fn stop(mut self) {
+        self.request(2, "shutdown", Value::Null);
+        self.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+        assert!(self.child.wait().unwrap().success());
+    }
 }
 
 #[test]
@@ -58,17 +117,7 @@ fn lsp_diagnoses_hovers_completes_and_finds_definitions() {
     let d = tmp.path();
     TinyLlama::demo().write(&d.join("base"), &[(1, 0.02)]).unwrap();
     TinyLlama::demo().write(&d.join("math"), &[(1, 0.02), (2, 0.01)]).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
-        .arg("lsp")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut c = Client { stdin: child.stdin.take().unwrap(), stdout: BufReader::new(child.stdout.take().unwrap()) };
-    let init = c.request(1, "initialize", json!({"capabilities": {}, "processId": null, "rootUri": null}));
-    assert_eq!(init["capabilities"]["hoverProvider"], true);
-    c.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    let mut c = start();
     let uri = format!("file://{}", d.join("merge.fuse").display());
     let text = "base = model(\"base\")\nmath = model(\"math\")\nbad = math * base\nbase + ties(math, k=0.5)\n";
     c.send(json!({"jsonrpc": "2.0", "method": "textDocument/didOpen",
@@ -123,7 +172,47 @@ fn lsp_diagnoses_hovers_completes_and_finds_definitions() {
     );
     let labels: Vec<&str> = items.as_array().unwrap().iter().map(|i| i["label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["density="]);
-    c.request(7, "shutdown", Value::Null);
-    c.send(json!({"jsonrpc": "2.0", "method": "exit"}));
-    assert!(child.wait().unwrap().success());
+    c.stop();
+}
+
+/// Spaces, a non-ASCII letter and `#` in the directory: the URIs the editor
+/// sends are decoded to the real paths (the models are found), and every URI
+/// the server sends back (diagnostics, related information, definitions in
+/// an imported file) names the real files.
+#[test]
+fn lsp_serves_documents_under_paths_that_need_escaping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("mes modèles #1");
+    TinyLlama::demo().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    TinyLlama::demo().write(&d.join("math"), &[(1, 0.02), (2, 0.01)]).unwrap();
+    std::fs::write(d.join("lib.fuse"), "# Task vector of m over b.\nfn tv(m, b) = m - b\nmath = model(\"math\")\n")
+        .unwrap();
+    let dir_uri = format!("file://{}/mes%20mod%C3%A8les%20%231", tmp.path().display());
+    let (uri, lib_uri) = (format!("{dir_uri}/merge.fuse"), format!("{dir_uri}/lib.fuse"));
+    let mut c = start();
+    // `math` is bound again (first in lib.fuse), `base` too (first in this file).
+    let text = "import \"lib.fuse\"\nbase = model(\"base\")\nmath = model(\"base\")\nbase = model(\"math\")\nbase + tv(math, base)\n";
+    let published = c.open(&uri, 1, text);
+    assert_eq!(published["uri"], uri.as_str());
+    let diags = published["diagnostics"].as_array().unwrap().clone();
+    let codes: Vec<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["E0102", "E0102"], "{diags:?}");
+    assert_eq!(diags[0]["range"]["start"], json!({"line": 2, "character": 0}));
+    let related = &diags[0]["relatedInformation"][0];
+    assert_eq!(related["message"], "first bound here");
+    assert_eq!(related["location"]["uri"], lib_uri.as_str());
+    assert_eq!(related["location"]["range"]["start"], json!({"line": 2, "character": 0}));
+    assert_eq!(diags[1]["range"]["start"], json!({"line": 3, "character": 0}));
+    let related = &diags[1]["relatedInformation"][0];
+    assert_eq!(related["location"]["uri"], uri.as_str());
+    assert_eq!(related["location"]["range"]["start"], json!({"line": 1, "character": 0}));
+    // A `fn` defined in the import.
+    let def = c.at("textDocument/definition", &uri, 4, 8);
+    assert_eq!(def["uri"], lib_uri.as_str(), "{def}");
+    assert_eq!(def["range"], json!({"start": {"line": 1, "character": 3}, "end": {"line": 1, "character": 5}}));
+    // The import's path leads to the imported file.
+    let def = c.at("textDocument/definition", &uri, 0, 10);
+    assert_eq!(def["uri"], lib_uri.as_str(), "{def}");
+    assert_eq!(def["range"]["start"], json!({"line": 0, "character": 0}));
+    c.stop();
 }
