@@ -1,6 +1,6 @@
 //! `fuse lsp` as a process speaking JSON-RPC: diagnostics with range and
 //! code, hover, completion and go-to-definition, for documents under paths
-//! that need escaping in URIs.
+//! that need escaping in URIs and for documents with errors.
 
 use fuse::testmodel::TinyLlama;
 use serde_json::{json, Value};
@@ -206,13 +206,64 @@ fn lsp_serves_documents_under_paths_that_need_escaping() {
     let related = &diags[1]["relatedInformation"][0];
     assert_eq!(related["location"]["uri"], uri.as_str());
     assert_eq!(related["location"]["range"]["start"], json!({"line": 1, "character": 0}));
-    // A `fn` defined in the import.
+    // A `fn` defined in the import: its definition, and its docs on hover.
     let def = c.at("textDocument/definition", &uri, 4, 8);
     assert_eq!(def["uri"], lib_uri.as_str(), "{def}");
     assert_eq!(def["range"], json!({"start": {"line": 1, "character": 3}, "end": {"line": 1, "character": 5}}));
+    assert!(c.hover(&uri, 4, 8).starts_with("**tv**(m, b) — Task vector of m over b."));
     // The import's path leads to the imported file.
     let def = c.at("textDocument/definition", &uri, 0, 10);
     assert_eq!(def["uri"], lib_uri.as_str(), "{def}");
     assert_eq!(def["range"]["start"], json!({"line": 0, "character": 0}));
+    c.stop();
+}
+
+/// Hover on a name where it is bound (a binding, a `param`, a `fn`), and
+/// hover and completion that keep working while another line, or the rest
+/// of the line under the cursor, does not parse.
+#[test]
+fn lsp_hovers_definitions_and_keeps_working_around_syntax_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::demo().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    TinyLlama::demo().write(&d.join("math"), &[(1, 0.02), (2, 0.01)]).unwrap();
+    let uri = format!("file://{}", d.join("merge.fuse").display());
+    let lines = [
+        "param k = 0.5",
+        "base = model(\"base\")",
+        "math = model(\"math\")",
+        "# Scales a task vector.",
+        "fn scaled(d, w=k) = w * d",
+        "out = base + scaled(math - base)",
+    ];
+    let text = lines.join("\n") + "\n";
+    let mut c = start();
+    assert_eq!(c.open(&uri, 1, &text)["diagnostics"], json!([]));
+    assert_eq!(c.hover(&uri, 1, 1), "`base`: Model");
+    assert_eq!(c.hover(&uri, 0, 7), "`k`: Num");
+    assert_eq!(c.hover(&uri, 5, 1), "`out`: Model");
+    assert_eq!(c.hover(&uri, 4, 5), "**scaled**(d, w=k) — Scales a task vector.");
+    // At a call: the signature, then the call's type.
+    let h = c.hover(&uri, 5, 15);
+    assert_eq!(h, "**scaled**(d, w=k) — Scales a task vector.\n\n`scaled(math - base)`: Delta");
+
+    // A syntax error on line 6 and a call left open on line 7.
+    let broken = format!("{text}z = math + * base\ny = ties(math, dens");
+    let diags = c.open(&uri, 2, &broken)["diagnostics"].clone();
+    assert_eq!(diags.as_array().unwrap().len(), 1, "{diags}");
+    assert_eq!(diags[0]["code"], "E0001");
+    assert_eq!(diags[0]["range"]["start"], json!({"line": 6, "character": 11}));
+    // Other lines: expression types and definitions as before.
+    assert_eq!(c.hover(&uri, 5, 22), "`math`: Model");
+    assert_eq!(c.hover(&uri, 1, 1), "`base`: Model");
+    let def = c.at("textDocument/definition", &uri, 5, 22);
+    assert_eq!(def["range"]["start"], json!({"line": 2, "character": 0}), "{def}");
+    // The broken lines themselves: names take their bindings' types, and
+    // completion offers names and the open call's arguments.
+    assert_eq!(c.hover(&uri, 6, 5), "`math`: Model");
+    assert_eq!(c.complete(&uri, 7, 19), [("density=".to_string(), 10)]);
+    let broken = format!("{text}z = math + * base\nw = ba");
+    c.open(&uri, 3, &broken);
+    assert_eq!(c.complete(&uri, 7, 6), [("base".to_string(), 6)]);
     c.stop();
 }

@@ -5,9 +5,11 @@
 //! and the same [`Diagnostic`](crate::diag::Diagnostic) values as the command
 //! line, converted in `convert.rs`: diagnostics (syntax, types, architecture
 //! checks against the models' headers), hover (the type of the expression
-//! under the cursor, and the docs of functions), completion (names, functions, named arguments) and
+//! under the cursor or of the name being defined, and the docs of
+//! functions), completion (names, functions, named arguments) and
 //! go-to-definition (bindings, params, `fn`s, imported names and import
-//! paths). `document.rs` keeps each document's analysis.
+//! paths). `document.rs` keeps each document's analysis, and keeps these
+//! working while a line of it does not parse.
 
 mod convert;
 mod document;
