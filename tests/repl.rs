@@ -70,3 +70,20 @@ fn repl_types_errors_statistics_and_completion() {
     assert!(out.lines().any(|l| l.split_whitespace().any(|w| w == "ties")), "{out}");
     assert!(out.matches("Model  (LlamaForCausalLM").count() >= 1, "{out}");
 }
+
+/// `:complete` shows what tab completion offers: commands, bound names, and
+/// no named arguments once their call is closed. (An open call cannot be
+/// typed here: the REPL reads on until its brackets close.)
+#[test]
+fn repl_completes_commands_and_names_not_arguments_of_closed_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::demo().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    let input = "bank = model(\"base\")\n\
+                 :complete :co\n\
+                 :complete ban\n\
+                 :complete x = ties(bank, density=0.2) + dens\n\
+                 :quit\n";
+    let (out, _) = repl(d, &[], input);
+    assert_eq!(out.lines().collect::<Vec<_>>(), [":complete :cos", "bank", ""], "{out}");
+}
