@@ -60,13 +60,14 @@ impl Document {
         Document { uri, path, text, analysis, sources, program, blanked, bindings, diagnostics }
     }
 
+    /// The text as the editor holds it (positions are converted against it).
     pub fn text(&self) -> &str {
         &self.text
     }
 
     /// What to publish for the document.
-    pub fn diagnostics(&self) -> Vec<lsp_types::Diagnostic> {
-        self.diagnostics.clone()
+    pub fn diagnostics(&self) -> &[lsp_types::Diagnostic] {
+        &self.diagnostics
     }
 
     /// Markdown for the cursor at byte `at`: the docs of a function named

@@ -56,7 +56,7 @@ pub fn run() -> Result<(), String> {
             Message::Notification(n) => {
                 if let Some((uri, text)) = changed(n) {
                     let doc = Document::open(uri.clone(), text);
-                    let params = PublishDiagnosticsParams::new(uri.clone(), None, doc.diagnostics());
+                    let params = PublishDiagnosticsParams::new(uri.clone(), None, doc.diagnostics().to_vec());
                     docs.insert(uri, doc);
                     let note = Notification::new(PublishDiagnosticsNotification::METHOD.into(), params);
                     conn.sender.send(Message::Notification(note)).map_err(|e| e.to_string())?;
