@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod codemap;
+pub mod complete;
 pub mod diag;
 pub mod exec;
 pub mod graph;

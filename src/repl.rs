@@ -6,6 +6,7 @@
 //! asks (`:stats`, `:cos`, `:save`). Errors are rendered against the input.
 
 use crate::check::{self, Described, TVal};
+use crate::complete::{self, Completion};
 use crate::diag::{render, Diagnostic, FileId, Label, Sources};
 use crate::{exec, graph};
 use rustyline::completion::{Completer, Pair};
@@ -253,7 +254,7 @@ impl Session {
             "complete" => {
                 let names = self.names.lock().unwrap().clone();
                 let (_, c) = completions(&names, arg, arg.len());
-                self.print(&c.iter().map(|p| p.replacement.as_str()).collect::<Vec<_>>().join(" "));
+                self.print(&c.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" "));
             }
             other => self.print(&format!("unknown command `:{other}`; :help lists them")),
         }
@@ -390,38 +391,23 @@ fn describe(d: &Described) -> String {
     }
 }
 
-/// Names, functions, named arguments and commands that complete `line` at `pos`.
-pub fn completions(names: &[String], line: &str, pos: usize) -> (usize, Vec<Pair>) {
+/// What tab completion offers for `line` at `pos`: commands after a `:`,
+/// otherwise names, functions and named arguments ([`complete::complete`]).
+fn completions(names: &[String], line: &str, pos: usize) -> (usize, Vec<Completion>) {
     let before = &line[..pos];
     let start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')).map_or(0, |i| i + 1);
     let word = &before[start..];
-    let mut cands: Vec<String> = Vec::new();
-    if word.starts_with(':') {
-        cands.extend(COMMANDS.iter().map(|(c, _)| c.split(' ').next().unwrap().to_string()));
-    } else {
-        cands.extend(names.iter().cloned());
-        cands.extend(crate::check::function_names());
-        // Inside a call: its named arguments.
-        if let Some(open) = before.rfind('(') {
-            let callee: String = before[..open]
-                .chars()
-                .rev()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            cands.extend(crate::check::parameters_of(&callee).into_iter().map(|p| format!("{p}=")));
-        }
+    if !word.starts_with(':') {
+        return complete::complete(names, line, pos);
     }
-    cands.sort();
-    cands.dedup();
-    let pairs = cands
-        .into_iter()
-        .filter(|c| c.starts_with(word) && !word.is_empty())
-        .map(|c| Pair { display: c.clone(), replacement: c })
+    let mut cmds: Vec<Completion> = COMMANDS
+        .iter()
+        .map(|(c, _)| c.split(' ').next().unwrap())
+        .filter(|c| c.starts_with(word))
+        .map(|c| Completion { text: c.to_string(), kind: complete::Kind::Command })
         .collect();
-    (start, pairs)
+    cmds.sort_by(|a, b| a.text.cmp(&b.text));
+    (start, cmds)
 }
 
 /// rustyline's view of the session: completion and hints.
@@ -432,7 +418,8 @@ struct ReplHelper {
 impl Completer for ReplHelper {
     type Candidate = Pair;
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        Ok(completions(&self.names.lock().unwrap(), line, pos))
+        let (start, c) = completions(&self.names.lock().unwrap(), line, pos);
+        Ok((start, c.into_iter().map(|c| Pair { display: c.text.clone(), replacement: c.text }).collect()))
     }
 }
 
@@ -444,7 +431,7 @@ impl Hinter for ReplHelper {
         }
         let (start, c) = completions(&self.names.lock().unwrap(), line, pos);
         let only = c.first().filter(|_| c.len() == 1)?;
-        Some(only.replacement[pos - start..].to_string())
+        Some(only.text[pos - start..].to_string())
     }
 }
 
@@ -517,14 +504,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn completes_names_functions_and_arguments() {
+    fn completes_commands_names_functions_and_arguments() {
         let names = vec!["base".to_string(), "math".to_string()];
         let words =
-            |line: &str| completions(&names, line, line.len()).1.into_iter().map(|p| p.replacement).collect::<Vec<_>>();
+            |line: &str| completions(&names, line, line.len()).1.into_iter().map(|c| c.text).collect::<Vec<_>>();
         assert_eq!(words("ba"), ["base"]);
         assert!(words("ti").contains(&"ties".to_string()));
         assert!(words("ties(math, dens").contains(&"density=".to_string()));
         assert_eq!(words(":st"), [":stats"]);
+        assert_eq!(words(":type ba"), ["base"]);
     }
 
     #[test]

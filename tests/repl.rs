@@ -121,3 +121,20 @@ fn ties_stats(dir: &Path, density: f64) -> BTreeMap<String, (f64, f64)> {
     }
     per.into_iter().map(|(l, (sq, z, n))| (l, (sq.sqrt(), z as f64 / n as f64))).collect()
 }
+
+/// `:complete` shows what tab completion offers: commands, bound names, and
+/// no named arguments once their call is closed. (An open call cannot be
+/// typed here: the REPL reads on until its brackets close.)
+#[test]
+fn repl_completes_commands_and_names_not_arguments_of_closed_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::demo().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    let input = "bank = model(\"base\")\n\
+                 :complete :co\n\
+                 :complete ban\n\
+                 :complete x = ties(bank, density=0.2) + dens\n\
+                 :quit\n";
+    let (out, _) = repl(d, &[], input);
+    assert_eq!(out.lines().collect::<Vec<_>>(), [":complete :cos", "bank", ""], "{out}");
+}

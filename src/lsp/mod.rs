@@ -1,30 +1,49 @@
-//! `fuse lsp`: a language server over stdio (lsp-server for the transport).
+//! `fuse lsp`: a language server over stdio (lsp-server for the transport,
+//! lsp-types for the protocol's messages).
 //!
 //! Every open document is checked on open and change with the same checker
-//! and the same [`Diagnostic`] values as the command line, converted here:
-//! diagnostics (syntax, types, architecture checks against the models'
-//! headers), hover (the type of the expression under the cursor and the docs
-//! of functions), completion (names, functions, named arguments) and
-//! go-to-definition (bindings, params, `fn`s and imports).
+//! and the same [`Diagnostic`](crate::diag::Diagnostic) values as the command
+//! line, converted in `convert.rs`: diagnostics (syntax, types, architecture
+//! checks against the models' headers), hover (the type of the expression
+//! under the cursor or of the name being defined, and the docs of
+//! functions), completion (names, functions, named arguments) and
+//! go-to-definition (bindings, params, `fn`s, imported names and import
+//! paths). `document.rs` keeps each document's analysis, and keeps these
+//! working while a line of it does not parse.
 
-use crate::check::{self, Analysis};
-use crate::diag::{Diagnostic, FileId, Severity, Sources};
+mod convert;
+mod document;
+
+use crate::check;
+use document::Document;
 use lsp_server::{Connection, Message, Notification, Request, Response};
-use serde_json::{json, Value};
+use lsp_types::{
+    CompletionItem, CompletionItemKind, CompletionOptions, CompletionRequest, CompletionResponse, Contents, Definition,
+    DefinitionProvider, DefinitionRequest, DefinitionResponse, DidChangeTextDocumentNotification,
+    DidChangeTextDocumentParams, DidOpenTextDocumentNotification, DidOpenTextDocumentParams, Hover, HoverProvider,
+    HoverRequest, LspNotificationMethod, LspRequestMethod, MarkupContent, MarkupKind, Notification as _,
+    PublishDiagnosticsNotification, PublishDiagnosticsParams, Request as _, ServerCapabilities,
+    TextDocumentContentChangeEvent, TextDocumentPositionParams, TextDocumentSync, TextDocumentSyncKind, Uri,
+};
+use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 /// Serves until the client asks to shut down.
 pub fn run() -> Result<(), String> {
     let (conn, threads) = Connection::stdio();
-    let caps = json!({
-        "textDocumentSync": 1,
-        "hoverProvider": true,
-        "definitionProvider": true,
-        "completionProvider": { "triggerCharacters": ["(", ",", " "] },
-    });
+    let caps = ServerCapabilities {
+        text_document_sync: Some(TextDocumentSync::Kind(TextDocumentSyncKind::Full)),
+        hover_provider: Some(HoverProvider::Bool(true)),
+        definition_provider: Some(DefinitionProvider::Bool(true)),
+        completion_provider: Some(CompletionOptions {
+            trigger_characters: Some(["(", ",", " "].map(String::from).to_vec()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let caps = serde_json::to_value(caps).map_err(|e| e.to_string())?;
     conn.initialize(caps).map_err(|e| e.to_string())?;
-    let mut docs: HashMap<String, String> = HashMap::new();
+    let mut docs: HashMap<Uri, Document> = HashMap::new();
     for msg in &conn.receiver {
         match msg {
             Message::Request(req) => {
@@ -35,13 +54,11 @@ pub fn run() -> Result<(), String> {
                 conn.sender.send(Message::Response(Response::new_ok(req.id, result))).map_err(|e| e.to_string())?;
             }
             Message::Notification(n) => {
-                if let Some((uri, text)) = changed(&n) {
-                    let diags = diagnostics(&uri, &text);
-                    docs.insert(uri.clone(), text);
-                    let note = Notification::new(
-                        "textDocument/publishDiagnostics".into(),
-                        json!({ "uri": uri, "diagnostics": diags }),
-                    );
+                if let Some((uri, text)) = changed(n) {
+                    let doc = Document::open(uri.clone(), text);
+                    let params = PublishDiagnosticsParams::new(uri.clone(), None, doc.diagnostics().to_vec());
+                    docs.insert(uri, doc);
+                    let note = Notification::new(PublishDiagnosticsNotification::METHOD.into(), params);
                     conn.sender.send(Message::Notification(note)).map_err(|e| e.to_string())?;
                 }
             }
@@ -53,171 +70,63 @@ pub fn run() -> Result<(), String> {
 }
 
 /// The document a didOpen or didChange carries (full sync).
-fn changed(n: &Notification) -> Option<(String, String)> {
-    let p = &n.params;
-    match n.method.as_str() {
-        "textDocument/didOpen" => {
-            Some((p["textDocument"]["uri"].as_str()?.into(), p["textDocument"]["text"].as_str()?.into()))
+fn changed(n: Notification) -> Option<(Uri, String)> {
+    let method: LspNotificationMethod = n.method.as_str().into();
+    match method {
+        DidOpenTextDocumentNotification::METHOD => {
+            let p: DidOpenTextDocumentParams = serde_json::from_value(n.params).ok()?;
+            Some((p.text_document.uri, p.text_document.text))
         }
-        "textDocument/didChange" => {
-            let text = p["contentChanges"].as_array()?.last()?["text"].as_str()?;
-            Some((p["textDocument"]["uri"].as_str()?.into(), text.into()))
+        DidChangeTextDocumentNotification::METHOD => {
+            let p: DidChangeTextDocumentParams = serde_json::from_value(n.params).ok()?;
+            // With full sync every change is the whole document; the last one counts.
+            match p.content_changes.into_iter().last()? {
+                TextDocumentContentChangeEvent::TextDocumentContentChangeWholeDocument(c) => {
+                    Some((p.text_document.text_document_identifier.uri, c.text))
+                }
+                TextDocumentContentChangeEvent::TextDocumentContentChangePartial(_) => None,
+            }
         }
         _ => None,
     }
 }
 
-fn path_of(uri: &str) -> PathBuf {
-    PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri).replace("%20", " "))
-}
-
-fn analyze(uri: &str, text: &str) -> (Analysis, Sources) {
-    let mut sources = Sources::default();
-    let want = check::Want { any_result: false, types: true };
-    let a = check::analyze(&path_of(uri), text, &[], &mut sources, want);
-    (a, sources)
-}
-
-/// LSP position (line, UTF-16 column) of a byte offset.
-fn position(text: &str, offset: usize) -> Value {
-    let offset = offset.min(text.len());
-    let before = &text[..text.floor_char_boundary(offset)];
-    let line = before.matches('\n').count();
-    let col: usize = before.rsplit('\n').next().unwrap_or("").chars().map(char::len_utf16).sum();
-    json!({ "line": line, "character": col })
-}
-
-/// Byte offset of an LSP position.
-fn offset(text: &str, line: usize, character: usize) -> usize {
-    let mut off = 0;
-    for (i, l) in text.split('\n').enumerate() {
-        if i == line {
-            let mut units = 0;
-            for (b, c) in l.char_indices() {
-                if units >= character {
-                    return off + b;
-                }
-                units += c.len_utf16();
-            }
-            return off + l.len();
-        }
-        off += l.len() + 1;
-    }
-    text.len()
-}
-
-/// Our diagnostics as LSP's, for the document (file 0 of the analysis).
-pub fn diagnostics(uri: &str, text: &str) -> Vec<Value> {
-    let (a, sources) = analyze(uri, text);
-    a.diags.iter().map(|d| convert(d, text, &sources)).collect()
-}
-
-fn convert(d: &Diagnostic, text: &str, sources: &Sources) -> Value {
-    let main = FileId(0);
-    let (start, end) =
-        d.labels.iter().find(|l| l.file == main).map_or((0, 0), |l| (l.span.start, l.span.end.max(l.span.start)));
-    let mut message = d.message.clone();
-    if let Some(l) = d.labels.first().filter(|l| !l.message.is_empty()) {
-        message.push_str(&format!(": {}", l.message));
-    }
-    for n in &d.notes {
-        message.push_str(&format!("\nnote: {n}"));
-    }
-    for h in &d.help {
-        message.push_str(&format!("\nhelp: {h}"));
-    }
-    let related: Vec<Value> = d
-        .labels
-        .iter()
-        .skip(1)
-        .filter(|l| !l.message.is_empty())
-        .map(|l| {
-            let (uri, t) = if l.file == main {
-                (String::new(), text.to_string())
-            } else {
-                (format!("file://{}", sources.name(l.file)), sources.text(l.file).to_string())
-            };
-            json!({
-                "location": { "uri": uri, "range": { "start": position(&t, l.span.start), "end": position(&t, l.span.end) } },
-                "message": l.message,
-            })
-        })
-        .collect();
-    json!({
-        "range": { "start": position(text, start), "end": position(text, end) },
-        "severity": if d.severity == Severity::Error { 1 } else { 2 },
-        "code": d.code.as_str(),
-        "source": "fuse",
-        "message": message,
-        "relatedInformation": related,
-    })
-}
-
-fn answer(req: &Request, docs: &HashMap<String, String>) -> Value {
-    let p = &req.params;
-    let uri = p["textDocument"]["uri"].as_str().unwrap_or_default();
-    let Some(text) = docs.get(uri) else { return Value::Null };
-    let (line, ch) = (
-        p["position"]["line"].as_u64().unwrap_or(0) as usize,
-        p["position"]["character"].as_u64().unwrap_or(0) as usize,
-    );
-    let at = offset(text, line, ch);
-    match req.method.as_str() {
-        "textDocument/hover" => hover(uri, text, at),
-        "textDocument/completion" => {
-            let (a, _) = analyze(uri, text);
-            let names: Vec<String> = a.defs.into_iter().map(|(n, _, _)| n).collect();
-            let (_, items) = crate::repl::completions(&names, text, at);
-            Value::Array(items.into_iter().map(|c| json!({ "label": c.replacement, "kind": 3 })).collect())
-        }
-        "textDocument/definition" => {
-            let word = word_at(text, at);
-            let (a, sources) = analyze(uri, text);
-            match a.defs.iter().find(|(n, _, _)| *n == word) {
-                Some((_, file, span)) => {
-                    let (u, t) = if *file == FileId(0) {
-                        (uri.to_string(), text.clone())
-                    } else {
-                        (format!("file://{}", sources.name(*file)), sources.text(*file).to_string())
-                    };
-                    json!({ "uri": u, "range": { "start": position(&t, span.start), "end": position(&t, span.end) } })
-                }
-                None => Value::Null,
-            }
-        }
-        _ => Value::Null,
-    }
-}
-
-fn word_at(text: &str, at: usize) -> String {
-    let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    let start = text[..at].rfind(|c: char| !is_word(c)).map_or(0, |i| i + 1);
-    let end = text[at..].find(|c: char| !is_word(c)).map_or(text.len(), |i| at + i);
-    text[start..end].to_string()
-}
-
-/// The type of the innermost expression under the cursor, and the docs of a
-/// function name there.
-fn hover(uri: &str, text: &str, at: usize) -> Value {
-    let (a, _) = analyze(uri, text);
-    let ty = a
-        .types
-        .iter()
-        .filter(|(f, s, _)| *f == FileId(0) && s.start <= at && at <= s.end)
-        .min_by_key(|(_, s, _)| s.end - s.start)
-        .map(|(_, s, t)| (text[s.start..s.end].to_string(), t.clone()));
-    let word = word_at(text, at);
-    let mut parts = Vec::new();
-    if let Some(doc) = docs_of(&word) {
-        parts.push(doc);
-    }
-    if let Some((src, t)) = ty {
-        parts.push(format!("`{}`: {t}", if src.len() > 60 { &src[..src.floor_char_boundary(60)] } else { &src }));
-    }
-    if parts.is_empty() {
+/// The result of a request: null for a document that is not open, a
+/// position with nothing there, or a request this server does not serve.
+fn answer(req: &Request, docs: &HashMap<Uri, Document>) -> Value {
+    let method: LspRequestMethod = req.method.as_str().into();
+    // Hover, completion and definition params all hold a document and a position.
+    let Ok(at) = serde_json::from_value::<TextDocumentPositionParams>(req.params.clone()) else {
         return Value::Null;
-    }
-    json!({ "contents": { "kind": "markdown", "value": parts.join("\n\n") } })
+    };
+    let Some(doc) = docs.get(&at.text_document.uri) else { return Value::Null };
+    let offset = convert::offset(doc.text(), at.position);
+    let result = match method {
+        HoverRequest::METHOD => serde_json::to_value(doc.hover(offset).map(|value| Hover {
+            contents: Contents::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value }),
+            range: None,
+        })),
+        CompletionRequest::METHOD => {
+            let items = doc.completion(offset).into_iter().map(completion_item).collect();
+            serde_json::to_value(CompletionResponse::CompletionItemList(items))
+        }
+        DefinitionRequest::METHOD => serde_json::to_value(
+            doc.definition(offset).map(|l| DefinitionResponse::Definition(Definition::Location(l))),
+        ),
+        _ => return Value::Null,
+    };
+    result.unwrap_or(Value::Null)
+}
+
+fn completion_item(c: crate::complete::Completion) -> CompletionItem {
+    use crate::complete::Kind;
+    let kind = match c.kind {
+        Kind::Name => CompletionItemKind::Variable,
+        Kind::Function => CompletionItemKind::Function,
+        Kind::Argument => CompletionItemKind::Property,
+        Kind::Command => CompletionItemKind::Keyword,
+    };
+    CompletionItem { label: c.text, kind: Some(kind), ..Default::default() }
 }
 
 /// Documentation of a builtin, native method or standard-library function.
@@ -225,18 +134,16 @@ pub fn docs_of(name: &str) -> Option<String> {
     check::docs_of(name)
 }
 
+/// The `#` comment lines right above byte `pos` (a `fn`'s docs), joined.
+fn comment_above(text: &str, pos: usize) -> String {
+    let doc: Vec<&str> = text[..pos].lines().rev().take_while(|l| l.trim_start().starts_with('#')).collect();
+    let doc: Vec<&str> = doc.into_iter().rev().map(|l| l.trim_start().trim_start_matches('#').trim()).collect();
+    doc.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_round_trip() {
-        let t = "ab\ncdé\nf";
-        assert_eq!(position(t, 4), json!({"line": 1, "character": 1}));
-        assert_eq!(offset(t, 1, 1), 4);
-        assert_eq!(offset(t, 2, 0), 8);
-        assert_eq!(position(t, 7), json!({"line": 1, "character": 3}));
-    }
 
     #[test]
     fn stdlib_functions_have_docs() {
