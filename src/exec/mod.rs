@@ -193,29 +193,6 @@ pub fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
     limit
 }
 
-#[cfg(test)]
-mod memory_tests {
-    use super::cgroup_limit;
-
-    #[test]
-    fn cgroup_limits_are_read_for_v1_and_v2() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        // v2: the tightest limit on the way up counts; "max" is no limit.
-        std::fs::create_dir_all(root.join("a/b")).unwrap();
-        std::fs::write(root.join("memory.max"), "max\n").unwrap();
-        std::fs::write(root.join("a/memory.max"), "3000000000\n").unwrap();
-        std::fs::write(root.join("a/b/memory.max"), "max\n").unwrap();
-        assert_eq!(cgroup_limit("0::/a/b\n", root), Some(3_000_000_000));
-        assert_eq!(cgroup_limit("0::/\n", root), None);
-        // v1: the memory controller's group; the "unlimited" sentinel is no limit.
-        std::fs::create_dir_all(root.join("memory/job")).unwrap();
-        std::fs::write(root.join("memory/job/memory.limit_in_bytes"), "2147483648\n").unwrap();
-        std::fs::write(root.join("memory/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
-        assert_eq!(cgroup_limit("5:cpu:/\n4:memory:/job\n", root), Some(2 << 30));
-        assert_eq!(cgroup_limit("4:memory:/elsewhere\n", root), None);
-    }
-}
 
 /// Opens the files of the models the plan loads from.
 fn open_inputs(plan: &Plan) -> Result<Inputs, String> {
@@ -415,4 +392,28 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
     package.write(&out, &plan.layout)?;
     out.commit()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::cgroup_limit;
+
+    #[test]
+    fn cgroup_limits_are_read_for_v1_and_v2() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        // v2: the tightest limit on the way up counts; "max" is no limit.
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("memory.max"), "max\n").unwrap();
+        std::fs::write(root.join("a/memory.max"), "3000000000\n").unwrap();
+        std::fs::write(root.join("a/b/memory.max"), "max\n").unwrap();
+        assert_eq!(cgroup_limit("0::/a/b\n", root), Some(3_000_000_000));
+        assert_eq!(cgroup_limit("0::/\n", root), None);
+        // v1: the memory controller's group; the "unlimited" sentinel is no limit.
+        std::fs::create_dir_all(root.join("memory/job")).unwrap();
+        std::fs::write(root.join("memory/job/memory.limit_in_bytes"), "2147483648\n").unwrap();
+        std::fs::write(root.join("memory/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        assert_eq!(cgroup_limit("5:cpu:/\n4:memory:/job\n", root), Some(2 << 30));
+        assert_eq!(cgroup_limit("4:memory:/elsewhere\n", root), None);
+    }
 }

@@ -294,6 +294,14 @@ pub fn hf_cache_dir() -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
+/// Tensors whose first dimension is the vocabulary: input embedding and output head.
+pub fn is_vocab_tensor(name: &str) -> bool {
+    name.contains("embed_tokens")
+        || name.starts_with("lm_head")
+        || name.contains("wte")
+        || name.contains("output.weight")
+}
+
 #[cfg(test)]
 mod tests {
     use super::{layer_of, with_layer};
@@ -306,12 +314,4 @@ mod tests {
         assert_eq!(layer_of("lm_head.weight"), None);
         assert_eq!(with_layer("model.layers.3.mlp.up_proj.weight", 12), "model.layers.12.mlp.up_proj.weight");
     }
-}
-
-/// Tensors whose first dimension is the vocabulary: input embedding and output head.
-pub fn is_vocab_tensor(name: &str) -> bool {
-    name.contains("embed_tokens")
-        || name.starts_with("lm_head")
-        || name.contains("wte")
-        || name.contains("output.weight")
 }
