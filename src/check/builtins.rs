@@ -4,7 +4,7 @@
 
 use super::call::Bound;
 use super::eval::{Checker, Ctx};
-use super::natives::{Arity, BaseUse, Default as PDefault, Family, How, MethodSpec, Native};
+use super::natives::{Arity, BaseUse, Default as PDefault, How, MethodSpec, Native};
 use super::value::*;
 use crate::diag::{Code, Diagnostic};
 use crate::io::{Checkpoint, OpenError};
@@ -561,7 +561,8 @@ impl Checker<'_> {
                 _ => ins.push(t.expr),
             }
         }
-        let Some(kernel) = self.method_kernel(native, spec, &mut b, n, base.as_ref(), &mut ins, span, ctx) else {
+        let mut call = MethodCall { native, bound: &mut b, n, base: base.as_ref(), inputs: &mut ins, span };
+        let Some(kernel) = (spec.kernel)(self, &mut call, ctx) else {
             return Value::Poison;
         };
         let expr = self.push(TExpr::Kernel { kernel, inputs: ins });
@@ -569,83 +570,102 @@ impl Checker<'_> {
         if spec.task_vectors {
             return Value::Tensor(TVal { expr, arch, weight: Sched::Const(0.0) });
         }
-        match (&base, on_deltas, spec.family) {
+        match (&base, on_deltas) {
             // Interpolated task vectors go back onto the base.
-            (Some(bm), true, _) => {
+            (Some(bm), true) => {
                 let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), bm.expr), (Sched::Const(1.0), expr)]));
                 Value::Tensor(TVal { expr, arch, weight: Sched::Const(1.0) })
             }
             _ => Value::Tensor(TVal { expr, arch, weight: tvals[0].0.weight.clone() }),
         }
     }
+}
 
-    /// The kernel of a native method from its arguments.
-    #[allow(clippy::too_many_arguments)]
-    fn method_kernel(
-        &mut self,
-        native: &'static Native,
-        spec: &MethodSpec,
-        b: &mut Bound,
-        n: usize,
-        base: Option<&TVal>,
-        ins: &mut Vec<TId>,
-        span: Span,
-        ctx: Ctx,
-    ) -> Option<Kernel<Sched>> {
-        Some(match spec.family {
-            Family::Slerp => Kernel::Slerp { t: self.num(b.remove("t"), native.num_default("t"), ctx)? },
-            Family::NearSwap => Kernel::NearSwap { t: self.num(b.remove("t"), native.num_default("t"), ctx)? },
-            Family::NuSlerp => {
-                let w = self.per_model("weight", b.remove("weight"), 2, native.num_default("weight"), ctx)?;
-                let total = Sched::bin(BinOp::Add, w[0].clone(), w[1].clone());
-                let flatten = self.flag(b.remove("nuslerp_flatten"), native.bool_default("nuslerp_flatten"), ctx)?;
-                let row_wise = self.flag(b.remove("nuslerp_row_wise"), native.bool_default("nuslerp_row_wise"), ctx)?;
-                let t = Sched::Ratio(Box::new(w[1].clone()), Box::new(total), 0.5);
-                Kernel::NuSlerp { t, flatten, row_wise }
+/// What a method's kernel builder gets: the call's named arguments (to
+/// `remove` as it reads them), the number of models, the base, and the
+/// kernel's inputs (which it may extend, as model_stock prepends the base).
+pub struct MethodCall<'a> {
+    pub native: &'static Native,
+    pub bound: &'a mut Bound,
+    pub n: usize,
+    pub base: Option<&'a TVal>,
+    pub inputs: &'a mut Vec<TId>,
+    pub span: Span,
+}
+
+impl MethodCall<'_> {
+    fn take(&mut self, name: &str) -> Option<(Value, Span)> {
+        self.bound.remove(name)
+    }
+}
+
+// ---- kernel builders of the native methods (named in `natives.rs`) ----
+
+impl Checker<'_> {
+    pub(super) fn kernel_slerp(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::Slerp { t: self.num(m.take("t"), m.native.num_default("t"), ctx)? })
+    }
+
+    pub(super) fn kernel_nearswap(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::NearSwap { t: self.num(m.take("t"), m.native.num_default("t"), ctx)? })
+    }
+
+    pub(super) fn kernel_nuslerp(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let w = self.per_model("weight", m.take("weight"), 2, m.native.num_default("weight"), ctx)?;
+        let total = Sched::bin(BinOp::Add, w[0].clone(), w[1].clone());
+        let flatten = self.flag(m.take("nuslerp_flatten"), m.native.bool_default("nuslerp_flatten"), ctx)?;
+        let row_wise = self.flag(m.take("nuslerp_row_wise"), m.native.bool_default("nuslerp_row_wise"), ctx)?;
+        let t = Sched::Ratio(Box::new(w[1].clone()), Box::new(total), 0.5);
+        Some(Kernel::NuSlerp { t, flatten, row_wise })
+    }
+
+    pub(super) fn kernel_multislerp(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let w = self.per_model("weight", m.take("weight"), m.n, m.native.num_default("weight"), ctx)?;
+        let normalize = self.flag(m.take("normalize_weights"), m.native.bool_default("normalize_weights"), ctx)?;
+        let total = w.iter().cloned().reduce(|a, c| Sched::bin(BinOp::Add, a, c)).unwrap();
+        let weights =
+            w.into_iter().map(|x| if normalize { Sched::bin(BinOp::Div, x, total.clone()) } else { x }).collect();
+        Some(Kernel::MultiSlerp { weights, eps: self.num(m.take("eps"), m.native.num_default("eps"), ctx)? })
+    }
+
+    pub(super) fn kernel_karcher(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let max_iter = match self.num(m.take("max_iter"), m.native.num_default("max_iter"), ctx)?.as_const() {
+            Some(x) if x >= 1.0 => x as u64,
+            _ => {
+                self.report(
+                    Diagnostic::error(Code::E0106, "`max_iter` must be a whole number of at least 1").with_label(
+                        ctx.file,
+                        m.span,
+                        "in this call",
+                    ),
+                );
+                return None;
             }
-            Family::MultiSlerp => {
-                let w = self.per_model("weight", b.remove("weight"), n, native.num_default("weight"), ctx)?;
-                let normalize =
-                    self.flag(b.remove("normalize_weights"), native.bool_default("normalize_weights"), ctx)?;
-                let total = w.iter().cloned().reduce(|a, c| Sched::bin(BinOp::Add, a, c)).unwrap();
-                let weights = w
-                    .into_iter()
-                    .map(|x| if normalize { Sched::bin(BinOp::Div, x, total.clone()) } else { x })
-                    .collect();
-                Kernel::MultiSlerp { weights, eps: self.num(b.remove("eps"), native.num_default("eps"), ctx)? }
-            }
-            Family::Karcher => {
-                let max_iter = match self.num(b.remove("max_iter"), native.num_default("max_iter"), ctx)?.as_const() {
-                    Some(m) if m >= 1.0 => m as u64,
-                    _ => {
-                        self.report(
-                            Diagnostic::error(Code::E0106, "`max_iter` must be a whole number of at least 1")
-                                .with_label(ctx.file, span, "in this call"),
-                        );
-                        return None;
-                    }
-                };
-                Kernel::Karcher { max_iter, tol: self.num(b.remove("tol"), native.num_default("tol"), ctx)? }
-            }
-            Family::ModelStock => {
-                let filter_wise = self.flag(b.remove("filter_wise"), native.bool_default("filter_wise"), ctx)?;
-                let bm = base.expect("model_stock has a base");
-                ins.insert(0, bm.expr);
-                Kernel::ModelStock { filter_wise }
-            }
-            Family::ArceeFusion => Kernel::ArceeFusion,
-            Family::Sce => {
-                let topk = self.num(b.remove("select_topk"), native.num_default("select_topk"), ctx)?;
-                if let Some(c) = topk.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
-                    self.report(
-                        Diagnostic::error(Code::E0106, format!("select_topk {} is outside [0, 1]", super::fmt_num(c)))
-                            .with_label(ctx.file, span, "the fraction of positions kept")
-                            .with_help("use a value between 0 and 1, e.g. `select_topk=0.5`"),
-                    );
-                    return None;
-                }
-                Kernel::Sce { select_topk: topk }
-            }
-        })
+        };
+        Some(Kernel::Karcher { max_iter, tol: self.num(m.take("tol"), m.native.num_default("tol"), ctx)? })
+    }
+
+    pub(super) fn kernel_model_stock(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let filter_wise = self.flag(m.take("filter_wise"), m.native.bool_default("filter_wise"), ctx)?;
+        let bm = m.base.expect("model_stock has a base");
+        m.inputs.insert(0, bm.expr);
+        Some(Kernel::ModelStock { filter_wise })
+    }
+
+    pub(super) fn kernel_arcee_fusion(&mut self, _: &mut MethodCall, _: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::ArceeFusion)
+    }
+
+    pub(super) fn kernel_sce(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let topk = self.num(m.take("select_topk"), m.native.num_default("select_topk"), ctx)?;
+        if let Some(c) = topk.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
+            self.report(
+                Diagnostic::error(Code::E0106, format!("select_topk {} is outside [0, 1]", super::fmt_num(c)))
+                    .with_label(ctx.file, m.span, "the fraction of positions kept")
+                    .with_help("use a value between 0 and 1, e.g. `select_topk=0.5`"),
+            );
+            return None;
+        }
+        Some(Kernel::Sce { select_topk: topk })
     }
 }

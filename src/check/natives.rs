@@ -10,9 +10,11 @@
 //! task-vector family and `linear` are written in the language, over the
 //! primitives below, in `stdlib/merge.fuse`.
 
+use super::builtins::MethodCall;
 use super::call::Bound;
 use super::eval::{Checker, Ctx};
-use super::value::Value;
+use super::value::{Sched, Value};
+use crate::ir::Kernel;
 use crate::syntax::{Arg, Span};
 
 /// How an argument is given.
@@ -49,19 +51,6 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
-/// Which kernel a method lowers to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Slerp,
-    NuSlerp,
-    MultiSlerp,
-    Karcher,
-    ModelStock,
-    NearSwap,
-    ArceeFusion,
-    Sce,
-}
-
 /// How many models a method takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arity {
@@ -84,12 +73,15 @@ pub enum BaseUse {
 /// parameters by name.
 #[derive(Clone, Copy, Debug)]
 pub struct MethodSpec {
-    pub family: Family,
     pub arity: Arity,
     pub base: BaseUse,
     /// Models become task vectors against the base and the result is a Delta.
     pub task_vectors: bool,
+    /// Builds the method's kernel from the call (see `builtins.rs`).
+    pub(super) kernel: KernelBuilder,
 }
+
+pub(super) type KernelBuilder = fn(&mut Checker<'_>, &mut MethodCall<'_>, Ctx<'_>) -> Option<Kernel<Sched>>;
 
 /// How the checker evaluates a native.
 #[derive(Clone, Copy)]
@@ -177,8 +169,8 @@ const fn p(name: &'static str, kind: PKind, default: Default, doc: &'static str)
     ParamSpec { name, kind, default, doc }
 }
 
-const fn method(family: Family, arity: Arity, base: BaseUse, task_vectors: bool) -> How {
-    How::Method(MethodSpec { family, arity, base, task_vectors })
+const fn method(arity: Arity, base: BaseUse, task_vectors: bool, kernel: KernelBuilder) -> How {
+    How::Method(MethodSpec { arity, base, task_vectors, kernel })
 }
 
 const BASE: ParamSpec = p("base", PKind::Model, Default::Absent, "the base model");
@@ -347,7 +339,7 @@ const METHODS: &[Native] = &[
         params: &[T],
         doc: "Spherical interpolation of two models, tensor by tensor; linear where they are nearly parallel.",
         example: "slerp(base, chat, t=0.3)",
-        how: method(Family::Slerp, Arity::Exactly(2), BaseUse::Never, false),
+        how: method(Arity::Exactly(2), BaseUse::Never, false, |c, m, ctx| c.kernel_slerp(m, ctx)),
     },
     Native {
         name: "nuslerp",
@@ -360,7 +352,7 @@ const METHODS: &[Native] = &[
         ],
         doc: "Slerp by relative weights, of whole tensors, rows or columns; with a base, of the task vectors.",
         example: "nuslerp(a, b, weight=[0.7, 0.3])",
-        how: method(Family::NuSlerp, Arity::Exactly(2), BaseUse::Optional, false),
+        how: method(Arity::Exactly(2), BaseUse::Optional, false, |c, m, ctx| c.kernel_nuslerp(m, ctx)),
     },
     Native {
         name: "multislerp",
@@ -373,7 +365,7 @@ const METHODS: &[Native] = &[
         ],
         doc: "Spherical weighted mean of many models; with a base, of their task vectors.",
         example: "multislerp(a, b, c, weight=[1, 2, 1])",
-        how: method(Family::MultiSlerp, Arity::AtLeast(2), BaseUse::Optional, false),
+        how: method(Arity::AtLeast(2), BaseUse::Optional, false, |c, m, ctx| c.kernel_multislerp(m, ctx)),
     },
     Native {
         name: "karcher",
@@ -384,7 +376,7 @@ const METHODS: &[Native] = &[
         ],
         doc: "Riemannian (Karcher) mean of the models' directions, scaled by their mean norm.",
         example: "karcher(a, b, c)",
-        how: method(Family::Karcher, Arity::AtLeast(2), BaseUse::Never, false),
+        how: method(Arity::AtLeast(2), BaseUse::Never, false, |c, m, ctx| c.kernel_karcher(m, ctx)),
     },
     Native {
         name: "model_stock",
@@ -392,7 +384,7 @@ const METHODS: &[Native] = &[
         params: &[p("filter_wise", PKind::Bool, Default::Bool(false), "one ratio per row instead of per tensor"), BASE],
         doc: "Model Stock: average the models and move towards the base by their task vectors' agreement.",
         example: "model_stock(a, b, c, base=base)",
-        how: method(Family::ModelStock, Arity::AtLeast(2), BaseUse::Required, false),
+        how: method(Arity::AtLeast(2), BaseUse::Required, false, |c, m, ctx| c.kernel_model_stock(m, ctx)),
     },
     Native {
         name: "nearswap",
@@ -400,7 +392,7 @@ const METHODS: &[Native] = &[
         params: &[p("t", PKind::Num, Default::Required, "similarity threshold")],
         doc: "Take the second model's values where they are within t of the first (the base).",
         example: "nearswap(base, chat, t=0.001)",
-        how: method(Family::NearSwap, Arity::Exactly(2), BaseUse::Never, false),
+        how: method(Arity::Exactly(2), BaseUse::Never, false, |c, m, ctx| c.kernel_nearswap(m, ctx)),
     },
     Native {
         name: "arcee_fusion",
@@ -408,7 +400,7 @@ const METHODS: &[Native] = &[
         params: &[],
         doc: "Keep the second model's changes where their KL-weighted importance is an outlier.",
         example: "arcee_fusion(base, chat)",
-        how: method(Family::ArceeFusion, Arity::Exactly(2), BaseUse::Never, false),
+        how: method(Arity::Exactly(2), BaseUse::Never, false, |c, m, ctx| c.kernel_arcee_fusion(m, ctx)),
     },
     Native {
         name: "sce",
@@ -416,7 +408,7 @@ const METHODS: &[Native] = &[
         params: &[p("select_topk", PKind::Num, Default::Num(1.0), "fraction of highest-variance positions kept"), BASE],
         doc: "SCE: select high-variance positions, elect signs, and weight task vectors by their energy.",
         example: "base + sce(a, b, c, select_topk=0.5)",
-        how: method(Family::Sce, Arity::AtLeast(1), BaseUse::Required, true),
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_sce(m, ctx)),
     },
 ];
 

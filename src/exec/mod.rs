@@ -193,7 +193,6 @@ pub fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
     limit
 }
 
-
 /// Opens the files of the models the plan loads from.
 fn open_inputs(plan: &Plan) -> Result<Inputs, String> {
     let used: Vec<bool> = (0..plan.models.len())
