@@ -159,3 +159,27 @@ fn the_repl_help_comes_from_the_same_table() {
     assert!(out.contains("functions (`:help NAME` for one): model over_layers"), "{out}");
     assert!(out.contains(" ties ") && out.contains("no function `nope`"), "{out}");
 }
+
+/// MagMax's closed form: per entry the task-vector value of largest
+/// magnitude (the first on ties), times lambda, computed here from the files.
+#[test]
+fn magmax_takes_the_largest_magnitude_per_entry() {
+    let tvs = ["ft0", "ft1", "ft2"].map(task_vector);
+    let (got, _) = delta_of("base + magmax(ft0, ft1, ft2, lambda=0.5)", "2");
+    let mut checked = 0;
+    for (name, d) in &got {
+        for (i, v) in d.iter().enumerate() {
+            let mut best = 0f32;
+            for tv in &tvs {
+                if tv[name][i].abs() > best.abs() {
+                    best = tv[name][i];
+                }
+            }
+            // base + 0.5*best rounded to f32, then minus base: about an ulp of
+            // the base's value (|base| <= 1 on the fixtures).
+            assert!((v - 0.5 * best).abs() <= 2.5e-7 + 1e-6 * best.abs(), "{name}[{i}]: {v} vs {}", 0.5 * best);
+            checked += 1;
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
+}

@@ -652,6 +652,10 @@ impl Checker<'_> {
         Some(Kernel::ModelStock { filter_wise })
     }
 
+    pub(super) fn kernel_magmax(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::MagMax { lambda: self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)? })
+    }
+
     pub(super) fn kernel_arcee_fusion(&mut self, _: &mut MethodCall, _: Ctx) -> Option<Kernel<Sched>> {
         Some(Kernel::ArceeFusion)
     }

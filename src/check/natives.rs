@@ -410,6 +410,14 @@ const METHODS: &[Native] = &[
         example: "base + sce(a, b, c, select_topk=0.5)",
         how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_sce(m, ctx)),
     },
+    Native {
+        name: "magmax",
+        rest: Some("models"),
+        params: &[p("lambda", PKind::Num, Default::Num(1.0), "scale of the merged task vector"), BASE],
+        doc: "MagMax (Marczak et al., ECCV 2024): per entry, the task-vector value of largest magnitude.",
+        example: "base + magmax(a, b, c)",
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_magmax(m, ctx)),
+    },
 ];
 
 /// Every native, in the order people read them: builtins, primitives, methods.

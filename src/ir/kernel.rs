@@ -42,6 +42,9 @@ pub enum Kernel<N> {
     NearSwap { t: N },
     /// Base and model: keep the delta where its KL-weighted importance is an outlier.
     ArceeFusion,
+    /// Deltas in: per entry the value of largest magnitude (the first on
+    /// ties), times `lambda` (MagMax).
+    MagMax { lambda: N },
     /// Deltas in: keep high-variance positions, elect signs, weight by energy.
     Sce { select_topk: N },
     /// A LoRA adapter's delta: inputs B [out, r] and A [r, in], result
@@ -81,6 +84,7 @@ impl<N> Kernel<N> {
             Kernel::ModelStock { filter_wise } => Kernel::ModelStock { filter_wise: *filter_wise },
             Kernel::NearSwap { t } => Kernel::NearSwap { t: f(t) },
             Kernel::ArceeFusion => Kernel::ArceeFusion,
+            Kernel::MagMax { lambda } => Kernel::MagMax { lambda: f(lambda) },
             Kernel::Sce { select_topk } => Kernel::Sce { select_topk: f(select_topk) },
             Kernel::LoraProduct { scale } => Kernel::LoraProduct { scale: f(scale) },
             Kernel::ResizeRows { from } => Kernel::ResizeRows { from: *from },

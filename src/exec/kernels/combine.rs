@@ -37,6 +37,19 @@ pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize
     }
 }
 
+/// Per entry the delta of largest magnitude (the first on ties), times `lambda`.
+pub fn magmax(deltas: &[&[f32]], lambda: f32, out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut best = 0f32;
+        for d in deltas {
+            if d[i].abs() > best.abs() {
+                best = d[i];
+            }
+        }
+        *o = lambda * best;
+    }
+}
+
 /// `w b + (1 - w) a` with `w = clamp(t / max(|a - b|, 1e-6), 0, 1)`.
 pub fn nearswap(a: &[f32], b: &[f32], t: f64, out: &mut [f32]) {
     let t = t as f32;

@@ -112,7 +112,7 @@ pub enum Prepared {
 pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
     use crate::ir::Sparsify as S;
     match kernel {
-        Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } => true,
+        Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } | Kernel::MagMax { .. } => true,
         Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. }, .. } => true,
         Kernel::NuSlerp { flatten, .. } => *flatten || shape.len() < 2,
         Kernel::ModelStock { filter_wise } => !filter_wise,
@@ -124,7 +124,7 @@ pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
 pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::result::Result<Prepared, String> {
     use crate::ir::Sparsify as S;
     Ok(match kernel {
-        Kernel::Consensus { .. } | Kernel::NearSwap { .. } => Prepared::None,
+        Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::MagMax { .. } => Prepared::None,
         Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
             sparsify::prepare_magnitude(src, density.get(), *rescale)?
         }
@@ -146,6 +146,7 @@ pub fn apply(kernel: &Kernel<F>, prep: &Prepared, start: usize, inputs: &[&[f32]
             combine::consensus(inputs, &get(weights), *elect_sign, *normalize, out)
         }
         (Kernel::NearSwap { t }, _) => combine::nearswap(inputs[0], inputs[1], t.get(), out),
+        (Kernel::MagMax { lambda }, _) => combine::magmax(inputs, lambda.get() as f32, out),
         (Kernel::Sparsify { .. }, p) => sparsify::apply(p, start, inputs[0], out),
         (_, Prepared::Mix { s0, s1 }) => {
             for ((o, a), b) in out.iter_mut().zip(inputs[0]).zip(inputs[1]) {
