@@ -95,16 +95,23 @@ fn decode(b: &[u8], dtype: safetensors::Dtype) -> Vec<f32> {
     }
 }
 
-/// Same tensor set, shapes and dtypes, and
-/// |ours - expected| <= tol * max(1, |expected|) everywhere.
-pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, tol: f32) {
+/// Same tensor names, and each with the same shape and dtype.
+pub fn assert_same_layout(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>) {
     let a: Vec<&String> = ours.keys().collect();
     let b: Vec<&String> = expected.keys().collect();
     assert_eq!(a, b, "tensor sets differ");
     for (name, e) in expected {
+        assert_eq!(ours[name].shape, e.shape, "shape of {name}");
+        assert_eq!(ours[name].dtype, e.dtype, "dtype of {name}");
+    }
+}
+
+/// Same tensor set, shapes and dtypes, and
+/// |ours - expected| <= tol * max(1, |expected|) everywhere.
+pub fn assert_close(ours: &BTreeMap<String, T>, expected: &BTreeMap<String, T>, tol: f32) {
+    assert_same_layout(ours, expected);
+    for (name, e) in expected {
         let o = &ours[name];
-        assert_eq!(o.shape, e.shape, "shape of {name}");
-        assert_eq!(o.dtype, e.dtype, "dtype of {name}");
         for (i, (x, y)) in o.data.iter().zip(&e.data).enumerate() {
             assert!((x - y).abs() <= tol * y.abs().max(1.0), "{name}[{i}]: ours {x}, expected {y}");
         }
@@ -128,13 +135,9 @@ pub fn assert_ulps(
     inputs: &[BTreeMap<String, T>],
     ulps: f64,
 ) {
-    let a: Vec<&String> = ours.keys().collect();
-    let b: Vec<&String> = expected.keys().collect();
-    assert_eq!(a, b, "tensor sets differ");
+    assert_same_layout(ours, expected);
     for (name, e) in expected {
         let o = &ours[name];
-        assert_eq!(o.shape, e.shape, "shape of {name}");
-        assert_eq!(o.dtype, e.dtype, "dtype of {name}");
         let ins: Vec<&[f32]> = inputs
             .iter()
             .filter_map(|m| m.get(name))
