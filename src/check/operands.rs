@@ -81,7 +81,7 @@ impl Checker<'_> {
             .with_label(holder.0 .0, holder.0 .1, holder_says)
             .with_note(format!("both are {sa}"))
             .with_help(format!(
-                "merge only what both have: `drop({}, \"{}\")` removes them, `keep(m, \"pattern\")` keeps only what matches",
+                "merge only what every operand has: `drop({}, \"{}\")` removes them, on each model that has them (the base too); `keep(m, \"pattern\")` keeps only what matches",
                 holder.1,
                 glob_for(missing)
             ))
@@ -140,7 +140,7 @@ impl Checker<'_> {
                 Code::E0207,
                 format!("{n} integer tensor{} copied, not merged: {}{more}", plural(n), listed.join(", ")),
             )
-            .with_label(file, span, "merged here")
+            .with_label(file, span, "first merged here")
             .with_note("integer and boolean tensors (buffers such as `position_ids`) are taken from the base, else from the first model that has them"),
         );
     }
