@@ -1,6 +1,7 @@
 //! The one integration-test binary: real `fuse` processes on real
 //! safetensors checkpoints, checked against mergekit's goldens and closed forms.
 
+mod checkpoints;
 mod cli;
 mod common;
 mod diagnostics;

@@ -156,9 +156,7 @@ impl Checker<'_> {
             return None;
         }
         for i in 1..out.len() {
-            if !self.same_arch(&out[0].arch.clone(), &out[i].arch.clone(), s, s, ctx.file) {
-                return None;
-            }
+            out[0].arch = self.same_arch(&out[0].clone(), &out[i].clone(), s, s, ctx.file)?;
         }
         Some(out)
     }
@@ -211,11 +209,12 @@ impl Checker<'_> {
                 base = self.base_model(given.take(), span, &who, ctx);
             }
             let Some(bm) = &base else { return Value::Poison };
-            if !self.same_arch(&bm.arch.clone(), &m.arch, span, span, ctx.file) {
+            let bm = bm.clone();
+            let Some(arch) = self.same_arch(&m, &bm, span, span, ctx.file) else {
                 return Value::Poison;
-            }
+            };
             let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), m.expr), (Sched::Const(-1.0), bm.expr)]));
-            out.push(Value::Tensor(TVal { expr, arch: m.arch.clone(), weight: Sched::Const(0.0) }));
+            out.push(Value::Tensor(TVal { expr, arch, weight: Sched::Const(0.0) }));
         }
         Value::List(out)
     }
@@ -511,9 +510,11 @@ impl Checker<'_> {
             }
         }
         for w in 1..tvals.len() {
-            if !self.same_arch(&tvals[0].0.arch.clone(), &tvals[w].0.arch.clone(), tvals[0].1, tvals[w].1, ctx.file) {
+            let (first, other) = (tvals[0].clone(), tvals[w].clone());
+            let Some(arch) = self.same_arch(&first.0, &other.0, first.1, other.1, ctx.file) else {
                 return Value::Poison;
-            }
+            };
+            tvals[0].0.arch = arch;
         }
         // Required arguments and defaults.
         for p in native.params {
@@ -536,9 +537,11 @@ impl Checker<'_> {
         let base = match base {
             Some(None) => return Value::Poison,
             Some(Some(bm)) => {
-                if !self.same_arch(&bm.arch.clone(), &tvals[0].0.arch.clone(), span, tvals[0].1, ctx.file) {
+                let first = tvals[0].clone();
+                let Some(arch) = self.same_arch(&first.0, &bm, first.1, span, ctx.file) else {
                     return Value::Poison;
-                }
+                };
+                tvals[0].0.arch = arch;
                 Some(bm)
             }
             None => None,

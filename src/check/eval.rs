@@ -59,6 +59,11 @@ pub(super) struct Checker<'s> {
     pub inputs: Vec<crate::ir::Input>,
     result: Option<ResultValue>,
     importing: Vec<PathBuf>,
+    /// The latest expression outside the standard library that gave each
+    /// tensor expression: where errors found inside the stdlib point.
+    pub origins: HashMap<crate::ir::TId, (FileId, Span)>,
+    /// Integer buffers copied rather than merged, and the first place that did it.
+    pub buffers: (std::collections::BTreeSet<String>, Option<(FileId, Span)>),
 }
 
 impl<'s> Checker<'s> {
@@ -85,6 +90,8 @@ impl<'s> Checker<'s> {
             inputs: Vec::new(),
             result: None,
             importing: Vec::new(),
+            origins: HashMap::new(),
+            buffers: Default::default(),
         }
     }
 
@@ -115,6 +122,7 @@ impl<'s> Checker<'s> {
         // Last, so that an output overlapping both a model and the recipe names the model.
         self.inputs.push(crate::ir::Input::file(format!("the recipe `{}`", path.display()), path, file, None));
         self.check_outputs();
+        self.note_buffers();
         let unused: Vec<String> = self.overrides.iter().filter(|o| !o.used).map(|o| o.name.clone()).collect();
         for name in unused {
             {
@@ -136,7 +144,15 @@ impl<'s> Checker<'s> {
     }
 
     pub fn finish(self, main: FileId) -> Recipe {
+        let base = match self.globals.get("base").map(|b| &b.value) {
+            Some(Value::Tensor(t)) => match self.exprs[t.expr] {
+                TExpr::Load { model } => Some(model),
+                _ => None,
+            },
+            _ => None,
+        };
         Recipe {
+            base,
             models: self.models,
             exprs: self.exprs,
             saves: self.saves,
@@ -413,6 +429,11 @@ impl<'s> Checker<'s> {
 
     pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Value {
         let v = self.eval_inner(e, ctx);
+        if let Value::Tensor(t) = &v {
+            if !self.stdlib_files.contains(&ctx.file) {
+                self.origins.insert(t.expr, (ctx.file, e.span));
+            }
+        }
         if self.want.types && !matches!(v, Value::Poison) {
             self.types.push((ctx.file, e.span, v.type_name()));
         }
@@ -511,13 +532,13 @@ impl<'s> Checker<'s> {
             (BinOp::Mul, Num(c), Tensor(t)) | (BinOp::Mul, Tensor(t), Num(c)) => self.scale(t, c),
             (BinOp::Div, Tensor(t), Num(c)) => self.scale(t, Sched::bin(BinOp::Div, Sched::Const(1.0), c)),
             (BinOp::Add | BinOp::Sub, Tensor(a), Tensor(b)) => {
-                if !self.same_arch(&a.arch, &b.arch, l.span, r.span, ctx.file) {
+                let Some(arch) = self.same_arch(&a, &b, l.span, r.span, ctx.file) else {
                     return Poison;
-                }
+                };
                 let sign = if op == BinOp::Add { 1.0 } else { -1.0 };
                 let weight = Sched::bin(op, a.weight.clone(), b.weight.clone());
                 let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), a.expr), (Sched::Const(sign), b.expr)]));
-                Tensor(TVal { expr, arch: a.arch, weight })
+                Tensor(TVal { expr, arch, weight })
             }
             (BinOp::Mul, Tensor(_), Tensor(_)) => self.err(
                 Diagnostic::error(Code::E0203, "cannot multiply two models")
@@ -545,49 +566,6 @@ impl<'s> Checker<'s> {
                 self.err(d)
             }
         }
-    }
-
-    /// Reports E0201 unless the two architectures agree.
-    pub fn same_arch(&mut self, a: &Arc<Arch>, b: &Arc<Arch>, la: Span, lb: Span, file: FileId) -> bool {
-        if Arc::ptr_eq(a, b) {
-            return true;
-        }
-        let Some(why) = a.mismatch(b) else {
-            return true;
-        };
-        if a.differs_only_in_vocab(b) {
-            // Resize the operand that differs from the recipe's first model.
-            let a_is_odd = self.archs.first().is_some_and(|f| f.vocab() != a.vocab() && f.vocab() == b.vocab());
-            let ((odd, lo), (other, lother)) = if a_is_odd { ((a, la), (b, lb)) } else { ((b, lb), (a, la)) };
-            let (vo, vt) = (odd.vocab().unwrap_or(0), other.vocab().unwrap_or(0));
-            let (so, st) = (self.snippet(file, lo), self.snippet(file, lother));
-            self.report(
-                Diagnostic::error(Code::E0201, format!("vocabulary sizes differ: {vt} in `{st}`, {vo} in `{so}`"))
-                    .with_label(file, lo, format!("{vo} tokens"))
-                    .with_label(file, lother, format!("{vt} tokens"))
-                    .with_note("every other tensor agrees; only the embedding and the head differ in rows")
-                    .with_help(format!(
-                        "resize one to the other: `resize_vocab({so}, like={st})` pads new rows with the mean embedding or crops extra ones"
-                    )),
-            );
-            return false;
-        }
-        let name = |x: &Arch| x.name.clone().unwrap_or_else(|| "unknown architecture".into());
-        let why = why
-            .replace("on the left", &format!("in `{}`", self.snippet(file, la)))
-            .replace("on the right", &format!("in `{}`", self.snippet(file, lb)));
-        // Point first at the operand that differs from the recipe's first model.
-        let a_is_odd =
-            self.archs.first().is_some_and(|first| first.mismatch(a).is_some() && first.mismatch(b).is_none());
-        let (odd, odd_arch, other, other_arch) = if a_is_odd { (la, a, lb, b) } else { (lb, b, la, a) };
-        self.report(
-            Diagnostic::error(Code::E0201, "operands have different architectures")
-                .with_label(file, odd, format!("this is {} with {} layers, hidden size {}", name(odd_arch), odd_arch.n_layers, hidden(odd_arch)))
-                .with_label(file, other, format!("but this is {} with {} layers, hidden size {}", name(other_arch), other_arch.n_layers, hidden(other_arch)))
-                .with_note(why)
-                .with_help("every operand of an operator or merge must have the same tensor names and shapes: fine-tunes of one base model"),
-        );
-        false
     }
 
     pub fn snippet(&self, file: FileId, span: Span) -> String {
@@ -705,10 +683,6 @@ impl<'s> Checker<'s> {
 }
 
 /// The hidden size as the first dimension of the last 1-D tensor (a norm), for messages.
-fn hidden(a: &Arch) -> String {
-    a.tensors.iter().find(|t| t.shape.len() == 1).map_or("?".into(), |t| t.shape[0].to_string())
-}
-
 pub fn fmt_num(x: f64) -> String {
     let s = format!("{:.6}", x);
     let s = s.trim_end_matches('0').trim_end_matches('.');

@@ -6,9 +6,11 @@
 mod builtins;
 mod call;
 mod eval;
+mod filter;
 mod lora;
 mod moe;
 pub mod natives;
+mod operands;
 mod outputs;
 mod structure;
 pub mod value;

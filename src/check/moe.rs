@@ -68,7 +68,7 @@ impl Checker<'_> {
             );
         }
         for e in &experts {
-            if !self.same_arch(&base.arch.clone(), &e.arch.clone(), span, espan, ctx.file) {
+            if self.same_arch(&base.clone(), &e.clone(), span, espan, ctx.file).is_none() {
                 return Value::Poison;
             }
         }

@@ -239,6 +239,28 @@ const BUILTINS: &[Native] = &[
         how: How::Special(|c, args, span, ctx| c.call_moe(args, span, ctx)),
     },
     Native {
+        name: "drop",
+        rest: None,
+        params: &[
+            p("model", PKind::Model, Default::Required, "a model or task vector"),
+            p("pattern", PKind::Any, Default::Required, "a tensor-name glob (`*`, `?`), or a list of them"),
+        ],
+        doc: "`model` without the tensors whose names match: to merge models that do not all have them.",
+        example: "drop(base, \"pooler.*\")",
+        how: How::Bound { required: 2, eval: |c, n, b, _, ctx| c.filter_tensors(n, b, ctx) },
+    },
+    Native {
+        name: "keep",
+        rest: None,
+        params: &[
+            p("model", PKind::Model, Default::Required, "a model or task vector"),
+            p("pattern", PKind::Any, Default::Required, "a tensor-name glob (`*`, `?`), or a list of them"),
+        ],
+        doc: "`model` with only the tensors whose names match.",
+        example: "keep(base, [\"embeddings.*\", \"encoder.*\"])",
+        how: How::Bound { required: 2, eval: |c, n, b, _, ctx| c.filter_tensors(n, b, ctx) },
+    },
+    Native {
         name: "resize_vocab",
         rest: None,
         params: &[

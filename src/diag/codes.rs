@@ -65,6 +65,9 @@ codes! {
     E0205 = "layer range out of bounds",
     /// A structural operation on a model family it does not support: `moe(...)` of GPT-2 models
     E0206 = "unsupported model family",
+    /// Integer tensors (buffers such as `position_ids`) are copied from one model, not merged (a warning):
+    /// `base + ties(a, b)` of BERT checkpoints
+    E0207 = "integer tensors copied, not merged",
     /// A model path that does not exist or is not a checkpoint: `model("missing")`
     E0301 = "model not found",
     /// A checkpoint whose files are unreadable or malformed

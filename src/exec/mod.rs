@@ -214,7 +214,9 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
     let device = match &opts.engine {
         Engine::Stream => {
             plan.outputs.par_iter().enumerate().try_for_each(|(i, _)| {
-                stream::write_output(plan, &inputs, &budget, i, out)?;
+                if !copy_buffer(plan, &inputs, i, out)? {
+                    stream::write_output(plan, &inputs, &budget, i, out)?;
+                }
                 done(i);
                 Ok::<(), String>(())
             })?;
@@ -226,6 +228,9 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
         if interrupted() {
             return Err("interrupted".to_string());
         }
+        if copy_buffer(plan, &inputs, i, out)? {
+            return Ok(());
+        }
         let _permit = budget.acquire(plan.nodes[o.node].shape.iter().product::<usize>() as u64 * 4 * 4);
         let t = eval_output(plan, &inputs, o.node, device).map_err(|e| format!("computing `{}`: {e}", o.name))?;
         let vals =
@@ -235,6 +240,23 @@ pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, S
         out.write_at(slot.shard, slot.offset, &bytes).map_err(|e| format!("writing `{}`: {e}", o.name))
     })?;
     Ok(report(plan, &inputs))
+}
+
+/// Writes output tensor `i` as the bytes of the input it loads when it is an
+/// integer buffer (never merged, and not representable in f32 beyond 2^24).
+/// Returns whether it did.
+fn copy_buffer(plan: &Plan, inputs: &Inputs, i: usize, out: &OutputDir) -> Result<bool, String> {
+    let t = &plan.layout.tensors[i];
+    let (false, Op::Load { model, tensor }) = (t.dtype.is_float(), &plan.nodes[plan.outputs[i].node].op) else {
+        return Ok(false);
+    };
+    let (bytes, dtype) = inputs.bytes(*model, tensor)?;
+    if dtype != t.dtype {
+        return Ok(false);
+    }
+    let slot = plan.layout.slots[i];
+    out.write_at(slot.shard, slot.offset, &bytes).map_err(|e| format!("writing `{}`: {e}", t.name))?;
+    Ok(true)
 }
 
 /// Computes every output tensor of `plan` whole (in parallel, under the

@@ -8,7 +8,7 @@ use crate::ir::{Kernel, RouterMode};
 
 use crate::io::writer::{Layout, OutTensor};
 use crate::io::{Checkpoint, DType};
-use crate::ir::{Recipe, Sched, TExpr, TId, TVal, TensorCtx};
+use crate::ir::{Recipe, Sched, TExpr, TId, TVal, TensorCtx, HEAD, TIED_EMBED};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -101,7 +101,12 @@ impl Builder<'_> {
         }
         let ev = |s: &Sched| F::new(s.eval(ctx));
         let id = match &self.recipe.exprs[e] {
-            TExpr::Load { model } => self.node(Op::Load { model: *model, tensor: ctx.name.to_string() }, shape),
+            TExpr::Load { model } => {
+                // A model that ties its head to its embedding reads the embedding as its head.
+                let ck = &self.recipe.models[*model];
+                let tensor = if ctx.name == HEAD && !ck.tensors.contains_key(HEAD) { TIED_EMBED } else { ctx.name };
+                self.node(Op::Load { model: *model, tensor: tensor.to_string() }, shape)
+            }
             TExpr::Lin(terms) => {
                 let terms: Vec<(F, NodeId)> =
                     terms.iter().map(|(c, t)| (ev(c), self.lower(*t, ctx, shape, memo))).collect();
@@ -161,6 +166,51 @@ impl Builder<'_> {
         memo.insert((e, ctx.name.to_string()), id);
         id
     }
+
+    /// The models that expression `e` reads tensor `name` of and that hold
+    /// it, in the expression's order (left operand first).
+    fn holders(&self, e: TId, name: &str, out: &mut Vec<usize>) {
+        match &self.recipe.exprs[e] {
+            TExpr::Load { model } => {
+                if self.recipe.models[*model].tensors.contains_key(name) && !out.contains(model) {
+                    out.push(*model);
+                }
+            }
+            TExpr::Lin(terms) => terms.iter().for_each(|(_, t)| self.holders(*t, name, out)),
+            TExpr::Kernel { inputs, .. } => inputs.iter().for_each(|t| self.holders(*t, name, out)),
+            TExpr::ResizeVocab { input, .. } => self.holders(*input, name, out),
+            TExpr::Select { parts, map } => {
+                if let Some((part, source)) = map.get(name) {
+                    self.holders(parts[*part].0, source, out);
+                }
+            }
+            TExpr::Lora { .. } | TExpr::Router { .. } => {}
+        }
+    }
+
+    /// An integer or boolean tensor (a buffer such as `position_ids`) is
+    /// never merged: it is the recipe's base's, else the first holder's.
+    fn buffer(&mut self, e: TId, name: &str, shape: &[usize]) -> Option<NodeId> {
+        let mut holders = Vec::new();
+        self.holders(e, name, &mut holders);
+        let model = holders.iter().copied().find(|m| Some(*m) == self.recipe.base).or(holders.first().copied())?;
+        let source = self.source_name(e, name);
+        Some(self.node(Op::Load { model, tensor: source }, shape))
+    }
+
+    /// The name tensor `name` of `e` has in the models it reads (Selects rename).
+    fn source_name(&self, e: TId, name: &str) -> String {
+        match &self.recipe.exprs[e] {
+            TExpr::Select { parts, map } => match map.get(name) {
+                Some((part, source)) => self.source_name(parts[*part].0, source),
+                None => name.to_string(),
+            },
+            TExpr::Lin(terms) => terms.first().map_or(name.to_string(), |(_, t)| self.source_name(*t, name)),
+            TExpr::Kernel { inputs, .. } => inputs.first().map_or(name.to_string(), |t| self.source_name(*t, name)),
+            TExpr::ResizeVocab { input, .. } => self.source_name(*input, name),
+            _ => name.to_string(),
+        }
+    }
 }
 
 /// Lowers `value` to a plan for one output checkpoint.
@@ -184,7 +234,8 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
     for i in order {
         let t = &arch.tensors[i];
         let ctx = TensorCtx { name: &t.name, layer: t.layer, n_layers: arch.n_layers };
-        let node = b.lower(value.expr, &ctx, &t.shape, &mut HashMap::new());
+        let buffer = if t.dtype.is_float() { None } else { b.buffer(value.expr, &t.name, &t.shape) };
+        let node = buffer.unwrap_or_else(|| b.lower(value.expr, &ctx, &t.shape, &mut HashMap::new()));
         outputs.push(OutputTensor { name: t.name.clone(), node, layer: t.layer });
         let out_dtype = match dtype {
             Some(d) if t.dtype.is_float() => d,

@@ -13,7 +13,7 @@ mod texpr;
 
 pub use kernel::{Kernel, RouterMode, Sparsify};
 pub use sched::{glob_match, Sched, TensorCtx};
-pub use texpr::{human_count, Arch, TExpr, TId, TVal, TensorSig};
+pub use texpr::{human_count, Arch, ArchDiff, TExpr, TId, TVal, TensorSig, HEAD, TIED_EMBED};
 
 use crate::codemap::{FileId, Span};
 use crate::diag::{Code, Diagnostic};
@@ -32,6 +32,8 @@ pub struct Recipe {
     pub main_file: FileId,
     /// Every path the recipe reads: no output may overlap one (E0406).
     pub inputs: Vec<Input>,
+    /// The model bound to the name `base`, whose integer buffers the outputs take.
+    pub base: Option<usize>,
 }
 
 impl Recipe {

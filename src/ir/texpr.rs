@@ -16,6 +16,25 @@ pub struct TensorSig {
     pub layer: Option<usize>,
 }
 
+/// The output head that a model with `tie_word_embeddings` lacks.
+pub const HEAD: &str = "lm_head.weight";
+/// The embedding such a model uses as its head.
+pub const TIED_EMBED: &str = "model.embed_tokens.weight";
+
+/// How two architectures differ in the tensors merges combine.
+#[derive(Default, Debug)]
+pub struct ArchDiff<'a> {
+    pub only_left: Vec<&'a TensorSig>,
+    pub only_right: Vec<&'a TensorSig>,
+    pub shapes: Vec<(&'a TensorSig, &'a TensorSig)>,
+}
+
+impl ArchDiff<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.only_left.is_empty() && self.only_right.is_empty() && self.shapes.is_empty()
+    }
+}
+
 /// A model's architecture: its tensor table and layer count, read from
 /// config.json and the safetensors headers.
 #[derive(Clone, Debug)]
@@ -58,6 +77,53 @@ impl Arch {
         self.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum()
     }
 
+    /// The tensors merges compare with `other`'s: the floating-point ones
+    /// (integer buffers are copied, never merged), less a head that `other`
+    /// ties to its embedding.
+    fn merged<'a>(&'a self, other: &'a Arch) -> impl Iterator<Item = &'a TensorSig> + 'a {
+        let skip_head = other.tied_head().is_some() && self.get(HEAD).is_some();
+        self.tensors.iter().filter(move |t| t.dtype.is_float() && !(skip_head && t.name == HEAD))
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<&TensorSig> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// For a model whose head is its embedding (`tie_word_embeddings`, no
+    /// `lm_head.weight`): that embedding.
+    pub fn tied_head(&self) -> Option<&TensorSig> {
+        self.get(HEAD).is_none().then(|| self.get(TIED_EMBED)).flatten()
+    }
+
+    /// What merging with `other` compares: the tensors only one side has,
+    /// and those whose shapes differ (integer buffers and a tied head left out).
+    pub fn diff<'a>(&'a self, other: &'a Arch) -> ArchDiff<'a> {
+        let mut d = ArchDiff::default();
+        let (mut a, mut b) = (self.merged(other).peekable(), other.merged(self).peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => return d,
+                (Some(x), Some(y)) if x.name == y.name => {
+                    if x.shape != y.shape {
+                        d.shapes.push((x, y));
+                    }
+                    a.next();
+                    b.next();
+                }
+                (Some(x), y) if y.is_none_or(|y| x.name < y.name) => {
+                    d.only_left.push(*x);
+                    a.next();
+                }
+                (_, Some(y)) => {
+                    d.only_right.push(*y);
+                    b.next();
+                }
+                (Some(_), None) => unreachable!(),
+            }
+        }
+    }
+
     /// The first difference from `other`, in words, or None when they agree.
     pub fn mismatch(&self, other: &Arch) -> Option<String> {
         if self.slice_of.is_some() != other.slice_of.is_some() {
@@ -69,28 +135,47 @@ impl Arch {
                 self.n_layers, other.n_layers
             ));
         }
-        let mut a = self.tensors.iter().peekable();
-        let mut b = other.tensors.iter().peekable();
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => return None,
-                (Some(x), Some(y)) if x.name == y.name => {
-                    if x.shape != y.shape {
-                        return Some(format!(
-                            "tensor `{}` is {:?} on the left but {:?} on the right",
-                            x.name, x.shape, y.shape
-                        ));
-                    }
-                    a.next();
-                    b.next();
-                }
-                (Some(x), y) if y.is_none_or(|y| x.name < y.name) => {
-                    return Some(format!("tensor `{}` ({:?}) exists only on the left", x.name, x.shape));
-                }
-                (_, Some(y)) => return Some(format!("tensor `{}` ({:?}) exists only on the right", y.name, y.shape)),
-                (Some(_), None) => unreachable!(),
-            }
+        let d = self.diff(other);
+        let first = [
+            d.shapes.first().map(|(x, y)| (x.name.as_str(), 0, Some((x, y)))),
+            d.only_left.first().map(|x| (x.name.as_str(), 1, None)),
+            d.only_right.first().map(|y| (y.name.as_str(), 2, None)),
+        ];
+        let (name, side, shapes) = first.into_iter().flatten().min_by(|a, b| a.0.cmp(b.0))?;
+        Some(match (side, shapes) {
+            (0, Some((x, y))) => format!("tensor `{name}` is {:?} on the left but {:?} on the right", x.shape, y.shape),
+            (1, _) => format!("tensor `{name}` ({:?}) exists only on the left", d.only_left[0].shape),
+            _ => format!("tensor `{name}` ({:?}) exists only on the right", d.only_right[0].shape),
+        })
+    }
+
+    /// `self` with what merging it with `other` adds: `other`'s integer
+    /// buffers that `self` lacks, and a head where `self` ties its head to
+    /// its embedding and `other` has one (the output then has its own head,
+    /// so its config says `tie_word_embeddings: false`). None when nothing is added.
+    pub fn union(&self, other: &Arch) -> Option<Arch> {
+        let head = other.get(HEAD).filter(|_| self.tied_head().is_some());
+        let extra: Vec<&TensorSig> = other
+            .tensors
+            .iter()
+            .filter(|t| (!t.dtype.is_float() || Some(*t) == head) && self.get(&t.name).is_none())
+            .collect();
+        if extra.is_empty() {
+            return None;
         }
+        let mut out = self.clone();
+        out.tensors.extend(extra.into_iter().cloned());
+        out.tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        if out.get(HEAD).is_some() && self.get(HEAD).is_none() {
+            out.config.retain(|(k, _)| k != "tie_word_embeddings");
+            out.config.push(("tie_word_embeddings".into(), serde_json::Value::Bool(false)));
+        }
+        Some(out)
+    }
+
+    /// The integer and boolean tensors (buffers such as `position_ids`).
+    pub fn buffers(&self) -> impl Iterator<Item = &TensorSig> {
+        self.tensors.iter().filter(|t| !t.dtype.is_float())
     }
 
     /// The vocabulary size: rows of the input embedding.

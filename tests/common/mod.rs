@@ -91,6 +91,7 @@ fn decode(b: &[u8], dtype: safetensors::Dtype) -> Vec<f32> {
         Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
         Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
         other => panic!("unexpected dtype {other:?}"),
     }
 }
@@ -276,4 +277,70 @@ pub fn write_bin(dir: &Path, tensors: &BTreeMap<String, T>, config: &str, extra:
     z.write_all(b"3\n").unwrap();
     z.finish().unwrap();
     std::fs::write(dir.join("config.json"), config).unwrap();
+}
+
+/// Writes tensors given as (name, safetensors dtype, shape, little-endian
+/// bytes) as `model.safetensors`, with `config` beside it: for dtypes
+/// [`write_model`] does not write (integer buffers).
+pub fn write_raw(dir: &Path, tensors: &[(String, &str, Vec<usize>, Vec<u8>)], config: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&data);
+    std::fs::write(dir.join("model.safetensors"), out).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}
+
+/// Which quirks a small BERT checkpoint (`write_bert`) has.
+#[derive(Clone, Copy)]
+pub struct Bert {
+    /// Values differ by seed.
+    pub seed: u64,
+    /// Holds the int64 buffer `embeddings.position_ids` (older transformers saves).
+    pub position_ids: bool,
+    /// Holds `pooler.dense.weight` and `pooler.dense.bias`.
+    pub pooler: bool,
+}
+
+/// Writes a one-layer BertModel with hidden size 4 and the quirks asked for.
+pub fn write_bert(dir: &Path, b: Bert) {
+    let f32s = |shape: &[usize], salt: u64| -> Vec<u8> {
+        let n: usize = shape.iter().product();
+        (0..n)
+            .flat_map(|i| {
+                let x = ((i as u64 * 2654435761 + b.seed * 97 + salt * 31) % 1000) as f32 / 500.0 - 1.0;
+                x.to_le_bytes()
+            })
+            .collect()
+    };
+    let mut ts: Vec<(String, &str, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut float = |name: &str, shape: Vec<usize>| {
+        let salt = name.len() as u64;
+        ts.push((name.to_string(), "F32", shape.clone(), f32s(&shape, salt)));
+    };
+    float("embeddings.word_embeddings.weight", vec![10, 4]);
+    float("encoder.layer.0.attention.self.query.weight", vec![4, 4]);
+    float("encoder.layer.0.output.LayerNorm.weight", vec![4]);
+    if b.pooler {
+        float("pooler.dense.weight", vec![4, 4]);
+        float("pooler.dense.bias", vec![4]);
+    }
+    if b.position_ids {
+        let ids: Vec<u8> = (0..8i64).flat_map(i64::to_le_bytes).collect();
+        ts.push(("embeddings.position_ids".into(), "I64", vec![1, 8], ids));
+    }
+    ts.sort_by(|x, y| x.0.cmp(&y.0));
+    let config = r#"{"architectures": ["BertModel"], "model_type": "bert", "num_hidden_layers": 1, "hidden_size": 4}"#;
+    write_raw(dir, &ts, config);
 }
