@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod diagnostics;
+mod gguf;
 mod goldens;
 mod lsp;
 mod methods;

@@ -125,10 +125,7 @@ pub fn read(path: &Path) -> Result<Header, String> {
     let arch = meta("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     let family = FAMILIES.iter().find(|f| f.arch == arch).ok_or_else(|| {
         let known: Vec<&str> = FAMILIES.iter().map(|f| f.arch).collect();
-        format!(
-            "the GGUF architecture is `{arch}`; fuse maps only {} to Hugging Face tensor names",
-            known.join(", ")
-        )
+        format!("the GGUF architecture is `{arch}`; fuse maps only {} to Hugging Face tensor names", known.join(", "))
     })?;
     let int = |key: &str| meta(&format!("{arch}.{key}")).and_then(as_u64);
     let need = |key: &str| int(key).ok_or_else(|| format!("the GGUF metadata has no integer `{arch}.{key}`"));
@@ -211,7 +208,13 @@ fn hf_name(family: &Family, gname: &str) -> Option<String> {
 }
 
 /// config.json from the GGUF metadata, with transformers' key names.
-fn config(family: &Family, content: &Content, tensors: &[(String, TensorInfo, Option<Stored>)], heads: usize, kv_heads: usize) -> Value {
+fn config(
+    family: &Family,
+    content: &Content,
+    tensors: &[(String, TensorInfo, Option<Stored>)],
+    heads: usize,
+    kv_heads: usize,
+) -> Value {
     let arch = family.arch;
     let get = |key: &str| content.metadata.get(&format!("{arch}.{key}"));
     let mut c = serde_json::Map::new();
