@@ -152,7 +152,7 @@ pub fn read(path: &Path) -> Result<Header, String> {
         let shape = t.shape.dims().to_vec();
         let numel: usize = shape.iter().product();
         let block = t.ggml_dtype.block_size();
-        if numel % block != 0 {
+        if !numel.is_multiple_of(block) {
             return Err(format!("tensor `{gname}` has {numel} elements, not a whole number of {block}-element blocks"));
         }
         let bytes = (numel / block * t.ggml_dtype.type_size()) as u64;
@@ -305,7 +305,8 @@ fn as_u64(v: &Meta) -> Option<u64> {
 
 fn as_f64(v: &Meta) -> Option<f64> {
     match v {
-        Meta::F32(x) => Some(*x as f64),
+        // Through the shortest decimal, so that an f32 1e-5 reads as 1e-5, not 9.99999974e-6.
+        Meta::F32(x) => x.to_string().parse().ok(),
         Meta::F64(x) => Some(*x),
         other => as_u64(other).map(|x| x as f64),
     }
@@ -402,11 +403,6 @@ fn unknown_type(path: &Path) -> Option<(String, u32)> {
         }
     }
     None
-}
-
-/// Architectures fuse maps from GGUF, for messages and docs.
-pub fn known_architectures() -> Vec<&'static str> {
-    FAMILIES.iter().map(|f| f.arch).collect()
 }
 
 #[cfg(test)]

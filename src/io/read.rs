@@ -19,10 +19,13 @@ pub struct Inputs {
     /// Input tensors found holding NaN or infinity: (checkpoint, tensor).
     non_finite: Mutex<BTreeSet<(String, String)>>,
     /// Dequantized GGUF tensors, least recently used first.
-    cache: Mutex<VecDeque<((usize, String), Arc<Vec<f32>>)>>,
+    cache: Mutex<VecDeque<(TensorKey, Arc<Vec<f32>>)>>,
     /// Bytes the cache may hold; one tensor is kept even if larger.
     cache_limit: u64,
 }
+
+/// A tensor of one input model: (model index, tensor name).
+type TensorKey = (usize, String);
 
 /// The dequantization cache's size when the caller names no memory budget.
 const DEFAULT_CACHE: u64 = 1 << 30;
