@@ -5,6 +5,7 @@ mod checkpoints;
 mod cli;
 mod common;
 mod diagnostics;
+mod gguf;
 mod goldens;
 mod lsp;
 mod methods;

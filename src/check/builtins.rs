@@ -72,7 +72,7 @@ impl Checker<'_> {
             Err(OpenError::Bad { file, what }) => self.err(
                 Diagnostic::error(Code::E0302, format!("bad checkpoint `{}`: {what}", file.display()))
                     .with_label(ctx.file, pspan, "this checkpoint cannot be read")
-                    .with_help("re-download or re-save the checkpoint; fuse reads safetensors files with a config.json beside them"),
+                    .with_help("re-download or re-save the checkpoint; fuse reads safetensors or pytorch_model.bin files with a config.json beside them, and GGUF files"),
             ),
         }
     }

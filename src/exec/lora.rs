@@ -45,7 +45,7 @@ pub fn run_lora(
     recipe_text: &str,
     opts: &Options,
 ) -> Result<LoraReport, String> {
-    let inputs = super::open_inputs(plan)?;
+    let inputs = super::open_inputs(plan, opts.max_memory)?;
     let budget = Budget::new(opts.max_memory);
     let targets: Vec<usize> = (0..plan.outputs.len())
         .filter(|&i| plan.outputs[i].layer.is_some() && plan.nodes[plan.outputs[i].node].shape.len() == 2)

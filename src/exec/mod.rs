@@ -193,18 +193,19 @@ pub fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
     limit
 }
 
-/// Opens the files of the models the plan loads from.
-fn open_inputs(plan: &Plan) -> Result<Inputs, String> {
+/// Opens the files of the models the plan loads from. A quarter of the
+/// memory budget holds dequantized GGUF tensors between chunked reads.
+fn open_inputs(plan: &Plan, max_memory: u64) -> Result<Inputs, String> {
     let used: Vec<bool> = (0..plan.models.len())
         .map(|m| plan.nodes.iter().any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m)))
         .collect();
-    Inputs::open(&plan.models, &used)
+    Ok(Inputs::open(&plan.models, &used)?.with_cache_limit(max_memory / 4))
 }
 
 /// Computes every output tensor of `plan` and writes it into `out`, holding
 /// at most about `max_memory` bytes of whole tensors at once.
 pub fn execute(plan: &Plan, out: &OutputDir, opts: &Options) -> Result<Report, String> {
-    let inputs = open_inputs(plan)?;
+    let inputs = open_inputs(plan, opts.max_memory)?;
     let budget = Budget::new(opts.max_memory);
     let done = |i: usize| {
         if let Some(p) = opts.progress {
@@ -267,7 +268,7 @@ pub fn compute_all(
     max_memory: u64,
     f: &(dyn Fn(usize, Vec<f32>) -> Result<(), String> + Sync),
 ) -> Result<(), String> {
-    let inputs = open_inputs(plan)?;
+    let inputs = open_inputs(plan, max_memory)?;
     let budget = Budget::new(max_memory);
     plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
         let n: usize = plan.nodes[o.node].shape.iter().product();

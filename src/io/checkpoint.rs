@@ -14,17 +14,21 @@ use std::time::SystemTime;
 pub struct TensorEntry {
     pub file: usize,
     pub info: TensorInfo,
+    /// For a GGUF tensor that is not plain bytes (quantized, or rows to
+    /// reorder): how to turn its data into the Hugging Face tensor.
+    pub gguf: Option<super::gguf::Stored>,
 }
 
 /// A checkpoint on disk, opened by its headers.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
-    /// What the user named, resolved (a directory or a .safetensors file).
+    /// What the user named, resolved (a directory, or a .safetensors, .bin or .gguf file).
     pub root: PathBuf,
     /// The directory holding config.json and tokenizer files, if any.
     pub dir: Option<PathBuf>,
+    /// config.json, or for a GGUF file the equivalent built from its metadata.
     pub config: Option<Value>,
-    /// The safetensors files, in shard order.
+    /// The weight files, in shard order.
     pub files: Vec<PathBuf>,
     pub tensors: BTreeMap<String, TensorEntry>,
 }
@@ -119,7 +123,7 @@ impl Checkpoint {
             };
             (Some(root.to_path_buf()), files)
         };
-        let config = match &dir {
+        let mut config = match &dir {
             Some(d) if !d.join("config.json").exists() => {
                 return Err(bad(&d.join("config.json"), "the checkpoint directory has no config.json".into()))
             }
@@ -136,6 +140,14 @@ impl Checkpoint {
         };
         let mut tensors = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
+            if f.extension().is_some_and(|e| e == "gguf") {
+                let read = super::gguf::read(f).map_err(|what| bad(f, what))?;
+                config = config.or(Some(read.config));
+                for (name, info, gguf) in read.tensors {
+                    tensors.insert(name, TensorEntry { file: i, info, gguf });
+                }
+                continue;
+            }
             let table = if f.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth") {
                 super::pickle::read_bin(f).map_err(|what| bad(f, what))?
             } else {
@@ -145,7 +157,7 @@ impl Checkpoint {
                 if tensors.contains_key(&name) {
                     return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
                 }
-                tensors.insert(name, TensorEntry { file: i, info });
+                tensors.insert(name, TensorEntry { file: i, info, gguf: None });
             }
         }
         if let Some((index, map)) = weight_map {

@@ -1,9 +1,10 @@
-//! Checkpoints on disk: safetensors headers, model directories (single file,
+//! Checkpoints on disk: safetensors headers, GGUF files, model directories (single file,
 //! sharded with an index, the local Hugging Face cache) and the writer for
 //! sharded outputs. Tensor data itself is read in `exec/`.
 
 pub mod checkpoint;
 pub mod codec;
+pub mod gguf;
 pub mod package;
 pub mod pickle;
 pub mod read;

@@ -1,9 +1,12 @@
 //! Reading tensor data: positioned reads of the input checkpoints' files,
-//! widened to f32, noting inputs that hold NaN or infinity.
+//! widened to f32, noting inputs that hold NaN or infinity. GGUF tensors
+//! that are not plain bytes (quantized, or with rows to reorder) are
+//! dequantized whole on first use and kept in a small cache, since a run
+//! reads each tensor a chunk at a time.
 
 use super::codec::decode;
 use super::{Checkpoint, DType};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,17 @@ pub struct Inputs {
     files: Vec<Vec<File>>,
     /// Input tensors found holding NaN or infinity: (checkpoint, tensor).
     non_finite: Mutex<BTreeSet<(String, String)>>,
+    /// Dequantized GGUF tensors, least recently used first.
+    cache: Mutex<VecDeque<(TensorKey, Arc<Vec<f32>>)>>,
+    /// Bytes the cache may hold; one tensor is kept even if larger.
+    cache_limit: u64,
 }
+
+/// A tensor of one input model: (model index, tensor name).
+type TensorKey = (usize, String);
+
+/// The dequantization cache's size when the caller names no memory budget.
+const DEFAULT_CACHE: u64 = 1 << 30;
 
 impl Inputs {
     /// Opens the files of the models for which `used` is true.
@@ -30,7 +43,51 @@ impl Inputs {
             }
             files.push(fs);
         }
-        Ok(Inputs { models: models.to_vec(), files, non_finite: Mutex::new(BTreeSet::new()) })
+        Ok(Inputs {
+            models: models.to_vec(),
+            files,
+            non_finite: Mutex::new(BTreeSet::new()),
+            cache: Mutex::new(VecDeque::new()),
+            cache_limit: DEFAULT_CACHE,
+        })
+    }
+
+    /// Caps the bytes of dequantized GGUF tensors kept between reads.
+    pub fn with_cache_limit(mut self, bytes: u64) -> Inputs {
+        self.cache_limit = bytes;
+        self
+    }
+
+    /// A GGUF tensor that must be dequantized, whole as f32; `None` for
+    /// tensors read as bytes.
+    fn dequantized(&self, model: usize, tensor: &str) -> Result<Option<Arc<Vec<f32>>>, String> {
+        let ck = &self.models[model];
+        let Some(entry) = ck.tensors.get(tensor) else { return Ok(None) };
+        let Some(stored) = &entry.gguf else { return Ok(None) };
+        let key = (model, tensor.to_string());
+        {
+            let mut cache = self.cache.lock().unwrap();
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                let hit = cache.remove(i).unwrap();
+                let vals = hit.1.clone();
+                cache.push_back(hit);
+                return Ok(Some(vals));
+            }
+        }
+        // Dequantized outside the lock: two workers needing one tensor at
+        // once both compute it, which is rarer and cheaper than serializing.
+        let vals = super::gguf::dequantize(&self.files[model][entry.file], &entry.info, stored)
+            .map_err(|e| format!("cannot read tensor `{tensor}` from `{}`: {e}", ck.files[entry.file].display()))?;
+        self.check_finite(model, tensor, &vals);
+        let vals = Arc::new(vals);
+        let mut cache = self.cache.lock().unwrap();
+        let size = |v: &Arc<Vec<f32>>| v.len() as u64 * 4;
+        let mut used: u64 = cache.iter().map(|(_, v)| size(v)).sum::<u64>() + size(&vals);
+        while used > self.cache_limit && !cache.is_empty() {
+            used -= size(&cache.pop_front().unwrap().1);
+        }
+        cache.push_back((key, vals.clone()));
+        Ok(Some(vals))
     }
 
     /// Reads `len` bytes of a tensor from byte `offset` of its data.
@@ -48,6 +105,9 @@ impl Inputs {
 
     /// A whole tensor's bytes and dtype.
     pub fn bytes(&self, model: usize, tensor: &str) -> Result<(Vec<u8>, DType), String> {
+        if let Some(vals) = self.dequantized(model, tensor)? {
+            return Ok((super::codec::encode(&vals, DType::F32), DType::F32));
+        }
         let info = &self.models[model].tensors.get(tensor).map(|e| e.info.clone());
         let len = info.as_ref().map_or(0, |i| (i.end - i.start) as usize);
         let mut buf = vec![0u8; len];
@@ -61,6 +121,11 @@ impl Inputs {
 
     /// Reads elements `start ..` of a tensor into `out` as f32.
     pub fn read(&self, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
+        if let Some(vals) = self.dequantized(model, tensor)? {
+            let part = vals.get(start..start + out.len()).ok_or_else(|| format!("read past the end of `{tensor}`"))?;
+            out.copy_from_slice(part);
+            return Ok(());
+        }
         let dtype = self.models[model].tensors.get(tensor).map_or(DType::F32, |e| e.info.dtype);
         let size = dtype.size();
         thread_local! {
