@@ -431,11 +431,7 @@ impl<'s> Checker<'s> {
                     ))
                 }
             },
-            ExprKind::Binary(op, l, r) => {
-                let lv = self.eval(l, ctx);
-                let rv = self.eval(r, ctx);
-                self.binary(*op, lv, rv, l, r, e.span, ctx)
-            }
+            ExprKind::Chain(first, rest) => self.chain(first, rest, ctx),
             ExprKind::Call { callee, args } => self.call(callee, args, e.span, ctx),
             ExprKind::Match { scrutinee, arms } => self.eval_match(scrutinee, arms, e.span, ctx),
             ExprKind::Member(target, member) => self.member(target, member, ctx),
@@ -492,22 +488,58 @@ impl<'s> Checker<'s> {
         Value::Tensor(TVal { expr, arch: t.arch, weight })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn binary(&mut self, op: BinOp, lv: Value, rv: Value, l: &Expr, r: &Expr, span: Span, ctx: Ctx) -> Value {
+    /// `first op1 x1 op2 x2 ...`, left to right, without recursing per
+    /// operator. A run of `+`/`-` between tensor values becomes one linear
+    /// combination (its terms in order, so it computes exactly what the
+    /// nested pairs did), not one node per operator.
+    fn chain(&mut self, first: &Expr, rest: &[(BinOp, Expr)], ctx: Ctx) -> Value {
+        let mut acc = self.eval(first, ctx);
+        // The `TExpr::Lin` this chain made for its last `+`/`-`: nothing else
+        // refers to it, so the next term may be appended to it in place.
+        let mut own_sum = None;
+        let mut left = first.span;
+        for (i, (op, r)) in rest.iter().enumerate() {
+            let rv = self.eval(r, ctx);
+            let spans = Operands { left, right: r.span, whole: left.to(r.span) };
+            acc = self.binary(*op, acc, rv, spans, own_sum.take(), ctx);
+            left = spans.whole;
+            if let (BinOp::Add | BinOp::Sub, Value::Tensor(t)) = (op, &acc) {
+                own_sum = Some(t.expr);
+            }
+            // Each prefix is an expression of its own for hover, as when
+            // chains were nested pairs; `eval` records the whole chain.
+            if self.want.types && i + 1 < rest.len() && !matches!(acc, Value::Poison) {
+                self.types.push((ctx.file, left, acc.type_name()));
+            }
+        }
+        acc
+    }
+
+    /// `lv op rv`. `own_sum` is a linear combination a `+`/`-` may extend in
+    /// place instead of nesting it in a new one (see [`Checker::chain`]).
+    fn binary(&mut self, op: BinOp, lv: Value, rv: Value, at: Operands, own_sum: Option<TId>, ctx: Ctx) -> Value {
         use Value::*;
+        let (l, r, span) = (at.left, at.right, at.whole);
         match (op, lv, rv) {
             (_, Poison, _) | (_, _, Poison) => Poison,
             (op, Num(a), Num(b)) => Num(Sched::bin(op, a, b)),
             (BinOp::Mul, Num(c), Tensor(t)) | (BinOp::Mul, Tensor(t), Num(c)) => self.scale(t, c),
             (BinOp::Div, Tensor(t), Num(c)) => self.scale(t, Sched::bin(BinOp::Div, Sched::Const(1.0), c)),
             (BinOp::Add | BinOp::Sub, Tensor(a), Tensor(b)) => {
-                if !self.same_arch(&a.arch, &b.arch, l.span, r.span, ctx.file) {
+                if !self.same_arch(&a.arch, &b.arch, l, r, ctx.file) {
                     return Poison;
                 }
                 let sign = if op == BinOp::Add { 1.0 } else { -1.0 };
-                let weight = Sched::bin(op, a.weight.clone(), b.weight.clone());
-                let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), a.expr), (Sched::Const(sign), b.expr)]));
-                Tensor(TVal { expr, arch: a.arch, weight })
+                let term = (Sched::Const(sign), b.expr);
+                let expr = match own_sum {
+                    Some(sum) if sum == a.expr => {
+                        let TExpr::Lin(terms) = &mut self.exprs[sum] else { unreachable!("a chain's sums are Lin") };
+                        terms.push(term);
+                        sum
+                    }
+                    _ => self.push(TExpr::Lin(vec![(Sched::Const(1.0), a.expr), term])),
+                };
+                Tensor(TVal { expr, arch: a.arch, weight: Sched::bin(op, a.weight, b.weight) })
             }
             (BinOp::Mul, Tensor(_), Tensor(_)) => self.err(
                 Diagnostic::error(Code::E0203, "cannot multiply two models")
@@ -521,8 +553,8 @@ impl<'s> Checker<'s> {
                     Code::E0203,
                     format!("cannot apply `{op}` to {} and {}", lv.type_name(), rv.type_name()),
                 )
-                .with_label(ctx.file, l.span, lv.type_name())
-                .with_label(ctx.file, r.span, rv.type_name());
+                .with_label(ctx.file, l, lv.type_name())
+                .with_label(ctx.file, r, rv.type_name());
                 let d = match (&lv, &rv, op) {
                     (Num(_), Tensor(_), BinOp::Add | BinOp::Sub) | (Tensor(_), Num(_), BinOp::Add | BinOp::Sub) => {
                         d.with_help("numbers scale models (`0.3*(a - base)`); they cannot be added to them")
@@ -692,6 +724,14 @@ impl<'s> Checker<'s> {
             ),
         }
     }
+}
+
+/// Where the operands of one operator are: left, right, and both with it.
+#[derive(Clone, Copy)]
+struct Operands {
+    left: Span,
+    right: Span,
+    whole: Span,
 }
 
 /// The hidden size as the first dimension of the last 1-D tensor (a norm), for messages.

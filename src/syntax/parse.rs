@@ -122,7 +122,18 @@ fn pratt(pairs: Pairs<Rule>) -> Expr {
                 r => unreachable!("infix {r:?}"),
             };
             let sp = lhs.span.to(rhs.span);
-            Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span: sp }
+            // Operators fold left, so `lhs op rhs` extends a chain on the
+            // left whatever its operators were (parentheses included:
+            // `(a + b) * c` is ((a + b) * c) either way).
+            match lhs.kind {
+                ExprKind::Chain(first, mut rest) => {
+                    rest.push((op, rhs));
+                    Expr { kind: ExprKind::Chain(first, rest), span: sp }
+                }
+                kind => {
+                    Expr { kind: ExprKind::Chain(Box::new(Expr { kind, span: lhs.span }), vec![(op, rhs)]), span: sp }
+                }
+            }
         })
         .parse(pairs)
 }
@@ -323,7 +334,9 @@ mod tests {
             ExprKind::Ident(n) => n.clone(),
             ExprKind::List(items) => format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", ")),
             ExprKind::Neg(x) => format!("(-{})", show(x)),
-            ExprKind::Binary(op, a, b) => format!("({} {op} {})", show(a), show(b)),
+            ExprKind::Chain(first, rest) => {
+                rest.iter().fold(show(first), |acc, (op, b)| format!("({acc} {op} {})", show(b)))
+            }
             ExprKind::Call { callee, args } => {
                 let args: Vec<String> = args
                     .iter()
@@ -403,7 +416,8 @@ base + lam*(ft - base) + ties(b, c, k=0.2)
         let prog = p(text);
         let StmtKind::Let { value, .. } = &prog.stmts[0].kind else { panic!() };
         assert_eq!(&text[value.span.start..value.span.end], "ab + cd");
-        let ExprKind::Binary(_, l, r) = &value.kind else { panic!() };
+        let ExprKind::Chain(l, rest) = &value.kind else { panic!() };
+        let r = &rest[0].1;
         assert_eq!((&text[l.span.start..l.span.end], &text[r.span.start..r.span.end]), ("ab", "cd"));
     }
 
