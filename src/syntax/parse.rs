@@ -21,8 +21,10 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 });
 
 /// Parses one recipe file. A syntax error is reported with what was expected
-/// in words, at the place the parser stopped.
+/// in words, at the place the parser stopped; nesting deeper than
+/// [`super::MAX_DEPTH`] is refused before pest recurses into it.
 pub fn parse(text: &str, file: FileId) -> Result<Program, Diagnostic> {
+    super::nesting::check(text, file)?;
     let mut pairs = FuseParser::parse(Rule::program, text).map_err(|e| syntax_error(e, text, file))?;
     let program = pairs.next().expect("program rule");
     let stmts = program.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(stmt).collect();
