@@ -17,6 +17,11 @@ use std::sync::Arc;
 /// Names bound per tensor inside arguments.
 pub(super) const PER_TENSOR: &[&str] = &["tensor", "layer", "depth"];
 
+/// How deeply evaluation may nest, counting the bodies of the `fn`s it
+/// calls: the text's limit plus room for those bodies. Past it, evaluation is
+/// cut off (E0002) before it can overflow the stack (see docs/notes/nesting.md).
+pub(super) const MAX_EVAL_DEPTH: usize = syntax::MAX_DEPTH + 64;
+
 pub(super) struct Binding {
     pub value: Value,
     pub file: FileId,
@@ -51,6 +56,12 @@ pub(super) struct Checker<'s> {
     pub stdlib_files: Vec<FileId>,
     /// Call sites of the `fn`s being evaluated, innermost last.
     pub frames: Vec<(String, FileId, Span)>,
+    /// How many `eval`s are in progress.
+    depth: usize,
+    /// Set when a call nests too deeply (E0110, E0002): every evaluation
+    /// returns poison until the outermost call returns, so a body that calls
+    /// itself twice is not tried 2^64 times.
+    pub cut_off: bool,
     overrides: Vec<Override>,
     pub want: super::Want,
     pub last: Option<super::Described>,
@@ -73,6 +84,8 @@ impl<'s> Checker<'s> {
             prelude: HashMap::new(),
             stdlib_files: Vec::new(),
             frames: Vec::new(),
+            depth: 0,
+            cut_off: false,
             overrides: overrides
                 .iter()
                 .map(|(n, t)| Override { name: n.clone(), text: t.clone(), used: false })
@@ -399,7 +412,18 @@ impl<'s> Checker<'s> {
     // ---- expressions ----
 
     pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Value {
+        if self.depth == 0 {
+            self.cut_off = false;
+        }
+        if self.cut_off {
+            return Value::Poison;
+        }
+        if self.depth >= MAX_EVAL_DEPTH {
+            return self.too_deep(e.span, ctx);
+        }
+        self.depth += 1;
         let v = self.eval_inner(e, ctx);
+        self.depth -= 1;
         if self.want.types && !matches!(v, Value::Poison) {
             self.types.push((ctx.file, e.span, v.type_name()));
         }
@@ -438,6 +462,23 @@ impl<'s> Checker<'s> {
             ExprKind::Index(target, index) => self.index(target, Some(index), Some(index), true, e.span, ctx),
             ExprKind::Slice { target, lo, hi } => self.index(target, lo.as_deref(), hi.as_deref(), false, e.span, ctx),
         }
+    }
+
+    /// E0002 inside a `fn` body: the text nests within the limit, but calls
+    /// nest the bodies they evaluate inside each other.
+    fn too_deep(&mut self, span: Span, ctx: Ctx) -> Value {
+        self.cut_off = true;
+        let mut d = Diagnostic::error(Code::E0002, format!("evaluation nested more than {MAX_EVAL_DEPTH} levels deep"))
+            .with_label(ctx.file, span, format!("level {} is here", MAX_EVAL_DEPTH + 1));
+        if let Some((name, file, call)) = self.frames.first().cloned() {
+            d = d.with_label(file, call, format!("inside this call to `{name}`"));
+        }
+        self.err(
+            d.with_note(
+                "a call evaluates the function's body inside the call, so nested calls add up the bodies' levels",
+            )
+            .with_help("bind inner parts to names first (`inner = ...`) and use the names"),
+        )
     }
 
     pub fn lookup(&mut self, name: &str, span: Span, ctx: Ctx) -> Value {
