@@ -87,7 +87,7 @@ struct Builder<'r> {
     shared: HashMap<Op, NodeId>,
 }
 
-impl Builder<'_> {
+impl<'r> Builder<'r> {
     fn node(&mut self, op: Op, shape: &[usize]) -> NodeId {
         if let Some(&id) = self.shared.get(&op) {
             return id;
@@ -97,12 +97,24 @@ impl Builder<'_> {
         self.nodes.len() - 1
     }
 
-    fn lower(&mut self, e: TId, ctx: &TensorCtx, shape: &[usize], memo: &mut HashMap<(TId, String), NodeId>) -> NodeId {
-        if let Some(&n) = memo.get(&(e, ctx.name.to_string())) {
+    /// The node for `e` at the tensor `ctx` names. `memo` is keyed by the
+    /// name without copying it: a sum of many terms looks it up once a term.
+    fn lower<'n>(
+        &mut self,
+        e: TId,
+        ctx: &TensorCtx<'n>,
+        shape: &[usize],
+        memo: &mut HashMap<(TId, &'n str), NodeId>,
+    ) -> NodeId
+    where
+        'r: 'n,
+    {
+        if let Some(&n) = memo.get(&(e, ctx.name)) {
             return n;
         }
         let ev = |s: &Sched| F::new(s.eval(ctx));
-        let id = match &self.recipe.exprs[e] {
+        let recipe: &'r Recipe = self.recipe;
+        let id = match &recipe.exprs[e] {
             TExpr::Load { model } => self.node(Op::Load { model: *model, tensor: ctx.name.to_string() }, shape),
             TExpr::Lin(terms) => {
                 let terms: Vec<(F, NodeId)> =
@@ -160,7 +172,7 @@ impl Builder<'_> {
                 }
             }
         };
-        memo.insert((e, ctx.name.to_string()), id);
+        memo.insert((e, ctx.name), id);
         id
     }
 }
