@@ -127,3 +127,53 @@ fn lsp_diagnoses_hovers_completes_and_finds_definitions() {
     c.send(json!({"jsonrpc": "2.0", "method": "exit"}));
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn lsp_survives_deep_and_long_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fuse"))
+        .arg("lsp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c = Client { stdin: child.stdin.take().unwrap(), stdout: BufReader::new(child.stdout.take().unwrap()) };
+    c.request(1, "initialize", json!({"capabilities": {}, "processId": null, "rootUri": null}));
+    c.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    let uri = format!("file://{}", d.join("deep.fuse").display());
+    let n = 100_000;
+    let documents = [
+        format!("x = {}1{}\n", "(".repeat(n), ")".repeat(n)),
+        format!("x = {}1\n", "-".repeat(n)),
+        // A sum of 100,000 terms is fine: `base` plus 100,000 zero task vectors.
+        format!("base = model(\"base\")\nbase{}\n", " + (base - base)".repeat(n)),
+    ];
+    for (version, text) in documents.iter().enumerate() {
+        let method = if version == 0 { "textDocument/didOpen" } else { "textDocument/didChange" };
+        c.send(json!({"jsonrpc": "2.0", "method": method, "params": {
+            "textDocument": {"uri": uri, "languageId": "fuse", "version": version, "text": text},
+            "contentChanges": [{"text": text}]}}));
+        let diags = c.wait(|m| m["method"] == "textDocument/publishDiagnostics")["params"]["diagnostics"].clone();
+        let codes: Vec<&str> = diags.as_array().unwrap().iter().map(|d| d["code"].as_str().unwrap()).collect();
+        let expect: &[&str] = if version < 2 { &["E0002"] } else { &[] };
+        assert_eq!(codes, expect, "document {version}");
+        if version < 2 {
+            assert_eq!(diags[0]["range"]["start"], json!({"line": 0, "character": 4 + fuse::syntax::MAX_DEPTH}));
+        }
+        // The server is still there and answers the next request.
+        let h = c.request(
+            10 + version as u64,
+            "textDocument/hover",
+            json!({"textDocument": {"uri": uri}, "position": {"line": 1, "character": 13}}),
+        );
+        if version == 2 {
+            assert!(h["contents"]["value"].as_str().unwrap().contains("`base - base`: Delta"), "{h}");
+        }
+    }
+    c.request(99, "shutdown", Value::Null);
+    c.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    assert!(child.wait().unwrap().success());
+}
