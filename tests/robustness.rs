@@ -336,7 +336,7 @@ fn a_sum_of_100000_terms_checks_and_runs() {
     fuse_ok(d, &["check", "long.fuse"]);
     let checked = started.elapsed();
     fuse_ok(d, &["run", "long.fuse", "-o", "out"]);
-    eprintln!("100,000 terms: check {:.2?}, check and run {:.2?}", checked, started.elapsed() - checked);
+    eprintln!("100,000 terms: check {:.2?}, run {:.2?}", checked, started.elapsed() - checked);
     let out = read_model(&d.join("out"));
     assert_eq!(out.len(), m.len());
     for (name, t) in &out {
