@@ -94,7 +94,7 @@ const RUNS: &[&str] = &[" + base", " - (base - base)", ", 0.5", ", base", " * 2"
 
 /// Text nested `depth` deep around `inner`, with one kind or a mix.
 fn nest(rng: &mut Rng, depth: usize, inner: &str) -> String {
-    let mixed = rng.next() % 2 == 0;
+    let mixed = rng.next().is_multiple_of(2);
     let fixed = rng.next() % NESTS.len();
     let (mut open, mut close) = (String::new(), String::new());
     for _ in 0..depth {
@@ -122,8 +122,8 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
             at -= 1;
         }
         // Now and then grow the text deep or long at `at`.
-        if rng.next() % 16 == 0 {
-            let grown = if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(16) {
+            let grown = if rng.next().is_multiple_of(2) {
                 let inner = TOKENS[rng.next() % TOKENS.len()];
                 let d = depth(rng);
                 nest(rng, d, inner)
