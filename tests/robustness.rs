@@ -128,7 +128,7 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
                 let d = depth(rng);
                 nest(rng, d, inner)
             } else {
-                RUNS[rng.next() % RUNS.len()].repeat(1 + rng.next() % 2_000)
+                RUNS[rng.next() % RUNS.len()].repeat(1 + rng.next() % 500)
             };
             s.insert_str(at, &grown);
             continue;
