@@ -267,3 +267,34 @@ fn lsp_hovers_definitions_and_keeps_working_around_syntax_errors() {
     assert_eq!(c.complete(&uri, 7, 6), [("base".to_string(), 6)]);
     c.stop();
 }
+
+#[test]
+fn lsp_survives_deep_and_long_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    let mut c = start();
+    let uri = format!("file://{}", d.join("deep.fuse").display());
+    let n = 100_000;
+    let documents = [
+        format!("x = {}1{}\n", "(".repeat(n), ")".repeat(n)),
+        format!("x = {}1\n", "-".repeat(n)),
+        // A sum of 100,000 terms is fine: `base` plus 100,000 zero task vectors.
+        format!("base = model(\"base\")\nbase{}\n", " + (base - base)".repeat(n)),
+    ];
+    for (version, text) in documents.iter().enumerate() {
+        let diags = c.open(&uri, version as u32 + 1, text)["diagnostics"].clone();
+        let codes: Vec<&str> = diags.as_array().unwrap().iter().map(|d| d["code"].as_str().unwrap()).collect();
+        let expect: &[&str] = if version < 2 { &["E0002"] } else { &[] };
+        assert_eq!(codes, expect, "document {version}");
+        if version < 2 {
+            assert_eq!(diags[0]["range"]["start"], json!({"line": 0, "character": 4 + fuse::syntax::MAX_DEPTH}));
+        }
+        // The server is still there and answers the next request.
+        let h = c.hover(&uri, 1, 13);
+        if version == 2 {
+            assert!(h.contains("`base - base`: Delta"), "{h}");
+        }
+    }
+    c.stop();
+}

@@ -19,8 +19,12 @@ pub fn repl(dir: &std::path::Path, args: &[&str], input: &str) -> (String, Strin
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    // Written from a thread: a long input and long output would otherwise
+    // fill both pipes and wait on each other.
+    let (mut stdin, input) = (child.stdin.take().unwrap(), input.to_string());
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let o = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     (stdout(&o), stderr(&o))
 }
@@ -137,4 +141,27 @@ fn repl_completes_commands_and_names_not_arguments_of_closed_calls() {
                  :quit\n";
     let (out, _) = repl(d, &[], input);
     assert_eq!(out.lines().collect::<Vec<_>>(), [":complete :cos", "bank", ""], "{out}");
+}
+
+#[test]
+fn repl_refuses_deep_input_and_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("base"), &[(1, 0.02)]).unwrap();
+    let n = 100_000;
+    let input = format!(
+        "base = model(\"base\")\n{}1{}\n{}1\nbase{}\n:quit\n",
+        "(".repeat(n),
+        ")".repeat(n),
+        "-".repeat(n),
+        " + (base - base)".repeat(n)
+    );
+    let (out, _) = repl(d, &[], &input);
+    // (Each input is checked after the session's text, whose last `)` makes
+    // the input's first `(` a call and its first `-` a subtraction.)
+    let deep = format!("levels deep; the limit is {}", fuse::syntax::MAX_DEPTH);
+    assert_eq!(out.matches("[E0002] Error: expression nested ").count(), 2, "{}", &out[..out.len().min(3000)]);
+    assert_eq!(out.matches(&deep).count(), 2, "{}", &out[..out.len().min(3000)]);
+    // The long sum after them is a model.
+    assert!(out.contains("Model  (LlamaForCausalLM"), "{}", &out[out.len().saturating_sub(3000)..]);
 }

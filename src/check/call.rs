@@ -167,6 +167,7 @@ impl Checker<'_> {
     /// it are given by name.
     fn call_user(&mut self, f: &Arc<UserFn>, args: &[Arg], span: Span, ctx: Ctx) -> Value {
         if self.frames.len() >= MAX_CALL_DEPTH {
+            self.cut_off = true;
             return self.err(
                 Diagnostic::error(Code::E0110, format!("`{}` calls itself", f.name))
                     .with_label(ctx.file, span, "this call never ends")
@@ -242,6 +243,10 @@ impl Checker<'_> {
         self.frames.push((f.name.clone(), ctx.file, span));
         let v = self.eval(&f.body, Ctx { file: f.file, dir: &dir, locals: Some(&locals) });
         self.frames.pop();
+        if self.frames.is_empty() {
+            // The runaway call, if any, is over; the rest of the recipe is checked as usual.
+            self.cut_off = false;
+        }
         v
     }
 }

@@ -16,6 +16,11 @@ use std::sync::Arc;
 /// Names bound per tensor inside arguments.
 pub(super) const PER_TENSOR: &[&str] = &["tensor", "layer", "depth"];
 
+/// How deeply evaluation may nest, counting the bodies of the `fn`s it
+/// calls: the text's limit plus room for those bodies. Past it, evaluation is
+/// cut off (E0002) before it can overflow the stack (see docs/notes/nesting.md).
+pub(super) const MAX_EVAL_DEPTH: usize = syntax::MAX_DEPTH + 64;
+
 pub(super) struct Binding {
     pub value: Value,
     pub file: FileId,
@@ -50,6 +55,12 @@ pub(super) struct Checker<'s> {
     pub stdlib_files: Vec<FileId>,
     /// Call sites of the `fn`s being evaluated, innermost last.
     pub frames: Vec<(String, FileId, Span)>,
+    /// How many `eval`s are in progress.
+    depth: usize,
+    /// Set when a call nests too deeply (E0110, E0002): every evaluation
+    /// returns poison until the outermost call returns, so a body that calls
+    /// itself twice is not tried 2^64 times.
+    pub cut_off: bool,
     overrides: Vec<Override>,
     pub want: super::Want,
     pub last: Option<super::Described>,
@@ -79,6 +90,8 @@ impl<'s> Checker<'s> {
             prelude: HashMap::new(),
             stdlib_files: Vec::new(),
             frames: Vec::new(),
+            depth: 0,
+            cut_off: false,
             overrides: overrides
                 .iter()
                 .map(|(n, t)| Override { name: n.clone(), text: t.clone(), used: false })
@@ -428,7 +441,18 @@ impl<'s> Checker<'s> {
     // ---- expressions ----
 
     pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Value {
+        if self.depth == 0 {
+            self.cut_off = false;
+        }
+        if self.cut_off {
+            return Value::Poison;
+        }
+        if self.depth >= MAX_EVAL_DEPTH {
+            return self.too_deep(e.span, ctx);
+        }
+        self.depth += 1;
         let v = self.eval_inner(e, ctx);
+        self.depth -= 1;
         if let Value::Tensor(t) = &v {
             if !self.stdlib_files.contains(&ctx.file) {
                 self.origins.insert(t.expr, (ctx.file, e.span));
@@ -465,17 +489,30 @@ impl<'s> Checker<'s> {
                     ))
                 }
             },
-            ExprKind::Binary(op, l, r) => {
-                let lv = self.eval(l, ctx);
-                let rv = self.eval(r, ctx);
-                self.binary(*op, lv, rv, l, r, e.span, ctx)
-            }
+            ExprKind::Chain(first, rest) => self.chain(first, rest, ctx),
             ExprKind::Call { callee, args } => self.call(callee, args, e.span, ctx),
             ExprKind::Match { scrutinee, arms } => self.eval_match(scrutinee, arms, e.span, ctx),
             ExprKind::Member(target, member) => self.member(target, member, ctx),
             ExprKind::Index(target, index) => self.index(target, Some(index), Some(index), true, e.span, ctx),
             ExprKind::Slice { target, lo, hi } => self.index(target, lo.as_deref(), hi.as_deref(), false, e.span, ctx),
         }
+    }
+
+    /// E0002 inside a `fn` body: the text nests within the limit, but calls
+    /// nest the bodies they evaluate inside each other.
+    fn too_deep(&mut self, span: Span, ctx: Ctx) -> Value {
+        self.cut_off = true;
+        let mut d = Diagnostic::error(Code::E0002, format!("evaluation nested more than {MAX_EVAL_DEPTH} levels deep"))
+            .with_label(ctx.file, span, format!("level {} is here", MAX_EVAL_DEPTH + 1));
+        if let Some((name, file, call)) = self.frames.first().cloned() {
+            d = d.with_label(file, call, format!("inside this call to `{name}`"));
+        }
+        self.err(
+            d.with_note(
+                "a call evaluates the function's body inside the call, so nested calls add up the bodies' levels",
+            )
+            .with_help("bind inner parts to names first (`inner = ...`) and use the names"),
+        )
     }
 
     pub fn lookup(&mut self, name: &str, span: Span, ctx: Ctx) -> Value {
@@ -523,22 +560,58 @@ impl<'s> Checker<'s> {
         Value::Tensor(TVal { expr, arch: t.arch, weight })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn binary(&mut self, op: BinOp, lv: Value, rv: Value, l: &Expr, r: &Expr, span: Span, ctx: Ctx) -> Value {
+    /// `first op1 x1 op2 x2 ...`, left to right, without recursing per
+    /// operator. A run of `+`/`-` between tensor values becomes one linear
+    /// combination (its terms in order, so it computes exactly what the
+    /// nested pairs did), not one node per operator.
+    fn chain(&mut self, first: &Expr, rest: &[(BinOp, Expr)], ctx: Ctx) -> Value {
+        let mut acc = self.eval(first, ctx);
+        // The `TExpr::Lin` this chain made for its last `+`/`-`: nothing else
+        // refers to it, so the next term may be appended to it in place.
+        let mut own_sum = None;
+        let mut left = first.span;
+        for (i, (op, r)) in rest.iter().enumerate() {
+            let rv = self.eval(r, ctx);
+            let spans = Operands { left, right: r.span, whole: left.to(r.span) };
+            acc = self.binary(*op, acc, rv, spans, own_sum.take(), ctx);
+            left = spans.whole;
+            if let (BinOp::Add | BinOp::Sub, Value::Tensor(t)) = (op, &acc) {
+                own_sum = Some(t.expr);
+            }
+            // Each prefix is an expression of its own for hover, as when
+            // chains were nested pairs; `eval` records the whole chain.
+            if self.want.types && i + 1 < rest.len() && !matches!(acc, Value::Poison) {
+                self.types.push((ctx.file, left, acc.type_name()));
+            }
+        }
+        acc
+    }
+
+    /// `lv op rv`. `own_sum` is a linear combination a `+`/`-` may extend in
+    /// place instead of nesting it in a new one (see [`Checker::chain`]).
+    fn binary(&mut self, op: BinOp, lv: Value, rv: Value, at: Operands, own_sum: Option<TId>, ctx: Ctx) -> Value {
         use Value::*;
+        let (l, r, span) = (at.left, at.right, at.whole);
         match (op, lv, rv) {
             (_, Poison, _) | (_, _, Poison) => Poison,
             (op, Num(a), Num(b)) => Num(Sched::bin(op, a, b)),
             (BinOp::Mul, Num(c), Tensor(t)) | (BinOp::Mul, Tensor(t), Num(c)) => self.scale(t, c),
             (BinOp::Div, Tensor(t), Num(c)) => self.scale(t, Sched::bin(BinOp::Div, Sched::Const(1.0), c)),
             (BinOp::Add | BinOp::Sub, Tensor(a), Tensor(b)) => {
-                let Some(arch) = self.same_arch(&a, &b, l.span, r.span, ctx.file) else {
+                let Some(arch) = self.same_arch(&a, &b, l, r, ctx.file) else {
                     return Poison;
                 };
                 let sign = if op == BinOp::Add { 1.0 } else { -1.0 };
-                let weight = Sched::bin(op, a.weight.clone(), b.weight.clone());
-                let expr = self.push(TExpr::Lin(vec![(Sched::Const(1.0), a.expr), (Sched::Const(sign), b.expr)]));
-                Tensor(TVal { expr, arch, weight })
+                let term = (Sched::Const(sign), b.expr);
+                let expr = match own_sum {
+                    Some(sum) if sum == a.expr => {
+                        let TExpr::Lin(terms) = &mut self.exprs[sum] else { unreachable!("a chain's sums are Lin") };
+                        terms.push(term);
+                        sum
+                    }
+                    _ => self.push(TExpr::Lin(vec![(Sched::Const(1.0), a.expr), term])),
+                };
+                Tensor(TVal { expr, arch, weight: Sched::bin(op, a.weight, b.weight) })
             }
             (BinOp::Mul, Tensor(_), Tensor(_)) => self.err(
                 Diagnostic::error(Code::E0203, "cannot multiply two models")
@@ -552,8 +625,8 @@ impl<'s> Checker<'s> {
                     Code::E0203,
                     format!("cannot apply `{op}` to {} and {}", lv.type_name(), rv.type_name()),
                 )
-                .with_label(ctx.file, l.span, lv.type_name())
-                .with_label(ctx.file, r.span, rv.type_name());
+                .with_label(ctx.file, l, lv.type_name())
+                .with_label(ctx.file, r, rv.type_name());
                 let d = match (&lv, &rv, op) {
                     (Num(_), Tensor(_), BinOp::Add | BinOp::Sub) | (Tensor(_), Num(_), BinOp::Add | BinOp::Sub) => {
                         d.with_help("numbers scale models (`0.3*(a - base)`); they cannot be added to them")
@@ -680,6 +753,14 @@ impl<'s> Checker<'s> {
             ),
         }
     }
+}
+
+/// Where the operands of one operator are: left, right, and both with it.
+#[derive(Clone, Copy)]
+struct Operands {
+    left: Span,
+    right: Span,
+    whole: Span,
 }
 
 /// The hidden size as the first dimension of the last 1-D tensor (a norm), for messages.

@@ -31,6 +31,9 @@ macro_rules! codes {
 codes! {
     /// The recipe is not valid syntax: `a = (1 +`
     E0001 = "syntax error",
+    /// An expression nested more than 256 levels deep: `x = ((((...1...))))`; or
+    /// calls whose bodies together nest more than 320: `fn f(m) = -(-(-(-f(m))))`
+    E0002 = "nesting too deep",
     /// A name is used but never bound: `x = y + 1`
     E0101 = "unknown name",
     /// A name is bound twice: `a = 1` then `a = 2`

@@ -85,7 +85,7 @@ struct Builder<'r> {
     shared: HashMap<Op, NodeId>,
 }
 
-impl Builder<'_> {
+impl<'r> Builder<'r> {
     fn node(&mut self, op: Op, shape: &[usize]) -> NodeId {
         if let Some(&id) = self.shared.get(&op) {
             return id;
@@ -95,15 +95,27 @@ impl Builder<'_> {
         self.nodes.len() - 1
     }
 
-    fn lower(&mut self, e: TId, ctx: &TensorCtx, shape: &[usize], memo: &mut HashMap<(TId, String), NodeId>) -> NodeId {
-        if let Some(&n) = memo.get(&(e, ctx.name.to_string())) {
+    /// The node for `e` at the tensor `ctx` names. `memo` is keyed by the
+    /// name without copying it: a sum of many terms looks it up once a term.
+    fn lower<'n>(
+        &mut self,
+        e: TId,
+        ctx: &TensorCtx<'n>,
+        shape: &[usize],
+        memo: &mut HashMap<(TId, &'n str), NodeId>,
+    ) -> NodeId
+    where
+        'r: 'n,
+    {
+        if let Some(&n) = memo.get(&(e, ctx.name)) {
             return n;
         }
         let ev = |s: &Sched| F::new(s.eval(ctx));
-        let id = match &self.recipe.exprs[e] {
+        let recipe: &'r Recipe = self.recipe;
+        let id = match &recipe.exprs[e] {
             TExpr::Load { model } => {
                 // A model that ties its head to its embedding reads the embedding as its head.
-                let ck = &self.recipe.models[*model];
+                let ck = &recipe.models[*model];
                 let tensor = if ctx.name == HEAD && !ck.tensors.contains_key(HEAD) { TIED_EMBED } else { ctx.name };
                 self.node(Op::Load { model: *model, tensor: tensor.to_string() }, shape)
             }
@@ -163,7 +175,7 @@ impl Builder<'_> {
                 }
             }
         };
-        memo.insert((e, ctx.name.to_string()), id);
+        memo.insert((e, ctx.name), id);
         id
     }
 

@@ -16,7 +16,9 @@ pub enum Sched {
     OverLayers(Vec<Sched>),
     /// `match tensor { "glob" => a, ..., _ => d }`: the first matching glob wins.
     Match(Vec<(String, Sched)>, Box<Sched>),
-    Bin(BinOp, Box<Sched>, Box<Sched>),
+    /// Operators applied left to right: `Fold(a, [(+, b), (*, c)])` is
+    /// `(a + b) * c`. One flat node, so that a long sum never nests deeply.
+    Fold(Box<Sched>, Vec<(BinOp, Sched)>),
     Neg(Box<Sched>),
     /// `a / b`, or the fallback where `|b| < 1e-6` (nuslerp's weight ratio).
     Ratio(Box<Sched>, Box<Sched>, f64),
@@ -48,16 +50,16 @@ impl Sched {
         }
     }
 
-    /// Folds constants so that plain arithmetic stays a plain number.
+    /// Folds constants so that plain arithmetic stays a plain number, and
+    /// extends a fold on the left in place (a long sum costs no copying).
     pub fn bin(op: BinOp, a: Sched, b: Sched) -> Sched {
-        match (a.as_const(), b.as_const()) {
-            (Some(x), Some(y)) => Sched::Const(match op {
-                BinOp::Add => x + y,
-                BinOp::Sub => x - y,
-                BinOp::Mul => x * y,
-                BinOp::Div => x / y,
-            }),
-            _ => Sched::Bin(op, Box::new(a), Box::new(b)),
+        match (a, b) {
+            (Sched::Const(x), Sched::Const(y)) => Sched::Const(op.apply(x, y)),
+            (Sched::Fold(first, mut rest), b) => {
+                rest.push((op, b));
+                Sched::Fold(first, rest)
+            }
+            (a, b) => Sched::Fold(Box::new(a), vec![(op, b)]),
         }
     }
 
@@ -88,15 +90,7 @@ impl Sched {
             Sched::Match(arms, default) => {
                 arms.iter().find(|(g, _)| glob_match(g, ctx.name)).map_or(&**default, |(_, v)| v).eval(ctx)
             }
-            Sched::Bin(op, a, b) => {
-                let (x, y) = (a.eval(ctx), b.eval(ctx));
-                match op {
-                    BinOp::Add => x + y,
-                    BinOp::Sub => x - y,
-                    BinOp::Mul => x * y,
-                    BinOp::Div => x / y,
-                }
-            }
+            Sched::Fold(first, rest) => rest.iter().fold(first.eval(ctx), |x, (op, b)| op.apply(x, b.eval(ctx))),
             Sched::Neg(a) => -a.eval(ctx),
             Sched::Ratio(a, b, fallback) => {
                 let d = b.eval(ctx);

@@ -129,6 +129,14 @@ fn completion_item(c: crate::complete::Completion) -> CompletionItem {
     CompletionItem { label: c.text, kind: Some(kind), ..Default::default() }
 }
 
+/// The diagnostics the server would publish for `text` at `uri`, as JSON
+/// (for tests that drive the analysis without a client).
+pub fn diagnostics(uri: &str, text: &str) -> Vec<serde_json::Value> {
+    let Ok(uri) = uri.parse::<lsp_types::Uri>() else { return Vec::new() };
+    let doc = document::Document::open(uri, text.to_string());
+    doc.diagnostics().iter().map(|d| serde_json::to_value(d).unwrap_or_default()).collect()
+}
+
 /// Documentation of a builtin, native method or standard-library function.
 pub fn docs_of(name: &str) -> Option<String> {
     check::docs_of(name)

@@ -62,6 +62,18 @@ pub enum BinOp {
     Div,
 }
 
+impl BinOp {
+    /// `x op y` on plain numbers.
+    pub fn apply(self, x: f64, y: f64) -> f64 {
+        match self {
+            BinOp::Add => x + y,
+            BinOp::Sub => x - y,
+            BinOp::Mul => x * y,
+            BinOp::Div => x / y,
+        }
+    }
+}
+
 impl fmt::Display for BinOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -92,7 +104,11 @@ pub enum ExprKind {
     Ident(String),
     List(Vec<Expr>),
     Neg(Box<Expr>),
-    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// Infix operators applied left to right: `a + b * c - d` is
+    /// `Chain(a, [(Add, b * c), (Sub, d)])`, itself ((a + (b * c)) - d).
+    /// Flat rather than a left-deep tree of pairs, so that a sum of many
+    /// terms is one node and no stage recurses once per term.
+    Chain(Box<Expr>, Vec<(BinOp, Expr)>),
     Call {
         callee: Box<Expr>,
         args: Vec<Arg>,

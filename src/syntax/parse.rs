@@ -21,8 +21,10 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 });
 
 /// Parses one recipe file. A syntax error is reported with what was expected
-/// in words, at the place the parser stopped.
+/// in words, at the place the parser stopped; nesting deeper than
+/// [`super::MAX_DEPTH`] is refused before pest recurses into it.
 pub fn parse(text: &str, file: FileId) -> Result<Program, Diagnostic> {
+    super::nesting::check(text, file)?;
     let mut pairs = FuseParser::parse(Rule::program, text).map_err(|e| syntax_error(e, text, file))?;
     let program = pairs.next().expect("program rule");
     let stmts = program.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(stmt).collect();
@@ -122,7 +124,18 @@ fn pratt(pairs: Pairs<Rule>) -> Expr {
                 r => unreachable!("infix {r:?}"),
             };
             let sp = lhs.span.to(rhs.span);
-            Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span: sp }
+            // Operators fold left, so `lhs op rhs` extends a chain on the
+            // left whatever its operators were (parentheses included:
+            // `(a + b) * c` is ((a + b) * c) either way).
+            match lhs.kind {
+                ExprKind::Chain(first, mut rest) => {
+                    rest.push((op, rhs));
+                    Expr { kind: ExprKind::Chain(first, rest), span: sp }
+                }
+                kind => {
+                    Expr { kind: ExprKind::Chain(Box::new(Expr { kind, span: lhs.span }), vec![(op, rhs)]), span: sp }
+                }
+            }
         })
         .parse(pairs)
 }
@@ -133,20 +146,18 @@ fn postfix(lhs: Expr, op: Pair<Rule>) -> Expr {
         Rule::call => ExprKind::Call { callee: Box::new(lhs), args: op.into_inner().map(arg).collect() },
         Rule::member => ExprKind::Member(Box::new(lhs), ident(op.into_inner().next().unwrap())),
         Rule::index => {
-            let inner = op.into_inner().next().unwrap();
-            if inner.as_rule() == Rule::range {
-                let (mut lo, mut hi) = (None, None);
-                for b in inner.into_inner() {
-                    let e = Box::new(expr(b.clone().into_inner().next().unwrap()));
-                    if b.as_rule() == Rule::range_lo {
-                        lo = Some(e)
-                    } else {
-                        hi = Some(e)
-                    }
+            // [range_lo], [range_lo, range], or [range]; a range holds its range_hi.
+            let (mut lo, mut range) = (None, None);
+            for b in op.into_inner() {
+                if b.as_rule() == Rule::range_lo {
+                    lo = Some(Box::new(expr(b.into_inner().next().unwrap())));
+                } else {
+                    range = Some(b.into_inner().next().map(|hi| Box::new(expr(hi.into_inner().next().unwrap()))));
                 }
-                ExprKind::Slice { target: Box::new(lhs), lo, hi }
-            } else {
-                ExprKind::Index(Box::new(lhs), Box::new(expr(inner)))
+            }
+            match (lo, range) {
+                (Some(i), None) => ExprKind::Index(Box::new(lhs), i),
+                (lo, hi) => ExprKind::Slice { target: Box::new(lhs), lo, hi: hi.flatten() },
             }
         }
         r => unreachable!("postfix {r:?}"),
@@ -284,7 +295,8 @@ fn describe(rule: Rule) -> &'static str {
         Rule::string | Rule::string_inner => "a string",
         Rule::call => "`(`",
         Rule::member => "`.`",
-        Rule::index | Rule::range => "`[`",
+        Rule::index => "`[`",
+        Rule::range => "`..`",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::infix => "an operator",
         Rule::arg | Rule::named_arg => "an argument",
         Rule::match_arm | Rule::pattern | Rule::wildcard => "a match arm (`\"glob\" => value` or `_ => value`)",
@@ -323,7 +335,9 @@ mod tests {
             ExprKind::Ident(n) => n.clone(),
             ExprKind::List(items) => format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", ")),
             ExprKind::Neg(x) => format!("(-{})", show(x)),
-            ExprKind::Binary(op, a, b) => format!("({} {op} {})", show(a), show(b)),
+            ExprKind::Chain(first, rest) => {
+                rest.iter().fold(show(first), |acc, (op, b)| format!("({acc} {op} {})", show(b)))
+            }
             ExprKind::Call { callee, args } => {
                 let args: Vec<String> = args
                     .iter()
@@ -403,8 +417,39 @@ base + lam*(ft - base) + ties(b, c, k=0.2)
         let prog = p(text);
         let StmtKind::Let { value, .. } = &prog.stmts[0].kind else { panic!() };
         assert_eq!(&text[value.span.start..value.span.end], "ab + cd");
-        let ExprKind::Binary(_, l, r) = &value.kind else { panic!() };
+        let ExprKind::Chain(l, rest) = &value.kind else { panic!() };
+        let r = &rest[0].1;
         assert_eq!((&text[l.span.start..l.span.end], &text[r.span.start..r.span.end]), ("ab", "cd"));
+    }
+
+    #[test]
+    fn indexes_and_slices() {
+        let shown: Vec<String> = p("a = xs[1]\nb = xs[1..2]\nc = xs[..2]\nd = xs[1..]\ne = xs[..]\nf = xs[i + 1][0]\n")
+            .stmts
+            .iter()
+            .map(show_stmt)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "let a = xs[1]",
+                "let b = xs[1..2]",
+                "let c = xs[..2]",
+                "let d = xs[1..]",
+                "let e = xs[..]",
+                "let f = xs[(i + 1)][0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn nested_indexes_parse_in_linear_time() {
+        // Trying a range before an index re-parsed the inside on every level:
+        // 2^60 steps here.
+        let text = format!("x = {}0{}", "xs[".repeat(60), "]".repeat(60));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(parse(&text, FileId(0)).is_ok()));
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(20)), Ok(true));
     }
 
     #[test]
