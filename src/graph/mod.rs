@@ -76,6 +76,8 @@ pub struct Plan {
     pub n_layers: usize,
     /// Further config.json fields to set.
     pub config: Vec<(String, serde_json::Value)>,
+    /// Where each output layer came from: (model, layer), for config.json's per-layer lists.
+    pub layers: Vec<(usize, usize)>,
     pub dtype: Option<DType>,
 }
 
@@ -200,6 +202,7 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
         origin: arch.origin,
         n_layers: arch.n_layers,
         config: arch.config.clone(),
+        layers: arch.layers.clone(),
         dtype,
     }
 }

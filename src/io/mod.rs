@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod layer_config;
 pub mod package;
 pub mod pickle;
 pub mod read;

@@ -19,18 +19,22 @@ pub struct Package<'a> {
     pub n_layers: usize,
     /// Further config.json fields to set.
     pub config: &'a [(String, serde_json::Value)],
+    /// Where each output layer came from: (model, layer).
+    pub layers: &'a [(usize, usize)],
     /// The recipe's text, for the model card.
     pub recipe: &'a str,
 }
 
 impl Package<'_> {
     /// Writes the index, config.json, copied files and the model card.
-    pub fn write(&self, out: &OutputDir, layout: &Layout) -> Result<(), String> {
+    /// Returns notes on what could not be carried exactly (warnings).
+    pub fn write(&self, out: &OutputDir, layout: &Layout) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
         if let Some(index) = layout.index_json() {
             out.write_file("model.safetensors.index.json", index.as_bytes())?;
         }
         let origin = &self.models[self.origin];
-        if let Some(config) = self.config_json(origin) {
+        if let Some(config) = self.config_json(origin, &mut notes) {
             out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
         }
         if let Some(dir) = &origin.dir {
@@ -41,12 +45,18 @@ impl Package<'_> {
                 }
             }
         }
-        out.write_file("README.md", self.model_card().as_bytes())
+        out.write_file("README.md", self.model_card().as_bytes())?;
+        Ok(notes)
     }
 
     /// The origin's config.json with the output's dtype, layer count and fields.
-    fn config_json(&self, origin: &Checkpoint) -> Option<serde_json::Value> {
+    fn config_json(&self, origin: &Checkpoint, notes: &mut Vec<String>) -> Option<serde_json::Value> {
         let mut config = origin.config.clone()?;
+        // Layers cut, repeated or taken from other models: per-layer fields follow them.
+        let identity = self.layers.iter().enumerate().all(|(i, &l)| l == (self.origin, i));
+        if !(identity && self.layers.len() == origin.n_layers()) && self.layers.len() == self.n_layers {
+            notes.extend(super::layer_config::rebuild(&mut config, self.models, self.layers));
+        }
         if let (Some(obj), Some(d)) = (config.as_object_mut(), self.dtype) {
             obj.insert("torch_dtype".into(), d.torch_name().into());
             if obj.contains_key("dtype") {

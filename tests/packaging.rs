@@ -1,0 +1,94 @@
+//! What an output carries beside its weights, on checkpoints with the quirks
+//! real ones have: per-layer config.json fields after `stack`, tokenizer and
+//! processor files of every kind, sentence-transformers module folders, and
+//! sharded PyTorch `.bin` inputs.
+
+use crate::common::*;
+use fuse::testmodel::TinyLlama;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Writes a TinyLlama with `layers` layers whose config.json also holds `extra`.
+fn llama_with(dir: &Path, layers: usize, seed: u64, extra: Value) {
+    let shape = TinyLlama { layers, ..TinyLlama::default() };
+    shape.write(dir, &[(seed, 0.02)]).unwrap();
+    let mut config: Value = serde_json::from_str(&shape.config_json()).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+fn config(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+fn types(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn stacked_layers_carry_their_per_layer_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    llama_with(&d.join("a"), 6, 1, json!({"layer_types": types("a", 6), "max_window_layers": 4, "moe_layers": [1, 5]}));
+    llama_with(&d.join("b"), 6, 2, json!({"layer_types": types("b", 6), "max_window_layers": 6, "moe_layers": [2]}));
+    write_recipe(
+        d,
+        "r.fuse",
+        "a = model(\"a\")\nb = model(\"b\")\nsave(stack(a.layers[0..4], b.layers[2..6]), \"out\")\n",
+    );
+    let o = fuse_ok(d, &["run", "r.fuse"]);
+    assert!(!stderr(&o).contains("E0407"), "{}", stderr(&o));
+    let c = config(&d.join("out"));
+    assert_eq!(c["num_hidden_layers"], 8);
+    assert_eq!(c["layer_types"], json!(["a0", "a1", "a2", "a3", "b2", "b3", "b4", "b5"]));
+    // a's layers 0..4 are below its 4, b's below its 6: all eight use full attention.
+    assert_eq!(c["max_window_layers"], 8);
+    // a's layer 1 and b's layer 2 (output layer 4).
+    assert_eq!(c["moe_layers"], json!([1, 4]));
+    assert_eq!(c["eos_token_id"], 2);
+    assert_eq!(read_model(&d.join("out")).keys().filter(|k| k.contains(".7.mlp.up_proj")).count(), 1);
+
+    // A full-attention layer after a sliding one: no count can say it.
+    write_recipe(
+        d,
+        "odd.fuse",
+        "a = model(\"a\")\nb = model(\"b\")\nsave(stack(b.layers[0..2], a.layers[4..6], b.layers[0..2]), \"odd\")\n",
+    );
+    let o = fuse_ok(d, &["run", "odd.fuse"]);
+    let e = stderr(&o);
+    expect_code(&e, "E0407");
+    assert!(e.contains("max_window_layers") && e.contains("output layers 4, 5"), "{e}");
+    let c = config(&d.join("odd"));
+    assert_eq!(c["layer_types"], json!(["b0", "b1", "a4", "a5", "b0", "b1"]));
+    assert_eq!(c["max_window_layers"], 2);
+}
+
+#[test]
+fn gemma_style_sliding_window_pattern_becomes_layer_types_when_broken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    llama_with(&d.join("g"), 6, 1, json!({"sliding_window_pattern": 3}));
+    // Layers 0 1 2 | 1 2 3 4 5: full attention at source layers 2 and 5.
+    write_recipe(d, "r.fuse", "g = model(\"g\")\nsave(stack(g.layers[0..3], g.layers[1..6]), \"out\")\n");
+    let o = fuse_ok(d, &["run", "r.fuse"]);
+    expect_code(&stderr(&o), "E0407");
+    let c = config(&d.join("out"));
+    let full: Vec<usize> = c["layer_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| *t == "full_attention")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(full, [2, 4, 7]);
+    assert_eq!(c["num_hidden_layers"], 8);
+    // A plain merge leaves every field as it was.
+    write_recipe(d, "same.fuse", "g = model(\"g\")\nsave(0.5 * g + 0.5 * g, \"same\")\n");
+    fuse_ok(d, &["run", "same.fuse"]);
+    let c = config(&d.join("same"));
+    assert!(c.get("layer_types").is_none());
+    assert_eq!(c["sliding_window_pattern"], 3);
+}
