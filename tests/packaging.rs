@@ -92,3 +92,48 @@ fn gemma_style_sliding_window_pattern_becomes_layer_types_when_broken() {
     assert!(c.get("layer_types").is_none());
     assert_eq!(c["sliding_window_pattern"], 3);
 }
+
+#[test]
+fn sharded_pytorch_bin_checkpoints_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("st"), &[(3, 0.02)]).unwrap();
+    let all = read_model(&d.join("st"));
+    let config = std::fs::read_to_string(d.join("st/config.json")).unwrap();
+    // Two shards as transformers' `save_pretrained(safe_serialization=False)` writes them.
+    let (first, second): (Vec<_>, Vec<_>) = all.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut map = serde_json::Map::new();
+    for (k, part) in [first, second].into_iter().enumerate() {
+        let name = format!("pytorch_model-{:05}-of-00002.bin", k + 1);
+        let tensors = part.into_iter().map(|(_, (n, t))| (n.clone(), t.clone())).collect();
+        write_bin(&d.join("part"), &tensors, &config, &[]);
+        std::fs::rename(d.join("part/pytorch_model.bin"), d.join("st").join(&name)).unwrap();
+        for n in tensors.keys() {
+            map.insert(n.clone(), name.clone().into());
+        }
+    }
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    for f in std::fs::read_dir(d.join("st")).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.starts_with("model") {
+            std::fs::rename(&p, d.join("bin").join(name)).unwrap();
+        }
+    }
+    let index = json!({"metadata": {"total_size": 0}, "weight_map": map});
+    std::fs::write(d.join("bin/pytorch_model.bin.index.json"), index.to_string()).unwrap();
+    write_recipe(d, "r.fuse", "save(model(\"bin\") * 1.0, \"out\")\n");
+    fuse_ok(d, &["run", "r.fuse"]);
+    assert_close(&read_model(&d.join("out")), &all, 0.0);
+
+    // An index naming a shard that is not there.
+    std::fs::remove_file(d.join("bin/pytorch_model-00002-of-00002.bin")).unwrap();
+    let o = fuse(d, &["check", "r.fuse"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("[E0302]"), "{e}");
+    assert!(
+        e.contains("pytorch_model.bin.index.json")
+            && e.contains("names shard `pytorch_model-00002-of-00002.bin`, which does not exist"),
+        "{e}"
+    );
+}

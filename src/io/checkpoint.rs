@@ -72,7 +72,8 @@ impl Checkpoint {
         let ck = Checkpoint::read(root)?;
         let mut watched: Vec<PathBuf> = ck.files.clone();
         if let Some(d) = &ck.dir {
-            watched.extend(["config.json", "model.safetensors.index.json"].iter().map(|f| d.join(f)));
+            let meta = ["config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"];
+            watched.extend(meta.iter().map(|f| d.join(f)));
         }
         let stamps = watched.into_iter().map(|p| {
             let s = stamp(&p);
@@ -91,7 +92,10 @@ impl Checkpoint {
             let index = root.join("model.safetensors.index.json");
             let single = root.join("model.safetensors");
             let bin = root.join("pytorch_model.bin");
-            let files = if index.is_file() {
+            let bin_index = root.join("pytorch_model.bin.index.json");
+            let files = if index.is_file() || bin_index.is_file() {
+                // Safetensors first: a directory holding both formats is read once.
+                let index = if index.is_file() { index } else { bin_index };
                 let (files, map) = shard_files(&index)?;
                 weight_map = Some((index, map));
                 files
@@ -109,7 +113,7 @@ impl Checkpoint {
                 if found.is_empty() {
                     return Err(OpenError::NotFound {
                         what: format!(
-                            "`{}` holds no model.safetensors, no model.safetensors.index.json, no pytorch_model.bin and no .safetensors file",
+                            "`{}` holds no model.safetensors, no model.safetensors.index.json, no pytorch_model.bin (or its index) and no .safetensors file",
                             root.display()
                         ),
                         help: "point model(...) at a Hugging Face checkpoint directory or a .safetensors file".into(),
