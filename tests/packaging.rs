@@ -6,6 +6,7 @@
 use crate::common::*;
 use fuse::testmodel::TinyLlama;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Writes a TinyLlama with `layers` layers whose config.json also holds `extra`.
@@ -136,4 +137,101 @@ fn sharded_pytorch_bin_checkpoints_are_read() {
             && e.contains("names shard `pytorch_model-00002-of-00002.bin`, which does not exist"),
         "{e}"
     );
+}
+
+/// A sentence-transformers model: TinyLlama as the transformer, then
+/// Pooling, a Dense module with weights (`scale` sets them), and Normalize.
+fn sentence_model(dir: &Path, seed: u64, scale: f32) -> BTreeMap<String, T> {
+    TinyLlama::default().write(dir, &[(seed, 0.02)]).unwrap();
+    let modules = json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}
+    ]);
+    std::fs::write(dir.join("modules.json"), modules.to_string()).unwrap();
+    std::fs::write(dir.join("config_sentence_transformers.json"), "{\"prompts\": {}}").unwrap();
+    std::fs::write(dir.join("sentence_bert_config.json"), "{\"max_seq_length\": 128}").unwrap();
+    std::fs::write(dir.join("vocab.txt"), "[PAD]\n[UNK]\nhello\n").unwrap();
+    std::fs::write(dir.join("chat_template.jinja"), "{{ messages }}").unwrap();
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::write(dir.join("1_Pooling/config.json"), "{\"pooling_mode_mean_tokens\": true}").unwrap();
+    std::fs::create_dir_all(dir.join("3_Normalize")).unwrap();
+    let mut dense = BTreeMap::new();
+    let w: Vec<f32> = (0..4 * 32).map(|i| scale * ((i * 7 % 13) as f32 - 6.0)).collect();
+    dense.insert("linear.weight".to_string(), T { shape: vec![4, 32], dtype: "F32".into(), data: w });
+    dense.insert("linear.bias".to_string(), T { shape: vec![4], dtype: "F32".into(), data: vec![scale; 4] });
+    write_model(&dir.join("2_Dense"), &dense, "{\"in_features\": 32, \"out_features\": 4, \"bias\": true}");
+    dense
+}
+
+#[test]
+fn sentence_transformers_modules_are_carried_and_merged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let base = sentence_model(&d.join("base"), 1, 0.1);
+    let ft = sentence_model(&d.join("ft"), 2, 0.3);
+    write_recipe(d, "r.fuse", "base = model(\"base\")\nft = model(\"ft\")\nsave(base + 0.5 * (ft - base), \"out\")\n");
+    let o = fuse_ok(d, &["run", "r.fuse"]);
+    assert!(!stderr(&o).contains("E0407"), "{}", stderr(&o));
+    let out = d.join("out");
+    for f in ["modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "vocab.txt"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(d.join("base").join(f)).unwrap(), "{f}");
+    }
+    assert!(out.join("chat_template.jinja").is_file() && out.join("3_Normalize").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(out.join("1_Pooling/config.json")).unwrap(),
+        "{\"pooling_mode_mean_tokens\": true}"
+    );
+    assert!(std::fs::read_to_string(out.join("2_Dense/config.json")).unwrap().contains("out_features"));
+    // Module weights merged by the recipe: base + 0.5 (ft - base), entry by entry.
+    let dense = read_model(&out.join("2_Dense"));
+    for (name, b) in &base {
+        let expected: Vec<f32> = b.data.iter().zip(&ft[name].data).map(|(x, y)| x + 0.5 * (y - x)).collect();
+        assert_eq!(dense[name].shape, b.shape);
+        for (o, e) in dense[name].data.iter().zip(&expected) {
+            assert!((o - e).abs() <= 1e-6 * e.abs().max(1.0), "{name}: {o} vs {e}");
+        }
+    }
+    assert!(read_model(&out).keys().all(|k| !k.contains("linear")), "module weights stay out of the main file");
+    let manifest = std::fs::read_to_string(out.join("fuse-output.json")).unwrap();
+    for f in ["2_Dense/model.safetensors", "1_Pooling/config.json", "3_Normalize/"] {
+        assert!(manifest.contains(&format!("\"{f}\"")), "{f} not in {manifest}");
+    }
+    // --force replaces an output with folders, and only while it holds just fuse's files.
+    fuse_ok(d, &["run", "r.fuse", "--force"]);
+    std::fs::write(out.join("2_Dense/notes.txt"), "mine").unwrap();
+    let o = fuse(d, &["run", "r.fuse", "--force"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("`2_Dense/notes.txt`"), "{e}");
+
+    // A model without the module: the base's Dense weights are copied, with a warning.
+    TinyLlama::default().write(&d.join("plain"), &[(5, 0.02)]).unwrap();
+    write_recipe(
+        d,
+        "mix.fuse",
+        "base = model(\"base\")\nplain = model(\"plain\")\nsave(0.5 * base + 0.5 * plain, \"mix\")\n",
+    );
+    let o = fuse_ok(d, &["run", "mix.fuse"]);
+    let e = stderr(&o);
+    expect_code(&e, "E0407");
+    assert!(e.contains("module weights `2_Dense/` were copied from") && e.contains("has no such module weight"), "{e}");
+    let dense = read_model(&d.join("mix/2_Dense"));
+    assert_eq!(dense["linear.weight"].data, base["linear.weight"].data);
+}
+
+#[test]
+fn a_module_path_outside_the_checkpoint_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    sentence_model(&d.join("base"), 1, 0.1);
+    std::fs::write(d.join("base/modules.json"), "[{\"idx\": 1, \"path\": \"../elsewhere\"}]").unwrap();
+    write_recipe(d, "r.fuse", "save(model(\"base\") * 1.0, \"out\")\n");
+    let o = fuse(d, &["check", "r.fuse"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("[E0302]"), "{e}");
+    assert!(e.contains("module path `../elsewhere` is not a plain folder name"), "{e}");
+    std::fs::write(d.join("base/modules.json"), "{\"not\": \"a list\"}").unwrap();
+    let e = stderr(&fuse(d, &["check", "r.fuse"]));
+    assert!(e.contains("[E0302]") && e.contains("modules.json is not a list of modules"), "{e}");
 }

@@ -394,6 +394,7 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
         recipe: recipe_text,
     };
     let mut report = report;
+    report.notes.extend(plan.notes.iter().cloned());
     report.notes.extend(package.write(&out, &plan.layout)?);
     out.commit()?;
     Ok(report)

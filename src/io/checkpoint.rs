@@ -24,7 +24,7 @@ pub struct Checkpoint {
     /// The directory holding config.json and tokenizer files, if any.
     pub dir: Option<PathBuf>,
     pub config: Option<Value>,
-    /// The safetensors files, in shard order.
+    /// The weight files, in shard order, then sentence-transformers module weights.
     pub files: Vec<PathBuf>,
     pub tensors: BTreeMap<String, TensorEntry>,
 }
@@ -138,6 +138,19 @@ impl Checkpoint {
             }
             _ => None,
         };
+        // Sentence-transformers module weights, named `FOLDER/tensor` (see `modules.rs`).
+        let mut files = files;
+        let main_files = files.len();
+        let mut prefixes = vec![String::new(); files.len()];
+        if let Some(d) = &dir {
+            let folders = super::modules::folders(d).map_err(|what| bad(&d.join("modules.json"), what))?;
+            for folder in folders {
+                if let Some(w) = super::modules::weight_file(&d.join(&folder)) {
+                    files.push(w);
+                    prefixes.push(format!("{folder}/"));
+                }
+            }
+        }
         let mut tensors = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             let table = if f.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth") {
@@ -146,6 +159,7 @@ impl Checkpoint {
                 read_header(f).map_err(|what| bad(f, what))?.tensors
             };
             for (name, info) in table {
+                let name = format!("{}{name}", prefixes[i]);
                 if tensors.contains_key(&name) {
                     return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
                 }
@@ -154,8 +168,9 @@ impl Checkpoint {
         }
         if let Some((index, map)) = weight_map {
             for (tensor, file) in map {
-                let found =
-                    tensors.get(&tensor).map(|t| files[t.file].file_name() == Some(std::ffi::OsStr::new(&file)));
+                let found = tensors
+                    .get(&tensor)
+                    .map(|t| t.file < main_files && files[t.file].file_name() == Some(std::ffi::OsStr::new(&file)));
                 if found != Some(true) {
                     return Err(bad(
                         &index,

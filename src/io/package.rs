@@ -1,7 +1,9 @@
 //! What an output checkpoint holds besides its weights, in Hugging Face
 //! layout: the shard index, config.json (taken from the origin model, dtype
-//! and layer count patched), the tokenizer and generation files copied from
-//! the origin model, and a model card holding the recipe.
+//! and layer count patched, per-layer fields rebuilt by `layer_config.rs`),
+//! the tokenizer, processor and generation files copied from the origin
+//! model, its sentence-transformers module folders, and a model card
+//! holding the recipe.
 
 use super::writer::{Layout, OutputDir};
 use super::{Checkpoint, DType};
@@ -44,9 +46,34 @@ impl Package<'_> {
                     out.copy_file(&p, name)?;
                 }
             }
+            self.copy_module_folders(out, dir)?;
         }
         out.write_file("README.md", self.model_card().as_bytes())?;
         Ok(notes)
+    }
+
+    /// Sentence-transformers module folders (`1_Pooling/config.json` ...),
+    /// all but their weights, which the plan writes (merged or copied).
+    fn copy_module_folders(&self, out: &OutputDir, dir: &std::path::Path) -> Result<(), String> {
+        // A bad modules.json was reported when the model was opened.
+        for folder in super::modules::folders(dir).unwrap_or_default() {
+            let entries = std::fs::read_dir(dir.join(&folder))
+                .map_err(|e| format!("cannot list `{}`: {e}", dir.join(&folder).display()))?;
+            let mut files: Vec<std::path::PathBuf> =
+                entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            files.sort();
+            let weights = super::modules::weight_file(&dir.join(&folder)).is_some();
+            if files.is_empty() && !weights {
+                out.make_dir(&folder)?;
+            }
+            for p in files {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if !super::modules::WEIGHT_FILES.contains(&name.as_str()) {
+                    out.copy_file(&p, &format!("{folder}/{name}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The origin's config.json with the output's dtype, layer count and fields.
