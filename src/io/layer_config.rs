@@ -112,10 +112,10 @@ fn rebuild_object(
         let full = |m: usize, l: usize| {
             let pm =
                 src(m).and_then(|(o, _)| o.get("sliding_window_pattern")?.as_u64()).filter(|p| *p > 0).unwrap_or(p);
-            (l as u64 + 1) % pm == 0
+            (l as u64 + 1).is_multiple_of(pm)
         };
         let flags: Vec<bool> = layers.iter().map(|&(m, l)| full(m, l)).collect();
-        let periodic = flags.iter().enumerate().all(|(i, f)| *f == ((i as u64 + 1) % p == 0));
+        let periodic = flags.iter().enumerate().all(|(i, f)| *f == (i as u64 + 1).is_multiple_of(p));
         if !periodic && !obj.contains_key("layer_types") {
             let types = flags.iter().map(|f| if *f { "full_attention" } else { "sliding_attention" });
             obj.insert("layer_types".into(), types.map(Value::from).collect());
