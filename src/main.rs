@@ -293,6 +293,17 @@ fn cmd_run(
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        if let Ok(rep) = &result {
+            let notes: Vec<Diagnostic> = rep
+                .notes
+                .iter()
+                .map(|n| {
+                    Diagnostic::warning(Code::E0407, format!("in `{}`: {n}", dir.display()))
+                        .with_help("check the output's files before publishing it")
+                })
+                .collect();
+            report(&notes, &Sources::default());
+        }
         match result {
             Ok(rep) if !rep.non_finite.is_empty() => {
                 let (ck, t) = &rep.non_finite[0];

@@ -175,7 +175,7 @@ fn every_case_reports_what_it_expects() {
 
 /// Codes that only a run can produce: tests assert them on a real process's
 /// stderr with `expect_code` (cli.rs, outputs.rs, reliability.rs).
-const RUNTIME_CODES: &[&str] = &["E0402", "E0403", "E0404", "E0405"];
+const RUNTIME_CODES: &[&str] = &["E0402", "E0403", "E0404", "E0405", "E0407"];
 
 #[test]
 fn every_code_is_tested() {

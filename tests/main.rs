@@ -10,6 +10,7 @@ mod goldens;
 mod lsp;
 mod methods;
 mod outputs;
+mod packaging;
 mod reliability;
 mod repl;
 mod robustness;

@@ -148,7 +148,7 @@ fn force_replaces_only_what_fuse_wrote() {
     std::fs::write(d.join("mine/keep.txt"), "precious").unwrap();
     std::fs::write(d.join("mine/sub/deep.bin"), [1u8, 2, 3]).unwrap();
     refused(d, &["run", "r.fuse", "-o", "mine"], "E0402", &["not empty", "--force"], d);
-    refused(d, &["run", "r.fuse", "-o", "mine", "--force"], "E0402", &["2 entries", "`keep.txt`", "`sub/`"], d);
+    refused(d, &["run", "r.fuse", "-o", "mine", "--force"], "E0402", &["2 entries", "`keep.txt`", "`sub/deep.bin`"], d);
     // A file and a link.
     std::fs::write(d.join("file"), "x").unwrap();
     refused(d, &["run", "r.fuse", "-o", "file", "--force"], "E0402", &["not a directory"], d);

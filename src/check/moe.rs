@@ -178,6 +178,7 @@ impl Checker<'_> {
             origin: base.arch.origin,
             slice_of: None,
             config,
+            layers: base.arch.layers.clone(),
         };
         Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: Sched::Const(1.0) })
     }

@@ -109,6 +109,7 @@ impl Checker<'_> {
             origin: t.arch.origin,
             slice_of: Some(parent),
             config: t.arch.config.clone(),
+            layers: t.arch.layers.get(lo..hi).map_or_else(Vec::new, <[_]>::to_vec),
         };
         Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: t.weight.clone() })
     }
@@ -262,6 +263,7 @@ impl Checker<'_> {
             origin: embed_from.arch.origin,
             slice_of: None,
             config: embed_from.arch.config.clone(),
+            layers: parts.iter().flat_map(|(t, _)| t.arch.layers.iter().copied()).collect(),
         };
         Value::Tensor(TVal { expr, arch: Arc::new(arch), weight: Sched::Const(1.0) })
     }

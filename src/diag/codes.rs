@@ -90,6 +90,9 @@ codes! {
     E0405 = "interrupted",
     /// An output that is, contains or lies inside something the recipe reads: `save(model("base"), "base")`
     E0406 = "output overlaps an input",
+    /// Something beside the weights could not be carried exactly (a warning): config.json's
+    /// per-layer fields after `stack`, sentence-transformers module weights copied unmerged
+    E0407 = "output files adjusted",
 }
 
 impl fmt::Display for Code {

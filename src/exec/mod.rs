@@ -36,6 +36,9 @@ pub struct Report {
     pub shards: usize,
     /// Input tensors holding NaN or infinity: (checkpoint, tensor).
     pub non_finite: Vec<(String, String)>,
+    /// What the files around the weights could not carry exactly (config.json's
+    /// per-layer fields, module weights copied unmerged): warnings.
+    pub notes: Vec<String>,
 }
 
 /// What a plan needs in memory beyond the input files' page cache.
@@ -314,6 +317,7 @@ fn report(plan: &Plan, inputs: &Inputs) -> Report {
         bytes: plan.layout.total_bytes(),
         shards: plan.layout.shards.len(),
         non_finite: inputs.non_finite(),
+        notes: Vec::new(),
     }
 }
 
@@ -409,9 +413,12 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
         dtype: plan.dtype.or_else(|| plan.layout.tensors.first().map(|t| t.dtype)),
         n_layers: plan.n_layers,
         config: &plan.config,
+        layers: &plan.layers,
         recipe: recipe_text,
     };
-    package.write(&out, &plan.layout)?;
+    let mut report = report;
+    report.notes.extend(plan.notes.iter().cloned());
+    report.notes.extend(package.write(&out, &plan.layout)?);
     out.commit()?;
     Ok(report)
 }

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+mod modules;
+
 pub type NodeId = usize;
 
 /// An f64 that can be hashed, so nodes with equal coefficients are shared.
@@ -76,6 +78,10 @@ pub struct Plan {
     pub n_layers: usize,
     /// Further config.json fields to set.
     pub config: Vec<(String, serde_json::Value)>,
+    /// Where each output layer came from: (model, layer), for config.json's per-layer lists.
+    pub layers: Vec<(usize, usize)>,
+    /// Warnings about the output found while lowering (module weights copied unmerged).
+    pub notes: Vec<String>,
     pub dtype: Option<DType>,
 }
 
@@ -255,6 +261,25 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
         };
         outs.push(OutTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: out_dtype });
     }
+    // Sentence-transformers module weights of the origin model, after the head.
+    let mut notes: Vec<String> = Vec::new();
+    for (name, t) in recipe.models[arch.origin].tensors.iter().filter(|(n, _)| n.contains('/')) {
+        let (node, why) = b.module_tensor(value.expr, arch.origin, name, &t.info.shape);
+        if let Some(why) = why {
+            let folder = crate::io::modules::folder_of(name).unwrap_or_default();
+            let origin = recipe.models[arch.origin].root.display();
+            let note = format!("module weights `{folder}/` were copied from `{origin}` unmerged: {why}");
+            if !notes.iter().any(|n| n.starts_with(&format!("module weights `{folder}/`"))) {
+                notes.push(note);
+            }
+        }
+        outputs.push(OutputTensor { name: name.clone(), node, layer: None });
+        let out_dtype = match dtype {
+            Some(d) if t.info.dtype.is_float() => d,
+            _ => t.info.dtype,
+        };
+        outs.push(OutTensor { name: name.clone(), shape: t.info.shape.clone(), dtype: out_dtype });
+    }
     Plan {
         nodes: b.nodes,
         outputs,
@@ -263,6 +288,8 @@ pub fn lower(recipe: &Recipe, value: &TVal, dtype: Option<DType>, max_shard: u64
         origin: arch.origin,
         n_layers: arch.n_layers,
         config: arch.config.clone(),
+        layers: arch.layers.clone(),
+        notes,
         dtype,
     }
 }

@@ -28,7 +28,7 @@ pub struct Checkpoint {
     pub dir: Option<PathBuf>,
     /// config.json, or for a GGUF file the equivalent built from its metadata.
     pub config: Option<Value>,
-    /// The weight files, in shard order.
+    /// The weight files, in shard order, then sentence-transformers module weights.
     pub files: Vec<PathBuf>,
     pub tensors: BTreeMap<String, TensorEntry>,
 }
@@ -76,7 +76,8 @@ impl Checkpoint {
         let ck = Checkpoint::read(root)?;
         let mut watched: Vec<PathBuf> = ck.files.clone();
         if let Some(d) = &ck.dir {
-            watched.extend(["config.json", "model.safetensors.index.json"].iter().map(|f| d.join(f)));
+            let meta = ["config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"];
+            watched.extend(meta.iter().map(|f| d.join(f)));
         }
         let stamps = watched.into_iter().map(|p| {
             let s = stamp(&p);
@@ -95,7 +96,10 @@ impl Checkpoint {
             let index = root.join("model.safetensors.index.json");
             let single = root.join("model.safetensors");
             let bin = root.join("pytorch_model.bin");
-            let files = if index.is_file() {
+            let bin_index = root.join("pytorch_model.bin.index.json");
+            let files = if index.is_file() || bin_index.is_file() {
+                // Safetensors first: a directory holding both formats is read once.
+                let index = if index.is_file() { index } else { bin_index };
                 let (files, map) = shard_files(&index)?;
                 weight_map = Some((index, map));
                 files
@@ -113,7 +117,7 @@ impl Checkpoint {
                 if found.is_empty() {
                     return Err(OpenError::NotFound {
                         what: format!(
-                            "`{}` holds no model.safetensors, no model.safetensors.index.json, no pytorch_model.bin and no .safetensors file",
+                            "`{}` holds no model.safetensors, no model.safetensors.index.json, no pytorch_model.bin (or its index) and no .safetensors file",
                             root.display()
                         ),
                         help: "point model(...) at a Hugging Face checkpoint directory or a .safetensors file".into(),
@@ -138,6 +142,19 @@ impl Checkpoint {
             }
             _ => None,
         };
+        // Sentence-transformers module weights, named `FOLDER/tensor` (see `modules.rs`).
+        let mut files = files;
+        let main_files = files.len();
+        let mut prefixes = vec![String::new(); files.len()];
+        if let Some(d) = &dir {
+            let folders = super::modules::folders(d).map_err(|what| bad(&d.join("modules.json"), what))?;
+            for folder in folders {
+                if let Some(w) = super::modules::weight_file(&d.join(&folder)) {
+                    files.push(w);
+                    prefixes.push(format!("{folder}/"));
+                }
+            }
+        }
         let mut tensors = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             if f.extension().is_some_and(|e| e == "gguf") {
@@ -154,6 +171,7 @@ impl Checkpoint {
                 read_header(f).map_err(|what| bad(f, what))?.tensors
             };
             for (name, info) in table {
+                let name = format!("{}{name}", prefixes[i]);
                 if tensors.contains_key(&name) {
                     return Err(bad(f, format!("tensor `{name}` appears in more than one shard")));
                 }
@@ -162,8 +180,9 @@ impl Checkpoint {
         }
         if let Some((index, map)) = weight_map {
             for (tensor, file) in map {
-                let found =
-                    tensors.get(&tensor).map(|t| files[t.file].file_name() == Some(std::ffi::OsStr::new(&file)));
+                let found = tensors
+                    .get(&tensor)
+                    .map(|t| t.file < main_files && files[t.file].file_name() == Some(std::ffi::OsStr::new(&file)));
                 if found != Some(true) {
                     return Err(bad(
                         &index,

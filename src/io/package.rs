@@ -1,7 +1,9 @@
 //! What an output checkpoint holds besides its weights, in Hugging Face
 //! layout: the shard index, config.json (taken from the origin model, dtype
-//! and layer count patched), the tokenizer and generation files copied from
-//! the origin model, and a model card holding the recipe.
+//! and layer count patched, per-layer fields rebuilt by `layer_config.rs`),
+//! the tokenizer, processor and generation files copied from the origin
+//! model, its sentence-transformers module folders, and a model card
+//! holding the recipe.
 
 use super::writer::{Layout, OutputDir};
 use super::{Checkpoint, DType};
@@ -19,18 +21,22 @@ pub struct Package<'a> {
     pub n_layers: usize,
     /// Further config.json fields to set.
     pub config: &'a [(String, serde_json::Value)],
+    /// Where each output layer came from: (model, layer).
+    pub layers: &'a [(usize, usize)],
     /// The recipe's text, for the model card.
     pub recipe: &'a str,
 }
 
 impl Package<'_> {
     /// Writes the index, config.json, copied files and the model card.
-    pub fn write(&self, out: &OutputDir, layout: &Layout) -> Result<(), String> {
+    /// Returns notes on what could not be carried exactly (warnings).
+    pub fn write(&self, out: &OutputDir, layout: &Layout) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
         if let Some(index) = layout.index_json() {
             out.write_file("model.safetensors.index.json", index.as_bytes())?;
         }
         let origin = &self.models[self.origin];
-        if let Some(config) = self.config_json(origin) {
+        if let Some(config) = self.config_json(origin, &mut notes) {
             out.write_file("config.json", (serde_json::to_string_pretty(&config).unwrap() + "\n").as_bytes())?;
         }
         if let Some(dir) = &origin.dir {
@@ -40,13 +46,44 @@ impl Package<'_> {
                     out.copy_file(&p, name)?;
                 }
             }
+            self.copy_module_folders(out, dir)?;
         }
-        out.write_file("README.md", self.model_card().as_bytes())
+        out.write_file("README.md", self.model_card().as_bytes())?;
+        Ok(notes)
+    }
+
+    /// Sentence-transformers module folders (`1_Pooling/config.json` ...),
+    /// all but their weights, which the plan writes (merged or copied).
+    fn copy_module_folders(&self, out: &OutputDir, dir: &std::path::Path) -> Result<(), String> {
+        // A bad modules.json was reported when the model was opened.
+        for folder in super::modules::folders(dir).unwrap_or_default() {
+            let entries = std::fs::read_dir(dir.join(&folder))
+                .map_err(|e| format!("cannot list `{}`: {e}", dir.join(&folder).display()))?;
+            let mut files: Vec<std::path::PathBuf> =
+                entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            files.sort();
+            let weights = super::modules::weight_file(&dir.join(&folder)).is_some();
+            if files.is_empty() && !weights {
+                out.make_dir(&folder)?;
+            }
+            for p in files {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if !super::modules::WEIGHT_FILES.contains(&name.as_str()) {
+                    out.copy_file(&p, &format!("{folder}/{name}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The origin's config.json with the output's dtype, layer count and fields.
-    fn config_json(&self, origin: &Checkpoint) -> Option<serde_json::Value> {
+    fn config_json(&self, origin: &Checkpoint, notes: &mut Vec<String>) -> Option<serde_json::Value> {
         let mut config = origin.config.clone()?;
+        // Layers cut, repeated or taken from other models: per-layer fields follow them.
+        let identity = self.layers.iter().enumerate().all(|(i, &l)| l == (self.origin, i));
+        if !(identity && self.layers.len() == origin.n_layers()) && self.layers.len() == self.n_layers {
+            notes.extend(super::layer_config::rebuild(&mut config, self.models, self.layers));
+        }
         if let (Some(obj), Some(d)) = (config.as_object_mut(), self.dtype) {
             obj.insert("torch_dtype".into(), d.torch_name().into());
             if obj.contains_key("dtype") {

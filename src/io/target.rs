@@ -4,8 +4,8 @@
 //!   import, the recipe itself): not the same path, not a directory holding
 //!   one, not a path inside one, after resolving symbolic links;
 //! - `--force` replaces only what fuse wrote: an empty directory, or one whose
-//!   every entry is listed in the [`MARKER`] manifest that fuse writes into
-//!   each output (outputs written before the manifest existed are recognised
+//!   every file, in it or in its folders, is listed in the [`MARKER`]
+//!   manifest that fuse writes into each output (outputs written before the manifest existed are recognised
 //!   by their model card and file names).
 //!
 //! Both are checked before anything is computed, and the replacement rule
@@ -190,25 +190,30 @@ pub fn may_replace(target: &Path, force: bool) -> Result<(), Refusal> {
     }
 }
 
-/// A directory's entries, sorted, directories (and links to them) marked with `/`.
+/// A directory's files, sorted, as paths relative to it (`1_Pooling/config.json`:
+/// outputs hold sentence-transformers module folders); an empty folder is
+/// listed as its name with a `/`. Links are entries, never followed.
 fn entries(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                    if is_dir {
-                        name + "/"
-                    } else {
-                        name
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out = Vec::new();
+    collect(dir, "", &mut out);
     out.sort();
     out
+}
+
+fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    let Ok(read) = fs::read_dir(dir) else { return };
+    for e in read.flatten() {
+        let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let before = out.len();
+            collect(&e.path(), &format!("{name}/"), out);
+            if out.len() == before {
+                out.push(name + "/");
+            }
+        } else {
+            out.push(name);
+        }
+    }
 }
 
 /// The file names fuse wrote into `dir`, if it is a fuse output: from the
@@ -270,5 +275,11 @@ mod tests {
         assert_eq!(may_replace(&t, true), Ok(()));
         fs::create_dir(t.join("base")).unwrap();
         assert_eq!(may_replace(&t, true), Err(Refusal::Foreign(vec!["base/".into()])));
+        // Nested files count one by one: listed ones are fuse's, others are not.
+        fs::write(t.join("base/config.json"), "{}").unwrap();
+        fs::write(t.join(MARKER), manifest(&["notes.txt".into(), "base/config.json".into()])).unwrap();
+        assert_eq!(may_replace(&t, true), Ok(()));
+        fs::write(t.join("base/mine.txt"), "mine").unwrap();
+        assert_eq!(may_replace(&t, true), Err(Refusal::Foreign(vec!["base/mine.txt".into()])));
     }
 }

@@ -66,11 +66,21 @@ impl Layout {
     }
 
     /// As [`Layout::plan`], with files named `STEM.safetensors` (PEFT writes
-    /// `adapter_model.safetensors`).
+    /// `adapter_model.safetensors`). Tensors named `FOLDER/name`
+    /// (sentence-transformers module weights, see `modules.rs`) go, as
+    /// `name`, into one `FOLDER/model.safetensors` per folder.
     pub fn plan_named(tensors: Vec<OutTensor>, max_shard: u64, stem: &str) -> Layout {
         let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut folders: Vec<(String, Vec<usize>)> = Vec::new();
         let mut used = 0u64;
         for (i, t) in tensors.iter().enumerate() {
+            if let Some(folder) = super::modules::folder_of(&t.name) {
+                match folders.iter_mut().find(|(f, _)| f == folder) {
+                    Some((_, members)) => members.push(i),
+                    None => folders.push((folder.to_string(), vec![i])),
+                }
+                continue;
+            }
             if used > 0 && used + t.bytes() > max_shard {
                 groups.push(Vec::new());
                 used = 0;
@@ -79,24 +89,29 @@ impl Layout {
             used += t.bytes();
         }
         let n = groups.len();
+        let named = groups.into_iter().enumerate().map(|(s, members)| {
+            let file_name = if n == 1 {
+                format!("{stem}.safetensors")
+            } else {
+                format!("{stem}-{:05}-of-{:05}.safetensors", s + 1, n)
+            };
+            (file_name, members)
+        });
+        let folders = folders.into_iter().map(|(f, members)| (format!("{f}/model.safetensors"), members));
         let mut slots = vec![Slot { shard: 0, offset: 0 }; tensors.len()];
-        let shards = groups
-            .into_iter()
+        let shards = named
+            .chain(folders)
             .enumerate()
-            .map(|(s, members)| {
-                let file_name = if n == 1 {
-                    format!("{stem}.safetensors")
-                } else {
-                    format!("{stem}-{:05}-of-{:05}.safetensors", s + 1, n)
-                };
+            .map(|(s, (file_name, members))| {
                 let mut json = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
                 let mut off = 0u64;
                 for &i in &members {
                     let t = &tensors[i];
                     let end = off + t.bytes();
+                    let name = t.name.split_once('/').map_or(t.name.as_str(), |(_, n)| n);
                     json.push_str(&format!(
                         ",{}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{off},{end}]}}",
-                        serde_json::Value::String(t.name.clone()),
+                        serde_json::Value::String(name.to_string()),
                         t.dtype.as_str(),
                         t.shape
                     ));
@@ -127,16 +142,18 @@ impl Layout {
 
     /// model.safetensors.index.json, for outputs of more than one shard.
     pub fn index_json(&self) -> Option<String> {
-        if self.shards.len() < 2 {
+        let main: Vec<&Shard> = self.shards.iter().filter(|s| !s.file_name.contains('/')).collect();
+        if main.len() < 2 {
             return None;
         }
         let mut map = serde_json::Map::new();
-        for shard in &self.shards {
+        for shard in main {
             for &i in &shard.tensors {
                 map.insert(self.tensors[i].name.clone(), shard.file_name.clone().into());
             }
         }
-        let v = serde_json::json!({ "metadata": { "total_size": self.total_bytes() }, "weight_map": map });
+        let total: u64 = self.tensors.iter().filter(|t| !t.name.contains('/')).map(OutTensor::bytes).sum();
+        let v = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": map });
         Some(serde_json::to_string_pretty(&v).unwrap())
     }
 }
@@ -177,6 +194,7 @@ impl OutputDir {
         };
         for shard in &layout.shards {
             let path = out.partial.join(&shard.file_name);
+            out.make_parent(&path)?;
             let f = File::create(&path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
             reserve(&f, shard.size)
                 .map_err(|e| format!("cannot reserve {} bytes for `{}`: {e}", shard.size, path.display()))?;
@@ -193,16 +211,40 @@ impl OutputDir {
         self.files[shard].write_all_at(bytes, offset)
     }
 
-    /// Writes a whole small file (config.json, the model card ...).
+    /// Creates the folders above `path` (a file in the partial directory):
+    /// module outputs such as `2_Dense/model.safetensors`.
+    fn make_parent(&self, path: &Path) -> Result<(), String> {
+        match path.parent() {
+            Some(dir) if dir != self.partial => {
+                fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a whole small file (config.json, the model card ...); `name`
+    /// may name a file in a folder (`1_Pooling/config.json`).
     pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<(), String> {
         let p = self.partial.join(name);
+        self.make_parent(&p)?;
         fs::write(&p, contents).map_err(|e| format!("cannot write `{}`: {e}", p.display()))?;
         self.names.lock().unwrap().push(name.to_string());
         Ok(())
     }
 
+    /// Creates an empty folder (a module folder that holds no files, such as
+    /// sentence-transformers' `2_Normalize`); the manifest lists it as `name/`.
+    pub fn make_dir(&self, name: &str) -> Result<(), String> {
+        let p = self.partial.join(name);
+        fs::create_dir_all(&p).map_err(|e| format!("cannot create `{}`: {e}", p.display()))?;
+        self.names.lock().unwrap().push(format!("{name}/"));
+        Ok(())
+    }
+
+    /// Copies a file in, under `name` (which may name a file in a folder).
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<(), String> {
         let p = self.partial.join(name);
+        self.make_parent(&p)?;
         fs::copy(from, &p).map_err(|e| format!("cannot copy `{}`: {e}", from.display()))?;
         self.names.lock().unwrap().push(name.to_string());
         Ok(())

@@ -49,6 +49,9 @@ pub struct Arch {
     pub slice_of: Option<TVal>,
     /// config.json fields the output sets (a MoE becomes Mixtral).
     pub config: Vec<(String, serde_json::Value)>,
+    /// Where each layer came from: (recipe model, its layer index). Slices
+    /// and `stack` rearrange it; config.json's per-layer lists follow it.
+    pub layers: Vec<(usize, usize)>,
 }
 
 impl Arch {
@@ -56,6 +59,9 @@ impl Arch {
         let tensors = ck
             .tensors
             .iter()
+            // Sentence-transformers module weights (`2_Dense/linear.weight`)
+            // are not part of the architecture the checker compares.
+            .filter(|(name, _)| !name.contains('/'))
             .map(|(name, t)| TensorSig {
                 name: name.clone(),
                 shape: t.info.shape.clone(),
@@ -70,6 +76,7 @@ impl Arch {
             origin,
             slice_of: None,
             config: Vec::new(),
+            layers: (0..ck.n_layers()).map(|l| (origin, l)).collect(),
         }
     }
 
