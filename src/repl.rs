@@ -230,6 +230,7 @@ impl Session {
                         max_memory: 1 << 30,
                         progress: None,
                         strict: false,
+                        quant: None,
                     };
                     let target = self.dir.join(dir);
                     if let Some(mut d) = check::output_conflict(&r, &target, None, "") {

@@ -395,15 +395,24 @@ impl<'s> Checker<'s> {
                 return;
             }
         };
+        let mut quant = None;
+        let gguf = dir.extension().is_some_and(|e| e == "gguf");
         let dtype = match bound.remove("dtype") {
             None => None,
             Some((Value::DType(d), _)) => Some(d),
+            Some((Value::Str(s), _)) if gguf && s == "q8_0" => {
+                quant = Some(crate::io::gguf_write::Quant::Q8_0);
+                None
+            }
             Some((Value::Poison, _)) => return,
             Some((other, s)) => {
                 self.err(
                     Diagnostic::error(
                         Code::E0106,
-                        format!("`dtype` must be bf16, f16 or f32, found {}", other.type_name()),
+                        format!(
+                            "`dtype` must be bf16, f16 or f32 (or \"q8_0\" for a .gguf output), found {}",
+                            other.type_name()
+                        ),
                     )
                     .with_label(ctx.file, s, "expected a dtype"),
                 );
@@ -435,7 +444,7 @@ impl<'s> Checker<'s> {
                 return;
             }
         };
-        self.saves.push(Output { value, dir, dtype, shard, lora: None, file: ctx.file, span });
+        self.saves.push(Output { value, dir, dtype, quant, shard, lora: None, file: ctx.file, span });
     }
 
     // ---- expressions ----

@@ -203,6 +203,7 @@ impl Checker<'_> {
             value,
             dir,
             dtype: None,
+            quant: None,
             shard: u64::MAX,
             lora: Some(super::LoraOut { rank, base }),
             file: ctx.file,

@@ -17,6 +17,8 @@ pub use lora::{run_lora, Kept, LoraReport};
 
 use crate::graph::{NodeId, Op, Plan};
 use crate::io::codec::encode;
+use crate::io::gguf_write::{self, GgufFile, Quant};
+use crate::io::DType;
 use crate::io::package::Package;
 pub use crate::io::read::Inputs;
 use crate::io::writer::OutputDir;
@@ -84,6 +86,9 @@ pub struct Options<'a> {
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// NaN or infinity in an input fails the run instead of warning.
     pub strict: bool,
+    /// For a `.gguf` output: the tensor type (`save(..., dtype="q8_0")`);
+    /// `None` follows the output's dtype.
+    pub quant: Option<Quant>,
 }
 
 /// Which engine computes the plan.
@@ -398,6 +403,9 @@ fn children(op: &Op) -> Vec<NodeId> {
 /// tokenizer files and a model card. The directory appears only when
 /// everything is written; on any failure nothing is left behind.
 pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts: &Options) -> Result<Report, String> {
+    if target.extension().is_some_and(|e| e == "gguf") {
+        return run_gguf(plan, target, force, recipe_text, opts);
+    }
     let out = OutputDir::create(target, force, &plan.layout)?;
     let report = execute(plan, &out, opts)?;
     if opts.strict && !report.non_finite.is_empty() {
@@ -419,6 +427,69 @@ pub fn run_plan(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts
     let mut report = report;
     report.notes.extend(plan.notes.iter().cloned());
     report.notes.extend(package.write(&out, &plan.layout)?);
+    out.commit()?;
+    Ok(report)
+}
+
+/// The GGUF type of an output saved with `dtype` (f32 when none is given
+/// and the inputs are not all 16-bit).
+pub fn gguf_quant(plan: &Plan) -> Quant {
+    match plan.dtype.or_else(|| plan.layout.tensors.first().map(|t| t.dtype)) {
+        Some(DType::F16) => Quant::F16,
+        Some(DType::BF16) => Quant::BF16,
+        _ => Quant::F32,
+    }
+}
+
+/// Runs a plan into one GGUF file at `target` (see `io::gguf_write`): each
+/// output tensor is computed whole, encoded and written at the offset the
+/// header gives it; the file appears only when complete.
+fn run_gguf(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts: &Options) -> Result<Report, String> {
+    let quant = opts.quant.unwrap_or_else(|| gguf_quant(plan));
+    let package = Package {
+        models: &plan.models,
+        origin: plan.origin,
+        dtype: plan.dtype,
+        n_layers: plan.n_layers,
+        config: &plan.config,
+        layers: &plan.layers,
+        recipe: recipe_text,
+    };
+    let mut notes = plan.notes.clone();
+    let config = package.config_json(&plan.models[plan.origin], &mut notes).unwrap_or(serde_json::Value::Null);
+    let source = plan.models.iter().map(|m| m.root.as_path()).find(|p| p.extension().is_some_and(|e| e == "gguf"));
+    let layout = gguf_write::plan(&plan.layout.tensors, &config, source, quant)?;
+    let out = GgufFile::create(target, force, &layout)?;
+    let inputs = open_inputs(plan, opts.max_memory)?;
+    let budget = Budget::new(opts.max_memory);
+    plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
+        if interrupted() {
+            return Err("interrupted".to_string());
+        }
+        let shape = &plan.nodes[o.node].shape;
+        let n: usize = shape.iter().product();
+        let _permit = budget.acquire(n as u64 * 4);
+        let vals = Mutex::new(vec![0f32; n]);
+        stream::compute(plan, &inputs, &budget, o.node, &|start, v| {
+            vals.lock().unwrap()[start..start + v.len()].copy_from_slice(v);
+            Ok(())
+        })?;
+        let t = &layout.tensors[i];
+        let bytes = gguf_write::encode(t, &vals.into_inner().unwrap(), shape.first().copied().unwrap_or(1));
+        out.write_at(t.offset, &bytes).map_err(|e| format!("writing `{}`: {e}", o.name))?;
+        if let Some(p) = opts.progress {
+            p(plan.layout.tensors[i].bytes());
+        }
+        Ok(())
+    })?;
+    let mut report = report(plan, &inputs);
+    if opts.strict && !report.non_finite.is_empty() {
+        let (ck, t) = &report.non_finite[0];
+        return Err(format!("tensor `{t}` of `{ck}` holds NaN or infinity, and --strict is set"));
+    }
+    report.bytes = layout.size;
+    report.shards = 1;
+    report.notes = notes;
     out.commit()?;
     Ok(report)
 }

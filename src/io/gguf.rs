@@ -207,6 +207,56 @@ fn hf_name(family: &Family, gname: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
+/// The GGUF name of Hugging Face tensor `hf` in architecture `arch`, whether
+/// llama.cpp permutes its rows per head (llama's q/k: `Some(true)` for q,
+/// `Some(false)` for k), and what llama.cpp adds to it (Gemma's norms).
+/// `Err` when fuse does not map `arch` at all, `Ok(None)` for an unknown tensor.
+pub fn gguf_name(arch: &str, hf: &str) -> Result<Option<(String, Option<bool>, f32)>, String> {
+    let family = FAMILIES.iter().find(|f| f.arch == arch).ok_or_else(|| {
+        let known: Vec<&str> = FAMILIES.iter().map(|f| f.arch).collect();
+        format!("the architecture is `{arch}`; fuse writes GGUF only for {}", known.join(", "))
+    })?;
+    let name = match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".to_string(),
+        "model.norm.weight" => "output_norm.weight".to_string(),
+        "lm_head.weight" => "output.weight".to_string(),
+        _ => {
+            let Some((layer, suffix)) = hf.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
+                return Ok(None);
+            };
+            let Ok(layer) = layer.parse::<usize>() else { return Ok(None) };
+            let Some((g, _)) = family.layer.iter().find(|(_, h)| *h == suffix) else { return Ok(None) };
+            format!("blk.{layer}.{g}")
+        }
+    };
+    let permute = match name.rsplit('.').nth(1) {
+        Some("attn_q") if family.permuted && name.ends_with(".weight") => Some(true),
+        Some("attn_k") if family.permuted && name.ends_with(".weight") => Some(false),
+        _ => None,
+    };
+    let shift = if name.ends_with("norm.weight") { family.norm_shift } else { 0.0 };
+    Ok(Some((name, permute, shift)))
+}
+
+/// llama.cpp's `permute`, the inverse of [`unpermute`]: within each head of
+/// `d` rows, Hugging Face row `s * d/2 + i` is stored as GGUF row `2i + s`.
+pub fn permute(vals: &[f32], heads: usize, rows: usize) -> Vec<f32> {
+    let cols = vals.len() / rows.max(1);
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0f32; vals.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for i in 0..half {
+                let from = (h * d + s * half + i) * cols;
+                let to = (h * d + 2 * i + s) * cols;
+                out[to..to + cols].copy_from_slice(&vals[from..from + cols]);
+            }
+        }
+    }
+    out
+}
+
 /// config.json from the GGUF metadata, with transformers' key names.
 fn config(
     family: &Family,

@@ -77,7 +77,7 @@ impl Package<'_> {
     }
 
     /// The origin's config.json with the output's dtype, layer count and fields.
-    fn config_json(&self, origin: &Checkpoint, notes: &mut Vec<String>) -> Option<serde_json::Value> {
+    pub fn config_json(&self, origin: &Checkpoint, notes: &mut Vec<String>) -> Option<serde_json::Value> {
         let mut config = origin.config.clone()?;
         // Layers cut, repeated or taken from other models: per-layer fields follow them.
         let identity = self.layers.iter().enumerate().all(|(i, &l)| l == (self.origin, i));

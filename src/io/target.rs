@@ -8,6 +8,10 @@
 //!   manifest that fuse writes into each output (outputs written before the manifest existed are recognised
 //!   by their model card and file names).
 //!
+//! An output path ending in `.gguf` is one file: `--force` replaces it only
+//! when its metadata holds fuse's mark (`general.fuse.written_by`, see
+//! `gguf_write.rs`).
+//!
 //! Both are checked before anything is computed, and the replacement rule
 //! again just before the old output is swapped out (see `writer.rs`).
 
@@ -113,12 +117,18 @@ pub enum Refusal {
     Link,
     /// Entries fuse did not write (names; directories end in `/`).
     Foreign(Vec<String>),
+    /// A `.gguf` file exists, and `--force` was not given.
+    FileExists,
+    /// A `.gguf` file that fuse did not write (or a directory where one should go).
+    ForeignFile,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::NotEmpty => write!(f, "exists and is not empty"),
+            Refusal::FileExists => write!(f, "exists"),
+            Refusal::ForeignFile => write!(f, "is not a GGUF file fuse wrote"),
             Refusal::NotADirectory => write!(f, "exists and is not a directory"),
             Refusal::Link => write!(f, "is a symbolic link"),
             Refusal::Foreign(names) => {
@@ -135,7 +145,10 @@ impl Refusal {
             Refusal::NotEmpty => {
                 "pass --force to replace it (only outputs fuse wrote are replaced), or choose another path"
             }
-            Refusal::NotADirectory | Refusal::Link => "choose another output path",
+            Refusal::FileExists => {
+                "pass --force to replace it (only GGUF files fuse wrote are replaced), or choose another path"
+            }
+            Refusal::NotADirectory | Refusal::Link | Refusal::ForeignFile => "choose another output path",
             Refusal::Foreign(_) => {
                 "--force replaces only outputs fuse wrote; choose another output path, or remove those files yourself"
             }
@@ -168,6 +181,13 @@ pub fn may_replace(target: &Path, force: bool) -> Result<(), Refusal> {
     };
     if meta.file_type().is_symlink() {
         return Err(Refusal::Link);
+    }
+    if target.extension().is_some_and(|e| e == "gguf") {
+        return match (meta.is_file(), force) {
+            (true, false) => Err(Refusal::FileExists),
+            (true, true) if super::gguf_write::written_by_fuse(target) => Ok(()),
+            _ => Err(Refusal::ForeignFile),
+        };
     }
     if !meta.is_dir() {
         return Err(Refusal::NotADirectory);

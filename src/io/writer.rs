@@ -337,7 +337,7 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
 /// whatever PID namespace or machine that process ran in, so a directory
 /// whose lock can be taken is stale. (Checking PIDs instead would delete a
 /// live run's directory seen from another PID namespace on a shared volume.)
-fn clean_stale(parent: &Path, name: &str) {
+pub(crate) fn clean_stale(parent: &Path, name: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
@@ -347,7 +347,12 @@ fn clean_stale(parent: &Path, name: &str) {
         let ours = [".fuse-partial-", ".fuse-old-"].iter().any(|tag| f.starts_with(&format!(".{name}{tag}")));
         if ours {
             if let Ok(_held) = lock(&e.path()) {
-                let _ = fs::remove_dir_all(e.path());
+                // A GGUF output's partial is a file, not a directory.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = fs::remove_dir_all(e.path());
+                } else {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
     }
@@ -355,7 +360,7 @@ fn clean_stale(parent: &Path, name: &str) {
 
 /// Takes an exclusive lock on a directory without waiting; fails when
 /// another open file description holds one.
-fn lock(dir: &Path) -> std::io::Result<File> {
+pub(crate) fn lock(dir: &Path) -> std::io::Result<File> {
     use std::os::fd::AsRawFd;
     let f = File::open(dir)?;
     // SAFETY: a valid open file descriptor.
@@ -366,7 +371,7 @@ fn lock(dir: &Path) -> std::io::Result<File> {
 }
 
 /// A name part unique to this run: the PID alone repeats across PID namespaces.
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());

@@ -46,6 +46,7 @@ impl Recipe {
                 value: res.value.clone(),
                 dir: o.to_path_buf(),
                 dtype: None,
+                quant: None,
                 shard: crate::io::writer::DEFAULT_SHARD,
                 lora: None,
                 file: res.file,
@@ -75,6 +76,8 @@ pub struct Output {
     pub value: TVal,
     pub dir: PathBuf,
     pub dtype: Option<DType>,
+    /// For a `.gguf` output: `dtype="q8_0"` (see `io::gguf_write`).
+    pub quant: Option<crate::io::gguf_write::Quant>,
     pub shard: u64,
     /// `save_lora`: extract a LoRA adapter instead of writing a model.
     pub lora: Option<LoraOut>,
