@@ -270,7 +270,8 @@ fn cmd_run(
                 b.inc(bytes);
             }
         };
-        let opts = fuse::exec::Options { engine: engine.clone(), max_memory, progress: Some(&tick), strict, quant: t.quant };
+        let opts =
+            fuse::exec::Options { engine: engine.clone(), max_memory, progress: Some(&tick), strict, quant: t.quant };
         if let Some(lora) = t.lora {
             let rank = lora.rank;
             let result = fuse::exec::run_lora(&plan, dir, force, rank, lora.base, &text, &opts);

@@ -127,3 +127,146 @@ fn output_never_overwrites_a_gguf_input() {
     expect_code(&stderr(&o), "E0406");
     assert_eq!(std::fs::read(tmp.path().join("tiny.gguf")).unwrap(), before);
 }
+
+/// A TinyLlama at `dir/st` saved by one recipe as safetensors (`plain`, f32)
+/// and as GGUF (`out.gguf`, `dtype`).
+fn save_both(dir: &Path, dtype: &str) -> BTreeMap<String, T> {
+    TinyLlama::default().write(&dir.join("st"), &[(1, 0.02)]).unwrap();
+    write_recipe(
+        dir,
+        "w.fuse",
+        &format!("m = model(\"st\")\nsave(m, \"plain\", dtype=f32)\nsave(m, \"out.gguf\", dtype={dtype})\n"),
+    );
+    fuse_ok(dir, &["run", "w.fuse"]);
+    read_model(&dir.join("plain"))
+}
+
+/// `out.gguf` read back through fuse's GGUF reader.
+fn read_back(dir: &Path) -> BTreeMap<String, T> {
+    write_recipe(dir, "r.fuse", "model(\"out.gguf\")\n");
+    fuse_ok(dir, &["run", "r.fuse", "-o", "back", "--force"]);
+    read_model(&dir.join("back"))
+}
+
+#[test]
+fn gguf_output_has_llama_cpp_names_types_and_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let plain = save_both(d, "f16");
+    let bytes = std::fs::read(d.join("out.gguf")).unwrap();
+    let p = gguf::parse(&bytes);
+    assert_eq!(p.version, 3);
+    assert_eq!(p.meta["general.architecture"], "llama");
+    assert!(p.meta["general.fuse.written_by"].starts_with("fuse "));
+    assert_eq!(p.meta["general.file_type"], "1");
+    for (k, v) in [
+        ("llama.block_count", "3"),
+        ("llama.embedding_length", "32"),
+        ("llama.feed_forward_length", "64"),
+        ("llama.attention.head_count", "4"),
+        ("llama.attention.head_count_kv", "2"),
+    ] {
+        assert_eq!(p.meta.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(p.meta.contains_key("llama.rope.freq_base") && p.meta.contains_key("llama.context_length"));
+    assert_eq!(p.tensors.len(), plain.len());
+    let shape = TinyLlama::default();
+    for (hf, t) in &plain {
+        let (dims, ty, off) = &p.tensors[&gguf::gguf_name(hf)];
+        let want: Vec<u64> = t.shape.iter().rev().map(|&x| x as u64).collect();
+        assert_eq!(dims, &want, "{hf}");
+        assert_eq!(*ty, if t.shape.len() == 1 { 0 } else { 1 }, "{hf}");
+        assert_eq!(off % 32, 0);
+        // The stored data, decoded here: f16 of the permuted rows for q/k.
+        if t.shape.len() == 2 {
+            let heads = if hf.contains("q_proj") {
+                Some(shape.heads)
+            } else if hf.contains("k_proj") {
+                Some(shape.kv_heads)
+            } else {
+                None
+            };
+            let vals = heads.map_or(t.data.clone(), |h| gguf::permute(&t.data, h, t.shape[0]));
+            let off = *off as usize;
+            for (i, v) in vals.iter().enumerate() {
+                let s = half::f16::from_le_bytes([bytes[off + 2 * i], bytes[off + 2 * i + 1]]);
+                assert_eq!(s, half::f16::from_f32(*v), "{hf}[{i}]");
+            }
+        }
+    }
+    // And fuse reads it back as the model it was written from, within f16 rounding.
+    let back = read_back(d);
+    for (name, t) in &plain {
+        let want = |b: f32| if t.shape.len() == 1 { b } else { half::f16::from_f32(b).to_f32() };
+        for (a, b) in back[name].data.iter().zip(&t.data) {
+            assert_eq!(*a, want(*b), "{name}");
+        }
+    }
+}
+
+#[test]
+fn gguf_output_in_q8_0_reads_back_within_its_rounding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let plain = save_both(d, "\"q8_0\"");
+    let p = gguf::parse(&std::fs::read(d.join("out.gguf")).unwrap());
+    assert_eq!(p.meta["general.file_type"], "7");
+    let back = read_back(d);
+    for (name, t) in &plain {
+        assert_eq!(p.tensors[&gguf::gguf_name(name)].1, if t.shape.len() == 1 { 0 } else { 8 }, "{name}");
+        // q8_0 works on stored rows; the q/k permutation moves whole rows, so
+        // quantizing the Hugging Face rows gives the same values.
+        let want = if t.shape.len() == 1 { t.data.clone() } else { gguf::q8_0(&t.data).1 };
+        for (a, b) in back[name].data.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6, "{name}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn gguf_output_from_a_gguf_input_keeps_its_metadata_and_replaces_only_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let expected = tiny(d);
+    write_recipe(d, "w.fuse", "save(model(\"tiny.gguf\"), \"out.gguf\", dtype=f32)\n");
+    fuse_ok(d, &["run", "w.fuse"]);
+    let p = gguf::parse(&std::fs::read(d.join("out.gguf")).unwrap());
+    let src = gguf::parse(&std::fs::read(d.join("tiny.gguf")).unwrap());
+    for (k, v) in &src.meta {
+        assert_eq!(p.meta.get(k), Some(v), "{k}");
+    }
+    let back = read_back(d);
+    for (name, t) in &expected {
+        assert_eq!(back[name].data, t.data, "{name}");
+    }
+    // A second run needs --force, and --force replaces only a GGUF file fuse wrote.
+    let o = fuse(d, &["run", "w.fuse"]);
+    assert!(!o.status.success() && stderr(&o).contains("exists"), "{}", stderr(&o));
+    fuse_ok(d, &["run", "w.fuse", "--force"]);
+    std::fs::copy(d.join("tiny.gguf"), d.join("other.gguf")).unwrap();
+    write_recipe(d, "w2.fuse", "save(model(\"st2\"), \"other.gguf\", dtype=f32)\n");
+    TinyLlama::default().write(&d.join("st2"), &[(1, 0.02)]).unwrap();
+    let o = fuse(d, &["run", "w2.fuse", "--force"]);
+    assert!(!o.status.success() && stderr(&o).contains("not a GGUF file fuse wrote"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(d.join("other.gguf")).unwrap(), std::fs::read(d.join("tiny.gguf")).unwrap());
+    // Nothing partial is left beside the outputs.
+    let hidden: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty());
+}
+
+#[test]
+fn gguf_output_refuses_unmapped_architectures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("st"), &[(1, 0.02)]).unwrap();
+    let cfg = std::fs::read_to_string(d.join("st/config.json")).unwrap().replace("\"llama\"", "\"mistral\"");
+    std::fs::write(d.join("st/config.json"), cfg).unwrap();
+    write_recipe(d, "w.fuse", "save(model(\"st\"), \"out.gguf\")\n");
+    let o = fuse(d, &["run", "w.fuse"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("`mistral`") && e.contains("llama"), "{e}");
+    assert!(!d.join("out.gguf").exists());
+}

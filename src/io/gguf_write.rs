@@ -161,7 +161,8 @@ pub fn plan(tensors: &[OutTensor], config: &Value, source: Option<&Path>, quant:
         }
     }
     if source.is_none() {
-        for (h, g) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
+        for (h, g) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
+        {
             if let Some(v) = get(h).and_then(Value::as_u64) {
                 set(g.into(), Meta::U32(v as u32));
             }

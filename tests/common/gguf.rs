@@ -225,3 +225,81 @@ fn unpermute(vals: &[f32], heads: usize, rows: usize) -> Vec<f32> {
     }
     out
 }
+
+/// A GGUF file's header, parsed here from the format description.
+pub struct Parsed {
+    pub version: u32,
+    /// Metadata: scalars and strings as text, arrays as `[N items]`.
+    pub meta: BTreeMap<String, String>,
+    /// name -> (dims as stored, fastest first; type code; absolute data offset).
+    pub tensors: BTreeMap<String, (Vec<u64>, u32, u64)>,
+}
+
+/// Parses the header of GGUF `bytes` (version 3, alignment 32).
+pub fn parse(bytes: &[u8]) -> Parsed {
+    let mut pos = 0usize;
+    let mut take = |n: usize| {
+        let s = &bytes[pos..pos + n];
+        pos += n;
+        s
+    };
+    assert_eq!(take(4), b"GGUF");
+    fn u32_(b: &[u8]) -> u32 {
+        u32::from_le_bytes(b.try_into().unwrap())
+    }
+    fn u64_(b: &[u8]) -> u64 {
+        u64::from_le_bytes(b.try_into().unwrap())
+    }
+    let version = u32_(take(4));
+    let n_tensors = u64_(take(8));
+    let n_kv = u64_(take(8));
+    fn value(take: &mut dyn FnMut(usize) -> Vec<u8>, ty: u32) -> String {
+        let u64_ = |b: Vec<u8>| u64::from_le_bytes(b.try_into().unwrap());
+        match ty {
+            0 => take(1)[0].to_string(),
+            1 => (take(1)[0] as i8).to_string(),
+            2 => u16::from_le_bytes(take(2).try_into().unwrap()).to_string(),
+            3 => i16::from_le_bytes(take(2).try_into().unwrap()).to_string(),
+            4 => u32::from_le_bytes(take(4).try_into().unwrap()).to_string(),
+            5 => i32::from_le_bytes(take(4).try_into().unwrap()).to_string(),
+            6 => f32::from_le_bytes(take(4).try_into().unwrap()).to_string(),
+            7 => (take(1)[0] != 0).to_string(),
+            8 => {
+                let n = u64_(take(8)) as usize;
+                String::from_utf8(take(n)).unwrap()
+            }
+            9 => {
+                let inner = u32::from_le_bytes(take(4).try_into().unwrap());
+                let n = u64_(take(8));
+                for _ in 0..n {
+                    value(take, inner);
+                }
+                format!("[{n} items]")
+            }
+            10 => u64_(take(8)).to_string(),
+            11 => (u64_(take(8)) as i64).to_string(),
+            12 => f64::from_le_bytes(take(8).try_into().unwrap()).to_string(),
+            t => panic!("unknown metadata type {t}"),
+        }
+    }
+    let mut take = |n: usize| take(n).to_vec();
+    let mut meta = BTreeMap::new();
+    for _ in 0..n_kv {
+        let key = value(&mut take, 8);
+        let ty = u32::from_le_bytes(take(4).try_into().unwrap());
+        meta.insert(key, value(&mut take, ty));
+    }
+    let mut infos = Vec::new();
+    for _ in 0..n_tensors {
+        let name = value(&mut take, 8);
+        let n = u32::from_le_bytes(take(4).try_into().unwrap());
+        let dims: Vec<u64> = (0..n).map(|_| u64::from_le_bytes(take(8).try_into().unwrap())).collect();
+        let ty = u32::from_le_bytes(take(4).try_into().unwrap());
+        let off = u64::from_le_bytes(take(8).try_into().unwrap());
+        infos.push((name, dims, ty, off));
+    }
+    drop(take);
+    let start = pos.div_ceil(32) as u64 * 32;
+    let tensors = infos.into_iter().map(|(n, d, t, o)| (n, (d, t, start + o))).collect();
+    Parsed { version, meta, tensors }
+}
