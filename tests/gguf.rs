@@ -132,6 +132,11 @@ fn output_never_overwrites_a_gguf_input() {
 /// and as GGUF (`out.gguf`, `dtype`).
 fn save_both(dir: &Path, dtype: &str) -> BTreeMap<String, T> {
     TinyLlama::default().write(&dir.join("st"), &[(1, 0.02)]).unwrap();
+    // A byte-level BPE tokenizer of four tokens, one merge and a special token.
+    let tok = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]},
+        "pre_tokenizer": {"type": "ByteLevel"},
+        "added_tokens": [{"id": 3, "content": "<|end|>", "special": true}]}"#;
+    std::fs::write(dir.join("st/tokenizer.json"), tok).unwrap();
     write_recipe(
         dir,
         "w.fuse",
@@ -169,6 +174,10 @@ fn gguf_output_has_llama_cpp_names_types_and_metadata() {
         assert_eq!(p.meta.get(k).map(String::as_str), Some(v), "{k}");
     }
     assert!(p.meta.contains_key("llama.rope.freq_base") && p.meta.contains_key("llama.context_length"));
+    assert_eq!(p.meta["tokenizer.ggml.model"], "gpt2");
+    assert_eq!(p.meta["tokenizer.ggml.tokens"], "[4 items]");
+    assert_eq!(p.meta["tokenizer.ggml.token_type"], "[4 items]");
+    assert_eq!(p.meta["tokenizer.ggml.merges"], "[1 items]");
     assert_eq!(p.tensors.len(), plain.len());
     let shape = TinyLlama::default();
     for (hf, t) in &plain {

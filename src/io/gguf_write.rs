@@ -107,7 +107,13 @@ pub struct GgufLayout {
 /// Plans the GGUF file for output `tensors` (Hugging Face names) of a model
 /// with `config` (the output's config.json), taking metadata from the GGUF
 /// file `source` when there is one.
-pub fn plan(tensors: &[OutTensor], config: &Value, source: Option<&Path>, quant: Quant) -> Result<GgufLayout, String> {
+pub fn plan(
+    tensors: &[OutTensor],
+    config: &Value,
+    source: Option<&Path>,
+    tokenizer: Option<&Value>,
+    quant: Quant,
+) -> Result<GgufLayout, String> {
     let mut meta: Vec<(String, Meta)> = Vec::new();
     if let Some(src) = source {
         let f = File::open(src).map_err(|e| format!("cannot open `{}`: {e}", src.display()))?;
@@ -166,6 +172,11 @@ pub fn plan(tensors: &[OutTensor], config: &Value, source: Option<&Path>, quant:
             if let Some(v) = get(h).and_then(Value::as_u64) {
                 set(g.into(), Meta::U32(v as u32));
             }
+        }
+    }
+    if let (None, Some(tok)) = (source, tokenizer) {
+        for (k, v) in vocab(tok) {
+            set(k.into(), v);
         }
     }
     let count = |k: &str| match meta.iter().find(|(m, _)| m == &format!("{arch}.{k}")) {
@@ -228,6 +239,55 @@ pub fn plan(tensors: &[OutTensor], config: &Value, source: Option<&Path>, quant:
     let start = h.len() as u64;
     out.iter_mut().for_each(|t| t.offset += start);
     Ok(GgufLayout { header: h, tensors: out, size: start + off })
+}
+
+/// `tokenizer.ggml.*` from a BPE `tokenizer.json`: the model (`gpt2` for
+/// byte-level BPE, else `llama`), tokens by id with their types (3 for
+/// special added tokens) and the merges. Empty for other tokenizer kinds.
+fn vocab(tok: &Value) -> Vec<(&'static str, Meta)> {
+    let model = &tok["model"];
+    let Some(v) = model["vocab"].as_object().filter(|_| model["type"] == "BPE") else {
+        return Vec::new();
+    };
+    let mut tokens: Vec<(u64, String, i32)> =
+        v.iter().filter_map(|(t, id)| Some((id.as_u64()?, t.clone(), 1))).collect();
+    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else { continue };
+        let ty = if a["special"] == true { 3 } else { 4 };
+        match tokens.iter_mut().find(|x| x.0 == id) {
+            Some(x) => x.2 = ty,
+            None => tokens.push((id, t.to_string(), ty)),
+        }
+    }
+    tokens.sort_by_key(|x| x.0);
+    // Ids must run 0..n with no gaps for llama.cpp; pad gaps as unused tokens.
+    let mut padded: Vec<(String, i32)> = Vec::new();
+    for (id, t, ty) in tokens {
+        while (padded.len() as u64) < id {
+            padded.push((format!("[PAD{}]", padded.len()), 5));
+        }
+        padded.push((t, ty));
+    }
+    let byte_level = tok["pre_tokenizer"].to_string().contains("ByteLevel");
+    let merges: Vec<Meta> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Value::String(s) => Some(Meta::String(s.clone())),
+            Value::Array(p) => Some(Meta::String(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))),
+            _ => None,
+        })
+        .collect();
+    let mut out = vec![
+        ("tokenizer.ggml.model", Meta::String(if byte_level { "gpt2" } else { "llama" }.into())),
+        ("tokenizer.ggml.tokens", Meta::Array(padded.iter().map(|(t, _)| Meta::String(t.clone())).collect())),
+        ("tokenizer.ggml.token_type", Meta::Array(padded.iter().map(|(_, ty)| Meta::I32(*ty)).collect())),
+    ];
+    if !merges.is_empty() {
+        out.push(("tokenizer.ggml.merges", Meta::Array(merges)));
+    }
+    out
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
