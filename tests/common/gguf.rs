@@ -298,7 +298,6 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         let off = u64::from_le_bytes(take(8).try_into().unwrap());
         infos.push((name, dims, ty, off));
     }
-    drop(take);
     let start = pos.div_ceil(32) as u64 * 32;
     let tensors = infos.into_iter().map(|(n, d, t, o)| (n, (d, t, start + o))).collect();
     Parsed { version, meta, tensors }
