@@ -1,0 +1,90 @@
+//! SVD-based task-vector methods (Iso-C, TSV-M) on row-major `[rows, cols]`
+//! f32 slices, through faer's thin SVD. Tensors that are not matrices get the
+//! plain mean of their task vectors, as FusionBench does.
+
+use faer::{Mat, MatRef};
+
+/// A row-major slice as a faer matrix.
+fn matrix(x: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+    Mat::from_fn(rows, cols, |i, j| x[i * cols + j])
+}
+
+/// A faer matrix back to row-major order, times `scale`.
+fn row_major(m: MatRef<'_, f32>, scale: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m.nrows() * m.ncols());
+    for i in 0..m.nrows() {
+        out.extend((0..m.ncols()).map(|j| scale * m[(i, j)]));
+    }
+    out
+}
+
+/// `(U, s, V)` with `x = U diag(s) V^T`, `s` descending, `min(rows, cols)` of each.
+pub fn thin_svd(x: MatRef<'_, f32>) -> Result<(Mat<f32>, Vec<f32>, Mat<f32>), String> {
+    let svd = x.thin_svd().map_err(|e| format!("SVD of a {}x{} matrix: {e:?}", x.nrows(), x.ncols()))?;
+    let s = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
+    Ok((svd.U().to_owned(), s, svd.V().to_owned()))
+}
+
+/// The nearest matrix with orthonormal columns (the polar factor `P Q^T` of
+/// `x = P S Q^T`).
+fn polar(x: MatRef<'_, f32>) -> Result<Mat<f32>, String> {
+    let (p, _, q) = thin_svd(x)?;
+    Ok(&p * q.transpose())
+}
+
+/// `lambda` times the mean of the deltas: what both methods do with tensors
+/// that are not matrices.
+fn mean(deltas: &[Vec<f32>], lambda: f32) -> Vec<f32> {
+    let k = lambda / deltas.len() as f32;
+    let mut out = deltas[0].clone();
+    for d in &deltas[1..] {
+        out.iter_mut().zip(d).for_each(|(o, x)| *o += x);
+    }
+    out.iter_mut().for_each(|o| *o *= k);
+    out
+}
+
+/// Iso-C (Marczak et al., ICML 2025): the summed task vector `U diag(s) V^T`
+/// with every singular value replaced by their mean, `lambda mean(s) U V^T`.
+/// The sum is not divided by the model count, as in the paper: the flattened
+/// spectrum sets the scale.
+pub fn iso_c(deltas: &[Vec<f32>], lambda: f32, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
+    let mut sum = matrix(&deltas[0], rows, cols);
+    for d in &deltas[1..] {
+        sum += matrix(d, rows, cols);
+    }
+    let (u, s, v) = thin_svd(sum.as_ref())?;
+    let s_mean = s.iter().map(|&x| x as f64).sum::<f64>() / s.len().max(1) as f64;
+    Ok(row_major((&u * v.transpose()).as_ref(), lambda * s_mean as f32))
+}
+
+/// TSV-M (Gargiulo et al., CVPR 2025): each of the T task vectors keeps its
+/// top `min(rows, cols) / T` singular triplets; the kept left and right
+/// singular vectors, side by side, are each replaced by their polar factor
+/// (which removes the interference between tasks' subspaces) and the matrix
+/// rebuilt with the kept singular values, times `lambda`.
+pub fn tsv_m(deltas: &[Vec<f32>], lambda: f32, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
+    // FusionBench's int(r / T): with more tasks than dimensions nothing is kept.
+    let k = rows.min(cols) / deltas.len();
+    if k == 0 {
+        return Ok(vec![0.0; rows * cols]);
+    }
+    let width = k * deltas.len();
+    let (mut us, mut vs, mut ss) = (Mat::<f32>::zeros(rows, width), Mat::<f32>::zeros(cols, width), vec![0f32; width]);
+    for (t, d) in deltas.iter().enumerate() {
+        let (u, s, v) = thin_svd(matrix(d, rows, cols).as_ref())?;
+        for j in 0..k {
+            us.col_mut(t * k + j).copy_from(u.col(j));
+            vs.col_mut(t * k + j).copy_from(v.col(j));
+            ss[t * k + j] = s[j];
+        }
+    }
+    let mut pu = polar(us.as_ref())?;
+    let pv = polar(vs.as_ref())?;
+    for (j, s) in ss.iter().enumerate() {
+        pu.col_mut(j).iter_mut().for_each(|x| *x *= s);
+    }
+    Ok(row_major((&pu * pv.transpose()).as_ref(), lambda))
+}
