@@ -126,4 +126,35 @@ mod tests {
         let svd = thin_svd(matrix(&got, 4, 4).as_ref()).unwrap();
         assert!(svd.1.iter().all(|s| (s - 1.0).abs() < 1e-5), "{:?}", svd.1);
     }
+
+    /// The measurement that picked faer over nalgebra: thin SVD of square
+    /// pseudo-random f32 matrices, sizes from `FUSE_SVD_BENCH` (default
+    /// "1024"), for example
+    /// `FUSE_SVD_BENCH="1024 2048 4096" cargo test --release --lib bench_svd -- --ignored --nocapture`.
+    /// nalgebra takes minutes past 2048; `FUSE_SVD_BENCH_NALGEBRA=0` skips it.
+    #[test]
+    #[ignore]
+    fn bench_svd() {
+        let sizes = std::env::var("FUSE_SVD_BENCH").unwrap_or_else(|_| "1024".into());
+        let with_nalgebra = std::env::var("FUSE_SVD_BENCH_NALGEBRA").map_or(true, |v| v != "0");
+        for n in sizes.split_whitespace().map(|s| s.parse::<usize>().unwrap()) {
+            let mut state = 0x1234_5678_9abc_def0u64;
+            let x: Vec<f32> = (0..n * n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let s = thin_svd(matrix(&x, n, n).as_ref()).unwrap().1;
+            println!("faer     {n}x{n}: {:.2}s (s_max {})", t.elapsed().as_secs_f64(), s[0]);
+            if with_nalgebra {
+                let t = std::time::Instant::now();
+                let svd = nalgebra::DMatrix::<f32>::from_row_slice(n, n, &x).svd(true, true);
+                println!("nalgebra {n}x{n}: {:.2}s (s_max {})", t.elapsed().as_secs_f64(), svd.singular_values.max());
+            }
+        }
+    }
 }
