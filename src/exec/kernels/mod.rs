@@ -9,8 +9,6 @@ mod sparsify;
 mod sphere;
 mod svd;
 
-pub use svd::thin_svd;
-
 pub use crate::rng::{stream_key, uniform};
 pub use sparsify::kth_largest_magnitude;
 

@@ -18,8 +18,10 @@ fn row_major(m: MatRef<'_, f32>, scale: f32) -> Vec<f32> {
     out
 }
 
-/// `(U, s, V)` with `x = U diag(s) V^T`, `s` descending, `min(rows, cols)` of each.
-pub fn thin_svd(x: MatRef<'_, f32>) -> Result<(Mat<f32>, Vec<f32>, Mat<f32>), String> {
+/// A thin SVD `x = U diag(s) V^T`: `min(rows, cols)` triplets, `s` descending.
+type Svd = (Mat<f32>, Vec<f32>, Mat<f32>);
+
+fn thin_svd(x: MatRef<'_, f32>) -> Result<Svd, String> {
     let svd = x.thin_svd().map_err(|e| format!("SVD of a {}x{} matrix: {e:?}", x.nrows(), x.ncols()))?;
     let s = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
     Ok((svd.U().to_owned(), s, svd.V().to_owned()))
