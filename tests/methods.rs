@@ -238,3 +238,12 @@ fn tsv_m_of_one_model_is_its_task_vector() {
         }
     }
 }
+
+/// The SVD methods give the same bytes whatever the thread count (each SVD
+/// runs on one thread; tensors run in parallel).
+#[test]
+fn svd_methods_are_reproducible_across_threads() {
+    for body in ["base + iso_c(ft0, ft1, ft2)", "base + tsv_m(ft0, ft1, ft2)"] {
+        assert!(delta_of(body, "1").1 == delta_of(body, "3").1, "{body}");
+    }
+}
