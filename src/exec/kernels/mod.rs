@@ -2,7 +2,8 @@
 //! candle-core tensors (the candle engine); the native merge kernels work on
 //! flat slices, shared by both engines: `sparsify.rs` (trimming and
 //! dropping), `combine.rs` (sign consensus and the base-relative methods),
-//! `sphere.rs` (the spherical interpolations).
+//! `sphere.rs` (the spherical interpolations), `svd.rs` (the SVD-based
+//! task-vector methods).
 
 mod combine;
 mod sparsify;
