@@ -183,3 +183,71 @@ fn magmax_takes_the_largest_magnitude_per_entry() {
     }
     assert!(checked > 10_000, "{checked}");
 }
+
+/// Singular values of a row-major `[rows, cols]` matrix, in f64 (nalgebra:
+/// an SVD independent of the faer one fuse uses).
+fn singular_values(x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+    let m = nalgebra::DMatrix::<f64>::from_row_iterator(rows, cols, x.iter().map(|&v| v as f64));
+    m.singular_values().iter().copied().collect()
+}
+
+/// Iso-C's closed form: every matrix of the merged task vector has a flat
+/// spectrum at lambda times the mean singular value of the summed task
+/// vectors; vectors (the norms) get lambda times the mean task vector.
+#[test]
+fn iso_c_flattens_the_spectrum_of_the_summed_task_vectors() {
+    let tvs = ["ft0", "ft1", "ft2"].map(task_vector);
+    let shapes = read_model(&root().join(MODELS).join("base"));
+    let (got, _) = delta_of("base + iso_c(ft0, ft1, ft2, lambda=0.5)", "2");
+    let mut matrices = 0;
+    for (name, d) in &got {
+        let sum: Vec<f32> = (0..d.len()).map(|i| tvs.iter().map(|tv| tv[name][i]).sum()).collect();
+        match shapes[name].shape[..] {
+            [rows, cols] => {
+                let s = singular_values(&sum, rows, cols);
+                let want = 0.5 * s.iter().sum::<f64>() / s.len() as f64;
+                // The output is rounded to f32 around the base (|base| <= 1),
+                // so allow a few ulps of 1 per entry, summed over a row.
+                let tol = 1e-6 * (rows.max(cols) as f64) + 1e-4 * want;
+                // The check means something: the input spectrum is far from
+                // flat, and the tolerance far below its spread.
+                let spread = s[0] - s[s.len() - 1];
+                assert!(spread > 0.2 * s[0] && tol < 0.01 * spread, "{name}: {s:?}, tol {tol}");
+                for got in singular_values(d, rows, cols) {
+                    assert!((got - want).abs() <= tol, "{name}: singular value {got} vs {want}");
+                }
+                matrices += 1;
+            }
+            _ => {
+                for (i, v) in d.iter().enumerate() {
+                    let want = 0.5 * sum[i] / 3.0;
+                    assert!((v - want).abs() <= 2.5e-7 + 1e-5 * want.abs(), "{name}[{i}]: {v} vs {want}");
+                }
+            }
+        }
+    }
+    assert!(matrices >= 10, "{matrices}");
+}
+
+/// TSV-M of one task vector keeps all of its singular triplets, whose
+/// singular vectors are orthonormal already: the task vector itself.
+#[test]
+fn tsv_m_of_one_model_is_its_task_vector() {
+    let tv = task_vector("ft0");
+    let (got, _) = delta_of("base + tsv_m(ft0, lambda=2.0)", "2");
+    for (name, d) in &got {
+        for (i, v) in d.iter().enumerate() {
+            let want = 2.0 * tv[name][i];
+            assert!((v - want).abs() <= 1e-5 + 1e-4 * want.abs(), "{name}[{i}]: {v} vs {want}");
+        }
+    }
+}
+
+/// The SVD methods give the same bytes whatever the thread count (each SVD
+/// runs on one thread; tensors run in parallel).
+#[test]
+fn svd_methods_are_reproducible_across_threads() {
+    for body in ["base + iso_c(ft0, ft1, ft2)", "base + tsv_m(ft0, ft1, ft2)"] {
+        assert!(delta_of(body, "1").1 == delta_of(body, "3").1, "{body}");
+    }
+}

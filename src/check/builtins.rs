@@ -659,6 +659,14 @@ impl Checker<'_> {
         Some(Kernel::MagMax { lambda: self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)? })
     }
 
+    pub(super) fn kernel_iso_c(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::IsoC { lambda: self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)? })
+    }
+
+    pub(super) fn kernel_tsv_m(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::TsvM { lambda: self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)? })
+    }
+
     pub(super) fn kernel_arcee_fusion(&mut self, _: &mut MethodCall, _: Ctx) -> Option<Kernel<Sched>> {
         Some(Kernel::ArceeFusion)
     }

@@ -440,6 +440,22 @@ const METHODS: &[Native] = &[
         example: "base + magmax(a, b, c)",
         how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_magmax(m, ctx)),
     },
+    Native {
+        name: "iso_c",
+        rest: Some("models"),
+        params: &[p("lambda", PKind::Num, Default::Num(1.0), "scale of the merged task vector"), BASE],
+        doc: "Iso-C (Marczak et al., ICML 2025): the summed task vector with a flat (isotropic) singular spectrum.",
+        example: "base + iso_c(a, b, c)",
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_iso_c(m, ctx)),
+    },
+    Native {
+        name: "tsv_m",
+        rest: Some("models"),
+        params: &[p("lambda", PKind::Num, Default::Num(1.0), "scale of the merged task vector"), BASE],
+        doc: "TSV-M (Gargiulo et al., CVPR 2025): each task vector's top singular vectors, orthogonalized together.",
+        example: "base + tsv_m(a, b, c)",
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_tsv_m(m, ctx)),
+    },
 ];
 
 /// Every native, in the order people read them: builtins, primitives, methods.

@@ -1,5 +1,5 @@
 //! LoRA extraction: each 2-D layer tensor of a task vector is factored by a
-//! truncated SVD (nalgebra) into PEFT's `lora_B` [out, r] and `lora_A`
+//! truncated SVD (faer) into PEFT's `lora_B` [out, r] and `lora_A`
 //! [r, in] with `B A` the best rank-r approximation, and written as a PEFT
 //! adapter directory, atomically like every output.
 
@@ -140,9 +140,12 @@ pub fn run_lora(
 /// matrix: B = U_r S_r, A = V_r^T, padded with zeros up to `rank`. Returns
 /// B, A and the fraction of the squared singular values kept.
 fn factor(m: &[f32], out: usize, inn: usize, rank: usize) -> (Vec<f32>, Vec<f32>, f64) {
-    let mat = nalgebra::DMatrix::<f64>::from_row_iterator(out, inn, m.iter().map(|v| *v as f64));
-    let svd = mat.svd(true, true);
-    let (u, vt, s) = (svd.u.expect("u computed"), svd.v_t.expect("v_t computed"), svd.singular_values);
+    // f64: the kept-energy fraction is reported, and small singular values
+    // of a near-low-rank delta are what decide it.
+    let mat = faer::Mat::<f64>::from_fn(out, inn, |i, j| m[i * inn + j] as f64);
+    let svd = mat.thin_svd().expect("the SVD of a finite matrix converges");
+    let (u, v) = (svd.U(), svd.V());
+    let s: Vec<f64> = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
     let k = rank.min(s.len());
     let mut b = vec![0f32; out * rank];
     let mut a = vec![0f32; rank * inn];
@@ -151,7 +154,7 @@ fn factor(m: &[f32], out: usize, inn: usize, rank: usize) -> (Vec<f32>, Vec<f32>
             b[i * rank + j] = (u[(i, j)] * s[j]) as f32;
         }
         for c in 0..inn {
-            a[j * inn + c] = vt[(j, c)] as f32;
+            a[j * inn + c] = v[(c, j)] as f32;
         }
     }
     let total: f64 = s.iter().map(|x| x * x).sum();

@@ -6,7 +6,8 @@
 //! size, and large tensors are split across threads. Kernels that need
 //! whole-tensor statistics (magnitude thresholds, norms, cosines) get them
 //! in extra streaming passes first; only the few that need the whole tensor
-//! at once (outliers, DELLA, the multi-model spheres, arcee_fusion, sce) are
+//! at once (outliers, DELLA, the multi-model spheres, arcee_fusion, sce,
+//! iso_c, tsv_m) are
 //! materialized, under the memory budget.
 
 use super::kernels::{self, Prepared, Source, TensorInfo, CHUNK};
@@ -105,11 +106,19 @@ fn special_nodes(plan: &Plan, root: NodeId) -> Vec<NodeId> {
 }
 
 /// Bytes a materialized node holds while it is computed: its inputs and its
-/// result, in f32.
+/// result, in f32 (and the SVD methods' factors).
 pub fn working_set(plan: &Plan, n: NodeId) -> u64 {
     let numel: u64 = plan.nodes[n].shape.iter().product::<usize>() as u64;
     let inputs = super::children(&plan.nodes[n].op).len() as u64;
-    (inputs + 1) * numel * 4
+    // The SVD methods hold matrix-sized factors besides their inputs and
+    // output: Iso-C the sum, U, V and U V^T; TSV-M each task's SVD, the
+    // stacked singular vectors, their polar factors and the product.
+    let factors = match &plan.nodes[n].op {
+        Op::Kernel { kernel: crate::ir::Kernel::IsoC { .. }, .. } => 5,
+        Op::Kernel { kernel: crate::ir::Kernel::TsvM { .. }, .. } => 8,
+        _ => 0,
+    };
+    (inputs + 1 + factors) * numel * 4
 }
 
 /// The tensor a node computes a piece of: the name its loads read.

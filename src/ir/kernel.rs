@@ -45,6 +45,13 @@ pub enum Kernel<N> {
     /// Deltas in: per entry the value of largest magnitude (the first on
     /// ties), times `lambda` (MagMax).
     MagMax { lambda: N },
+    /// Deltas in: per matrix, the SVD of their sum with every singular
+    /// value set to the mean, times `lambda` (Iso-C); other tensors averaged.
+    IsoC { lambda: N },
+    /// Deltas in: per matrix, each delta's top `r/T` singular triplets with
+    /// the stacked singular vectors orthogonalized, times `lambda` (TSV-M);
+    /// other tensors averaged.
+    TsvM { lambda: N },
     /// Deltas in: keep high-variance positions, elect signs, weight by energy.
     Sce { select_topk: N },
     /// A LoRA adapter's delta: inputs B [out, r] and A [r, in], result
@@ -85,6 +92,8 @@ impl<N> Kernel<N> {
             Kernel::NearSwap { t } => Kernel::NearSwap { t: f(t) },
             Kernel::ArceeFusion => Kernel::ArceeFusion,
             Kernel::MagMax { lambda } => Kernel::MagMax { lambda: f(lambda) },
+            Kernel::IsoC { lambda } => Kernel::IsoC { lambda: f(lambda) },
+            Kernel::TsvM { lambda } => Kernel::TsvM { lambda: f(lambda) },
             Kernel::Sce { select_topk } => Kernel::Sce { select_topk: f(select_topk) },
             Kernel::LoraProduct { scale } => Kernel::LoraProduct { scale: f(scale) },
             Kernel::ResizeRows { from } => Kernel::ResizeRows { from: *from },

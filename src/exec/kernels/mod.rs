@@ -2,11 +2,13 @@
 //! candle-core tensors (the candle engine); the native merge kernels work on
 //! flat slices, shared by both engines: `sparsify.rs` (trimming and
 //! dropping), `combine.rs` (sign consensus and the base-relative methods),
-//! `sphere.rs` (the spherical interpolations).
+//! `sphere.rs` (the spherical interpolations), `svd.rs` (the SVD-based
+//! task-vector methods).
 
 mod combine;
 mod sparsify;
 mod sphere;
+mod svd;
 
 pub use crate::rng::{stream_key, uniform};
 pub use sparsify::kth_largest_magnitude;
@@ -188,6 +190,8 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         Kernel::ModelStock { .. } => combine::model_stock_rows(&inputs[0], &inputs[1..], t.shape),
         Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
         Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
+        Kernel::IsoC { lambda } => svd::iso_c(&inputs, lambda.get() as f32, t.shape)?,
+        Kernel::TsvM { lambda } => svd::tsv_m(&inputs, lambda.get() as f32, t.shape)?,
         Kernel::LoraProduct { scale } => lora_product(&inputs[0], &inputs[1], scale.get() as f32, t.shape),
         Kernel::ResizeRows { from } => resize_rows(&inputs[0], *from as usize, t.shape),
         other => unreachable!("{other:?} streams"),

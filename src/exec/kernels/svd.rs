@@ -1,0 +1,162 @@
+//! SVD-based task-vector methods (Iso-C, TSV-M) on row-major `[rows, cols]`
+//! f32 slices, through faer's thin SVD. Tensors that are not matrices get the
+//! plain mean of their task vectors, as FusionBench does.
+
+use faer::{Mat, MatRef};
+
+/// A row-major slice as a faer matrix.
+fn matrix(x: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+    Mat::from_fn(rows, cols, |i, j| x[i * cols + j])
+}
+
+/// A faer matrix back to row-major order, times `scale`.
+fn row_major(m: MatRef<'_, f32>, scale: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m.nrows() * m.ncols());
+    for i in 0..m.nrows() {
+        out.extend((0..m.ncols()).map(|j| scale * m[(i, j)]));
+    }
+    out
+}
+
+/// A thin SVD `x = U diag(s) V^T`: `min(rows, cols)` triplets, `s` descending.
+type Svd = (Mat<f32>, Vec<f32>, Mat<f32>);
+
+fn thin_svd(x: MatRef<'_, f32>) -> Result<Svd, String> {
+    let svd = x.thin_svd().map_err(|e| format!("SVD of a {}x{} matrix: {e:?}", x.nrows(), x.ncols()))?;
+    let s = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
+    Ok((svd.U().to_owned(), s, svd.V().to_owned()))
+}
+
+/// The nearest matrix with orthonormal columns (the polar factor `P Q^T` of
+/// `x = P S Q^T`).
+fn polar(x: MatRef<'_, f32>) -> Result<Mat<f32>, String> {
+    let (p, _, q) = thin_svd(x)?;
+    Ok(&p * q.transpose())
+}
+
+/// `lambda` times the mean of the deltas: what both methods do with tensors
+/// that are not matrices.
+fn mean(deltas: &[Vec<f32>], lambda: f32) -> Vec<f32> {
+    let k = lambda / deltas.len() as f32;
+    let mut out = deltas[0].clone();
+    for d in &deltas[1..] {
+        out.iter_mut().zip(d).for_each(|(o, x)| *o += x);
+    }
+    out.iter_mut().for_each(|o| *o *= k);
+    out
+}
+
+/// Iso-C (Marczak et al., ICML 2025): the summed task vector `U diag(s) V^T`
+/// with every singular value replaced by their mean, `lambda mean(s) U V^T`.
+/// The sum is not divided by the model count, as in the paper: the flattened
+/// spectrum sets the scale.
+pub fn iso_c(deltas: &[Vec<f32>], lambda: f32, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
+    let mut sum = matrix(&deltas[0], rows, cols);
+    for d in &deltas[1..] {
+        sum += matrix(d, rows, cols);
+    }
+    let (u, s, v) = thin_svd(sum.as_ref())?;
+    let s_mean = s.iter().map(|&x| x as f64).sum::<f64>() / s.len().max(1) as f64;
+    Ok(row_major((&u * v.transpose()).as_ref(), lambda * s_mean as f32))
+}
+
+/// TSV-M (Gargiulo et al., CVPR 2025): each of the T task vectors keeps its
+/// top `min(rows, cols) / T` singular triplets; the kept left and right
+/// singular vectors, side by side, are each replaced by their polar factor
+/// (which removes the interference between tasks' subspaces) and the matrix
+/// rebuilt with the kept singular values, times `lambda`.
+pub fn tsv_m(deltas: &[Vec<f32>], lambda: f32, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
+    // FusionBench's int(r / T): with more tasks than dimensions nothing is kept.
+    let k = rows.min(cols) / deltas.len();
+    if k == 0 {
+        return Ok(vec![0.0; rows * cols]);
+    }
+    let width = k * deltas.len();
+    let (mut us, mut vs, mut ss) = (Mat::<f32>::zeros(rows, width), Mat::<f32>::zeros(cols, width), vec![0f32; width]);
+    for (t, d) in deltas.iter().enumerate() {
+        let (u, s, v) = thin_svd(matrix(d, rows, cols).as_ref())?;
+        for j in 0..k {
+            us.col_mut(t * k + j).copy_from(u.col(j));
+            vs.col_mut(t * k + j).copy_from(v.col(j));
+            ss[t * k + j] = s[j];
+        }
+    }
+    let mut pu = polar(us.as_ref())?;
+    let pv = polar(vs.as_ref())?;
+    for (j, s) in ss.iter().enumerate() {
+        pu.col_mut(j).iter_mut().for_each(|x| *x *= s);
+    }
+    Ok(row_major((&pu * pv.transpose()).as_ref(), lambda))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x y^T` for columns `x` [rows] and `y` [cols], row-major.
+    fn outer(x: &[f32], y: &[f32], scale: f32) -> Vec<f32> {
+        x.iter().flat_map(|a| y.iter().map(move |b| scale * a * b)).collect()
+    }
+
+    /// Task vectors with mutually orthogonal row and column spaces do not
+    /// interfere: TSV-M returns their sum. Each has rank r/T = 2, so the kept
+    /// triplets are exactly its own (no zero singular values with arbitrary
+    /// vectors).
+    #[test]
+    fn tsv_m_of_orthogonal_task_vectors_is_their_sum() {
+        let e = |n: usize, i: usize| (0..n).map(|j| if j == i { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+        let add = |a: Vec<f32>, b: Vec<f32>| a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<f32>>();
+        let (rows, cols) = (6, 4);
+        let deltas = vec![
+            add(outer(&e(rows, 0), &e(cols, 1), 3.0), outer(&e(rows, 1), &e(cols, 0), 0.5)),
+            add(outer(&e(rows, 2), &e(cols, 3), -1.5), outer(&e(rows, 4), &e(cols, 2), 2.0)),
+        ];
+        let got = tsv_m(&deltas, 1.0, &[rows, cols]).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert!((g - (deltas[0][i] + deltas[1][i])).abs() < 1e-5, "{i}: {g}");
+        }
+    }
+
+    /// Iso-C of one rank-1 matrix: the spectrum (s, 0, 0, 0) becomes s/4 on
+    /// every direction, `lambda s/4 U V^T`.
+    #[test]
+    fn iso_c_spreads_the_spectrum_evenly() {
+        let x: Vec<f32> = (0..16).map(|i| if i == 5 { 8.0 } else { 0.0 }).collect();
+        let got = iso_c(&[x], 0.5, &[4, 4]).unwrap();
+        let svd = thin_svd(matrix(&got, 4, 4).as_ref()).unwrap();
+        assert!(svd.1.iter().all(|s| (s - 1.0).abs() < 1e-5), "{:?}", svd.1);
+    }
+
+    /// The measurement that picked faer over nalgebra: thin SVD of square
+    /// pseudo-random f32 matrices, sizes from `FUSE_SVD_BENCH` (default
+    /// "1024"), for example
+    /// `FUSE_SVD_BENCH="1024 2048 4096" cargo test --release --lib bench_svd -- --ignored --nocapture`.
+    /// nalgebra takes minutes past 2048; `FUSE_SVD_BENCH_NALGEBRA=0` skips it.
+    #[test]
+    #[ignore]
+    fn bench_svd() {
+        let sizes = std::env::var("FUSE_SVD_BENCH").unwrap_or_else(|_| "1024".into());
+        let with_nalgebra = std::env::var("FUSE_SVD_BENCH_NALGEBRA").map_or(true, |v| v != "0");
+        for n in sizes.split_whitespace().map(|s| s.parse::<usize>().unwrap()) {
+            let mut state = 0x1234_5678_9abc_def0u64;
+            let x: Vec<f32> = (0..n * n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let s = thin_svd(matrix(&x, n, n).as_ref()).unwrap().1;
+            println!("faer     {n}x{n}: {:.2}s (s_max {})", t.elapsed().as_secs_f64(), s[0]);
+            if with_nalgebra {
+                let t = std::time::Instant::now();
+                let svd = nalgebra::DMatrix::<f32>::from_row_slice(n, n, &x).svd(true, true);
+                println!("nalgebra {n}x{n}: {:.2}s (s_max {})", t.elapsed().as_secs_f64(), svd.singular_values.max());
+            }
+        }
+    }
+}
