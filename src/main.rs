@@ -117,7 +117,23 @@ enum GenDType {
     F16,
 }
 
+/// Stack for the command's thread and for rayon's workers. Lowering and
+/// evaluation recurse once per named step of a recipe (`s2 = s1 + d`, ...),
+/// so a generated recipe of thousands of such steps needs more than the
+/// default 8 MiB (2 MiB for workers); the reservation is virtual, pages are
+/// touched only as deep as a recipe goes.
+const MAIN_STACK: usize = 1 << 30;
+const WORKER_STACK: usize = 256 << 20;
+
 fn main() -> ExitCode {
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK).build_global();
+    match std::thread::Builder::new().name("fuse".into()).stack_size(MAIN_STACK).spawn(run_cli) {
+        Ok(t) => t.join().unwrap_or(ExitCode::FAILURE),
+        Err(_) => run_cli(),
+    }
+}
+
+fn run_cli() -> ExitCode {
     let cli = Cli::parse();
     // The first SIGINT or SIGTERM asks a run to stop and clean up; a second exits at once.
     let flag = fuse::exec::interrupt_flag();

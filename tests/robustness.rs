@@ -346,6 +346,29 @@ fn a_sum_of_100000_terms_checks_and_runs() {
     }
 }
 
+/// A generated recipe of 10,000 named steps, each built on the last: lowering
+/// and evaluation recurse once per step, on the command's large stack.
+#[test]
+fn a_chain_of_10000_statements_checks_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let [m, a, b] = integer_models(d);
+    let n = 10_000;
+    let mut text = String::from("m = model(\"m\")\na = model(\"a\")\nb = model(\"b\")\nd = a - b\ns0 = m\n");
+    for k in 1..=n {
+        text.push_str(&format!("s{k} = s{} + d\n", k - 1));
+    }
+    text.push_str(&format!("s{n}\n"));
+    write_recipe(d, "steps.fuse", &text);
+    fuse_ok(d, &["check", "steps.fuse"]);
+    fuse_ok(d, &["run", "steps.fuse", "-o", "out"]);
+    for (name, t) in &read_model(&d.join("out")) {
+        let want: Vec<f32> =
+            (0..t.data.len()).map(|i| m[name].data[i] + n as f32 * (a[name].data[i] - b[name].data[i])).collect();
+        assert_eq!(t.data, want, "{name}");
+    }
+}
+
 #[test]
 fn nesting_past_the_limit_is_e0002_not_a_crash() {
     let tmp = tempfile::tempdir().unwrap();

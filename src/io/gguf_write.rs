@@ -400,9 +400,11 @@ impl GgufFile {
         fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
         let name = target.file_name().and_then(|n| n.to_str()).ok_or("the output path has no file name")?;
         super::writer::clean_stale(parent, name);
-        let partial = parent.join(format!(".{name}.fuse-partial-{}", super::writer::unique()));
-        let file = File::create(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
-        let lock = super::writer::lock(&partial).map_err(|e| format!("cannot lock `{}`: {e}", partial.display()))?;
+        let (partial, lock) = super::writer::create_locked(parent, name, |p| File::create_new(p).map(drop))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .map_err(|e| format!("cannot open `{}`: {e}", partial.display()))?;
         let out = GgufFile { target: target.to_path_buf(), partial, file, _lock: lock, committed: false };
         out.file.set_len(layout.size).map_err(|e| format!("cannot size `{}`: {e}", out.partial.display()))?;
         out.file.write_all_at(&layout.header, 0).map_err(|e| format!("cannot write: {e}"))?;

@@ -181,9 +181,7 @@ impl OutputDir {
         fs::create_dir_all(parent).map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
         let name = target.file_name().and_then(|n| n.to_str()).ok_or("the output path has no directory name")?;
         clean_stale(parent, name);
-        let partial = parent.join(format!(".{name}.fuse-partial-{}", unique()));
-        fs::create_dir(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
-        let lock = lock(&partial).map_err(|e| format!("cannot lock `{}`: {e}", partial.display()))?;
+        let (partial, lock) = create_locked(parent, name, |p| fs::create_dir(p))?;
         let mut out = OutputDir {
             target: target.to_path_buf(),
             partial,
@@ -368,6 +366,29 @@ pub(crate) fn lock(dir: &Path) -> std::io::Result<File> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(f)
+}
+
+/// Creates `.NAME.fuse-partial-UNIQUE` in `parent` with `make` and locks it.
+/// Another run's clean-up may take an unlocked partial path between the two
+/// steps and remove it; then the lock fails and a fresh name is tried.
+pub(crate) fn create_locked(
+    parent: &Path,
+    name: &str,
+    make: impl Fn(&Path) -> std::io::Result<()>,
+) -> Result<(PathBuf, File), String> {
+    let mut last = None;
+    for _ in 0..16 {
+        let partial = parent.join(format!(".{name}.fuse-partial-{}", unique()));
+        make(&partial).map_err(|e| format!("cannot create `{}`: {e}", partial.display()))?;
+        match lock(&partial) {
+            Ok(held) => return Ok((partial, held)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::WouldBlock => {
+                last = Some(e);
+            }
+            Err(e) => return Err(format!("cannot lock `{}`: {e}", partial.display())),
+        }
+    }
+    Err(format!("cannot lock a partial output beside `{name}`: {}", last.map_or(String::new(), |e| e.to_string())))
 }
 
 /// A name part unique to this run: the PID alone repeats across PID namespaces.
