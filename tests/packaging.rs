@@ -235,3 +235,24 @@ fn a_module_path_outside_the_checkpoint_is_refused() {
     let e = stderr(&fuse(d, &["check", "r.fuse"]));
     assert!(e.contains("[E0302]") && e.contains("modules.json is not a list of modules"), "{e}");
 }
+
+/// Published sentence-transformers models often lack the folder of a module
+/// without files (`Normalize`): packaging drops empty folders. Such a model
+/// is read, merged and written; the output has every folder the base has.
+#[test]
+fn a_module_folder_that_is_absent_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    sentence_model(&d.join("base"), 1, 0.1);
+    sentence_model(&d.join("ft"), 2, 0.3);
+    for m in ["base", "ft"] {
+        std::fs::remove_dir(d.join(m).join("3_Normalize")).unwrap();
+    }
+    std::fs::remove_dir_all(d.join("ft/1_Pooling")).unwrap();
+    write_recipe(d, "r.fuse", "base = model(\"base\")\nsave(base + 0.5 * (model(\"ft\") - base), \"out\")\n");
+    let o = fuse_ok(d, &["run", "r.fuse"]);
+    assert!(!stderr(&o).contains("E0302"), "{}", stderr(&o));
+    let out = d.join("out");
+    assert!(out.join("1_Pooling/config.json").is_file() && !out.join("3_Normalize").exists());
+    assert_eq!(std::fs::read(out.join("modules.json")).unwrap(), std::fs::read(d.join("base/modules.json")).unwrap());
+}

@@ -20,7 +20,7 @@ pub const FILES: &[&str] = &["modules.json", "config_sentence_transformers.json"
 pub const WEIGHT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"];
 
 /// The module folders `modules.json` in `dir` names (the transformer itself,
-/// path `""`, left out), or none without the file. The error says in words
+/// path `""`, and folders that are absent left out), or none without the file. The error says in words
 /// what is wrong with the file.
 pub fn folders(dir: &Path) -> Result<Vec<String>, String> {
     let p = dir.join("modules.json");
@@ -37,8 +37,11 @@ pub fn folders(dir: &Path) -> Result<Vec<String>, String> {
         if path.contains(['/', '\\']) || path == "." || path == ".." {
             return Err(format!("module path `{path}` is not a plain folder name in the checkpoint directory"));
         }
+        // A module without files (`Normalize`) may have no folder at all:
+        // packaging drops empty folders, and sentence-transformers loads such
+        // a module without one. There is nothing to read or copy from it.
         if !dir.join(path).is_dir() {
-            return Err(format!("names module folder `{path}`, which does not exist"));
+            continue;
         }
         out.push(path.to_string());
     }
