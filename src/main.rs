@@ -41,6 +41,10 @@ enum Command {
         /// Fail (instead of warning) when an input tensor holds NaN or infinity.
         #[arg(long)]
         strict: bool,
+        /// The dtype of the -o output: bf16, f16 or f32 (default: the inputs'),
+        /// or q8_0 for a .gguf output. `save(..., dtype=...)` sets it per save.
+        #[arg(long, value_name = "DTYPE")]
+        dtype: Option<String>,
     },
     /// Check a recipe against its models' headers without computing anything.
     Check {
@@ -142,8 +146,8 @@ fn run_cli() -> ExitCode {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
     let result = match cli.command {
-        Command::Run { recipe, output, set, force, device, max_memory, strict } => {
-            cmd_run(&recipe, output.as_deref(), &set, force, device, max_memory.as_deref(), strict)
+        Command::Run { recipe, output, set, force, device, max_memory, strict, dtype } => {
+            cmd_run(&recipe, output.as_deref(), &set, force, device, max_memory.as_deref(), strict, dtype.as_deref())
         }
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
@@ -219,6 +223,30 @@ fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
     Ok(())
 }
 
+/// `--dtype NAME` for the -o output `t`: a safetensors dtype, or a GGUF
+/// encoding (q8_0 too) when the output is a `.gguf` file.
+fn set_output_dtype(t: &mut fuse::ir::Output, name: &str) -> Result<(), Diagnostic> {
+    use fuse::io::{gguf_write::Quant, safetensors::DType};
+    let gguf = t.dir.extension().is_some_and(|e| e == "gguf");
+    let lower = name.to_ascii_lowercase();
+    let dtype = match lower.as_str() {
+        "f32" => Some(DType::F32),
+        "f16" => Some(DType::F16),
+        "bf16" => Some(DType::BF16),
+        _ => None,
+    };
+    match (dtype, gguf) {
+        (Some(d), _) => t.dtype = Some(d),
+        (None, true) if lower == "q8_0" => t.quant = Quant::parse(&lower),
+        _ => {
+            let allowed = if gguf { "bf16, f16, f32 or q8_0" } else { "bf16, f16 or f32 (q8_0 needs a .gguf output)" };
+            return Err(Diagnostic::error(Code::E0401, format!("--dtype `{name}` is not an output dtype"))
+                .with_help(format!("write one of {allowed}")));
+        }
+    }
+    Ok(())
+}
+
 fn cmd_run(
     recipe: &Path,
     output: Option<&Path>,
@@ -227,7 +255,14 @@ fn cmd_run(
     device: Device,
     max_memory: Option<&str>,
     strict: bool,
+    dtype: Option<&str>,
 ) -> CmdResult {
+    if dtype.is_some() && output.is_none() {
+        return fail(
+            Diagnostic::error(Code::E0401, "--dtype sets the dtype of the -o output, and -o was not given")
+                .with_help("pass -o DIR, or write `save(expr, \"dir\", dtype=bf16)` in the recipe"),
+        );
+    }
     let max_memory = match max_memory {
         None => fuse::exec::default_max_memory(),
         Some(m) => fuse::io::writer::parse_size(m).unwrap_or(0),
@@ -253,7 +288,13 @@ fn cmd_run(
     };
     let mut sources = Sources::default();
     let (r, text) = load(recipe, set, &mut sources)?;
-    let targets = r.outputs(output).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    let mut targets = r.outputs(output).or_else(|d| fail(d).map(|_| Vec::new()))?;
+    if let (Some(d), Some(o)) = (dtype, output) {
+        let t = targets.iter_mut().find(|t| t.dir == o).expect("-o is an output");
+        if let Err(d) = set_output_dtype(t, d) {
+            return fail(d);
+        }
+    }
     // Refuse before computing anything, so a late output cannot fail after an early one was written.
     for t in &targets {
         let how = if output == Some(t.dir.as_path()) {
@@ -524,7 +565,7 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
-    cmd_run(&recipe, Some(&out), &[], true, Device::Cpu, None, false)?;
+    cmd_run(&recipe, Some(&out), &[], true, Device::Cpu, None, false, None)?;
     cmd_inspect(&out.display().to_string(), false)?;
     println!("merged model: {}", out.display());
     Ok(())

@@ -279,3 +279,36 @@ fn gguf_output_refuses_unmapped_architectures() {
     assert!(!o.status.success() && e.contains("`mistral`") && e.contains("llama"), "{e}");
     assert!(!d.join("out.gguf").exists());
 }
+
+/// `fuse run -o X --dtype D` writes what `save(m, "X", dtype=D)` writes, and
+/// refuses a dtype the output cannot hold.
+#[test]
+fn run_dtype_flag_sets_the_output_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    save_both(d, "\"q8_0\"");
+    write_recipe(d, "m.fuse", "model(\"st\")\n");
+    fuse_ok(d, &["run", "m.fuse", "-o", "flag.gguf", "--dtype", "q8_0"]);
+    assert_eq!(std::fs::read(d.join("flag.gguf")).unwrap(), std::fs::read(d.join("out.gguf")).unwrap());
+    fuse_ok(d, &["run", "m.fuse", "-o", "half", "--dtype", "bf16"]);
+    assert!(read_header_dtypes(&d.join("half")).iter().all(|t| t == "BF16"));
+    let e = stderr(&fuse(d, &["run", "m.fuse", "-o", "dir", "--dtype", "q8_0"]));
+    expect_code(&e, "E0401");
+    assert!(e.contains("q8_0 needs a .gguf output") && !d.join("dir").exists(), "{e}");
+    let e = stderr(&fuse(d, &["run", "m.fuse", "--dtype", "f16"]));
+    expect_code(&e, "E0401");
+    assert!(e.contains("-o was not given"), "{e}");
+}
+
+/// The dtypes in the header of `dir/model.safetensors`.
+fn read_header_dtypes(dir: &Path) -> Vec<String> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    h.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
+        .collect()
+}
