@@ -312,3 +312,53 @@ fn read_header_dtypes(dir: &Path) -> Vec<String> {
         .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A GGUF's tokenizer lives in its metadata. A safetensors output written
+/// from one gets `tokenizer.json` and `tokenizer_config.json` built from it
+/// (byte-level BPE), which the tokenizers library loads and encodes with;
+/// a SentencePiece vocabulary is not converted, and the run says so.
+#[test]
+fn gguf_tokenizer_becomes_tokenizer_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let hf = {
+        TinyLlama::default().write(&d.join("twin"), &[(1, 0.02)]).unwrap();
+        read_model(&d.join("twin"))
+    };
+    let shape = TinyLlama::default();
+    let with_vocab = |model: &str| {
+        let (mut g, _) = gguf::llama(&hf, shape.heads, shape.kv_heads, |_| Enc::F32);
+        let tokens = ["<|end|>", "a", "b", "ab", "\u{120}", "\u{120}a", "<think>"];
+        g.meta("tokenizer.ggml.model", Meta::Str(model.into()))
+            .meta("tokenizer.ggml.tokens", Meta::Strs(tokens.iter().map(|t| t.to_string()).collect()))
+            .meta("tokenizer.ggml.token_type", Meta::U32s(vec![3, 1, 1, 1, 1, 1, 4]))
+            .meta("tokenizer.ggml.merges", Meta::Strs(vec!["a b".into(), "\u{120} a".into()]))
+            .meta("tokenizer.ggml.eos_token_id", Meta::U32(0))
+            .meta("tokenizer.ggml.add_bos_token", Meta::Bool(false))
+            .meta("tokenizer.chat_template", Meta::Str("{{ messages }}".into()));
+        g.bytes()
+    };
+    std::fs::write(d.join("bpe.gguf"), with_vocab("gpt2")).unwrap();
+    write_recipe(d, "r.fuse", "model(\"bpe.gguf\")\n");
+    fuse_ok(d, &["run", "r.fuse", "-o", "out"]);
+    let tok = tokenizers::Tokenizer::from_file(d.join("out/tokenizer.json")).unwrap();
+    // "ab" and " a" are words of GPT-2's split; each is one merged token,
+    // and the special and user-defined tokens stay whole.
+    let enc = tok.encode("ab a<|end|><think>", false).unwrap();
+    assert_eq!(enc.get_ids(), &[3, 5, 0, 6]);
+    assert_eq!(tok.decode(&[3, 5], false).unwrap(), "ab a");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(config["eos_token"], "<|end|>");
+    assert_eq!(config["chat_template"], "{{ messages }}");
+    assert_eq!(config["add_bos_token"], false);
+    let manifest = std::fs::read_to_string(d.join("out/fuse-output.json")).unwrap();
+    assert!(manifest.contains("\"tokenizer.json\""), "{manifest}");
+
+    std::fs::write(d.join("spm.gguf"), with_vocab("llama")).unwrap();
+    write_recipe(d, "s.fuse", "model(\"spm.gguf\")\n");
+    let o = fuse_ok(d, &["run", "s.fuse", "-o", "spm"]);
+    let e = stderr(&o);
+    assert!(e.contains("no tokenizer was written") && e.contains("`llama`"), "{e}");
+    assert!(!d.join("spm/tokenizer.json").exists());
+}

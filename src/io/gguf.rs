@@ -343,7 +343,8 @@ pub fn unpermute(vals: &[f32], heads: usize, rows: usize) -> Vec<f32> {
     out
 }
 
-fn as_u64(v: &Meta) -> Option<u64> {
+/// A GGUF integer of any width as u64 (negative ones as none).
+pub(super) fn as_u64(v: &Meta) -> Option<u64> {
     match v {
         Meta::I32(x) => u64::try_from(*x).ok(),
         Meta::I64(x) => u64::try_from(*x).ok(),

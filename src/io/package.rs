@@ -47,6 +47,18 @@ impl Package<'_> {
                 }
             }
             self.copy_module_folders(out, dir)?;
+        } else if origin.root.extension().is_some_and(|e| e == "gguf") {
+            match super::gguf_tokenizer::files(&origin.root) {
+                Ok(files) => {
+                    for (name, bytes) in files {
+                        out.write_file(name, &bytes)?;
+                    }
+                }
+                Err(why) => notes.push(format!(
+                    "no tokenizer was written: `{}` holds its tokenizer as GGUF metadata, and {why}",
+                    origin.root.display()
+                )),
+            }
         }
         out.write_file("README.md", self.model_card().as_bytes())?;
         Ok(notes)

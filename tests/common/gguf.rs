@@ -11,6 +11,10 @@ pub enum Meta {
     U32(u32),
     F32(f32),
     Str(String),
+    Bool(bool),
+    /// Arrays (type 9) of strings and of u32.
+    Strs(Vec<String>),
+    U32s(Vec<u32>),
 }
 
 /// A tensor's stored type: a known encoding, or a raw type code with bytes.
@@ -75,6 +79,26 @@ impl Gguf {
                 Meta::Str(s) => {
                     out.extend_from_slice(&8u32.to_le_bytes());
                     string(&mut out, s);
+                }
+                Meta::Bool(b) => {
+                    out.extend_from_slice(&7u32.to_le_bytes());
+                    out.push(*b as u8);
+                }
+                Meta::Strs(v) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    for s in v {
+                        string(&mut out, s);
+                    }
+                }
+                Meta::U32s(v) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&4u32.to_le_bytes());
+                    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    for x in v {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
                 }
             }
         }

@@ -1,0 +1,107 @@
+//! The tokenizer of a GGUF input as Hugging Face files, for a safetensors
+//! output: a GGUF holds its vocabulary as metadata (`tokenizer.ggml.*`), not
+//! as `tokenizer.json`, so an output directory written from one would have no
+//! tokenizer at all. For a byte-level BPE vocabulary (`tokenizer.ggml.model`
+//! = `gpt2`: SmolLM, Qwen2, Llama 3 ...) this builds `tokenizer.json` and
+//! `tokenizer_config.json` (special tokens, `add_bos_token`, chat template)
+//! the way transformers' own GGUF loader builds its tokenizer: tokens marked
+//! control (type 3) become special added tokens, user-defined ones (type 4)
+//! plain added tokens, and the text is split with the regex that
+//! `tokenizer.ggml.pre` names (GPT-2's without one). SentencePiece
+//! vocabularies (`llama`) are not converted yet: the caller notes it.
+
+use super::gguf::as_u64;
+use candle_core::quantized::gguf_file::{Content, Value as Meta};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// Llama 3's split, also used by llama.cpp's `llama-bpe` and others.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's split (single digits).
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex for a `tokenizer.ggml.pre` value, where it is not GPT-2's.
+fn split_for(pre: &str) -> Option<&'static str> {
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => Some(LLAMA3_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2_SPLIT),
+        _ => None,
+    }
+}
+
+/// `(file name, contents)` of the tokenizer files for the GGUF file at
+/// `path`, or why there are none.
+pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let content = Content::read(&mut std::io::BufReader::new(file)).map_err(|e| format!("not readable: {e}"))?;
+    let meta = &content.metadata;
+    let text = |k: &str| meta.get(k).and_then(|v| v.to_string().ok()).cloned();
+    let strings = |k: &str| -> Option<Vec<String>> {
+        match meta.get(k)? {
+            Meta::Array(a) => a.iter().map(|v| v.to_string().ok().cloned()).collect(),
+            _ => None,
+        }
+    };
+    let id = |k: &str| meta.get(k).and_then(as_u64).map(|v| v as usize);
+    let model = text("tokenizer.ggml.model").ok_or("it has no `tokenizer.ggml.model`")?;
+    if model != "gpt2" {
+        return Err(format!("its tokenizer is `{model}`; fuse converts only byte-level BPE (`gpt2`) vocabularies"));
+    }
+    let tokens = strings("tokenizer.ggml.tokens").ok_or("it has no `tokenizer.ggml.tokens`")?;
+    let merges = strings("tokenizer.ggml.merges").ok_or("it has no `tokenizer.ggml.merges`")?;
+    let types: Vec<u64> = match meta.get("tokenizer.ggml.token_type") {
+        Some(Meta::Array(a)) => a.iter().map(|v| as_u64(v).unwrap_or(1)).collect(),
+        _ => Vec::new(),
+    };
+    let mut vocab = Map::new();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.insert(t.clone(), json!(i));
+    }
+    let mut added = Vec::new();
+    for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+        if *ty == 3 || *ty == 4 {
+            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": *ty == 3}));
+        }
+    }
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre_tokenizer = match text("tokenizer.ggml.pre").as_deref().and_then(split_for) {
+        Some(re) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+        None => byte_level.clone(),
+    };
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges},
+    });
+    let mut config = Map::new();
+    config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+    let flag = |k: &str| meta.get(k).and_then(|v| v.to_bool().ok());
+    config.insert("add_bos_token".into(), json!(flag("tokenizer.ggml.add_bos_token").unwrap_or(false)));
+    config.insert("add_eos_token".into(), json!(flag("tokenizer.ggml.add_eos_token").unwrap_or(false)));
+    for (name, key) in [
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("unk_token", "unknown_token_id"),
+        ("pad_token", "padding_token_id"),
+    ] {
+        if let Some(t) = id(&format!("tokenizer.ggml.{key}")).and_then(|i| tokens.get(i)) {
+            config.insert(name.into(), json!(t));
+        }
+    }
+    if let Some(t) = text("tokenizer.chat_template") {
+        config.insert("chat_template".into(), json!(t));
+    }
+    let pretty = |v: &Value| (serde_json::to_string_pretty(v).unwrap() + "\n").into_bytes();
+    Ok(vec![("tokenizer.json", pretty(&tokenizer)), ("tokenizer_config.json", pretty(&Value::Object(config)))])
+}
