@@ -1,6 +1,6 @@
 //! The `fuse` command line: run, check, inspect, graph and demo.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use fuse::check::{self, Recipe};
 use fuse::diag::{render, Code, Diagnostic, Sources};
 use fuse::exec::Engine;
@@ -17,35 +17,39 @@ struct Cli {
     command: Command,
 }
 
+/// `fuse run`'s arguments.
+#[derive(Args)]
+struct RunArgs {
+    /// The .fuse recipe.
+    recipe: PathBuf,
+    /// Where to write the recipe's result (its last expression).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Override a `param`: --set lam=0.5 (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Replace output directories that exist and are not empty.
+    #[arg(long)]
+    force: bool,
+    /// Where to compute (cuda needs the `cuda` build feature).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Bound on whole tensors held in memory at once, e.g. 2GB (default: a quarter of RAM).
+    #[arg(long)]
+    max_memory: Option<String>,
+    /// Fail (instead of warning) when an input tensor holds NaN or infinity.
+    #[arg(long)]
+    strict: bool,
+    /// The dtype of the -o output: bf16, f16 or f32 (default: the inputs'),
+    /// or q8_0 for a .gguf output. `save(..., dtype=...)` sets it per save.
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check a recipe, then compute and write its outputs.
-    Run {
-        /// The .fuse recipe.
-        recipe: PathBuf,
-        /// Where to write the recipe's result (its last expression).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Override a `param`: --set lam=0.5 (repeatable).
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<String>,
-        /// Replace output directories that exist and are not empty.
-        #[arg(long)]
-        force: bool,
-        /// Where to compute (cuda needs the `cuda` build feature).
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
-        /// Bound on whole tensors held in memory at once, e.g. 2GB (default: a quarter of RAM).
-        #[arg(long)]
-        max_memory: Option<String>,
-        /// Fail (instead of warning) when an input tensor holds NaN or infinity.
-        #[arg(long)]
-        strict: bool,
-        /// The dtype of the -o output: bf16, f16 or f32 (default: the inputs'),
-        /// or q8_0 for a .gguf output. `save(..., dtype=...)` sets it per save.
-        #[arg(long, value_name = "DTYPE")]
-        dtype: Option<String>,
-    },
+    Run(RunArgs),
     /// Check a recipe against its models' headers without computing anything.
     Check {
         recipe: PathBuf,
@@ -146,9 +150,7 @@ fn run_cli() -> ExitCode {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
     let result = match cli.command {
-        Command::Run { recipe, output, set, force, device, max_memory, strict, dtype } => {
-            cmd_run(&recipe, output.as_deref(), &set, force, device, max_memory.as_deref(), strict, dtype.as_deref())
-        }
+        Command::Run(args) => cmd_run(&args),
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
         Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
@@ -247,16 +249,10 @@ fn set_output_dtype(t: &mut fuse::ir::Output, name: &str) -> Result<(), Diagnost
     Ok(())
 }
 
-fn cmd_run(
-    recipe: &Path,
-    output: Option<&Path>,
-    set: &[String],
-    force: bool,
-    device: Device,
-    max_memory: Option<&str>,
-    strict: bool,
-    dtype: Option<&str>,
-) -> CmdResult {
+fn cmd_run(args: &RunArgs) -> CmdResult {
+    let (recipe, output, set, force) = (&args.recipe, args.output.as_deref(), &args.set, args.force);
+    let (device, max_memory, strict, dtype) =
+        (args.device, args.max_memory.as_deref(), args.strict, args.dtype.as_deref());
     if dtype.is_some() && output.is_none() {
         return fail(
             Diagnostic::error(Code::E0401, "--dtype sets the dtype of the -o output, and -o was not given")
@@ -565,7 +561,17 @@ fn cmd_demo(dir: &Path) -> CmdResult {
     eprintln!("generated 4 Llama-layout models ({} parameters each) in {}", shape.params(), models.display());
     eprintln!("recipe: {}\n{DEMO_RECIPE}", recipe.display());
     let out = dir.join("merged");
-    cmd_run(&recipe, Some(&out), &[], true, Device::Cpu, None, false, None)?;
+    let args = RunArgs {
+        recipe,
+        output: Some(out.clone()),
+        set: Vec::new(),
+        force: true,
+        device: Device::Cpu,
+        max_memory: None,
+        strict: false,
+        dtype: None,
+    };
+    cmd_run(&args)?;
     cmd_inspect(&out.display().to_string(), false)?;
     println!("merged model: {}", out.display());
     Ok(())
