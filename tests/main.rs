@@ -11,6 +11,7 @@ mod lsp;
 mod methods;
 mod outputs;
 mod packaging;
+mod real;
 mod reliability;
 mod repl;
 mod robustness;

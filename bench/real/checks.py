@@ -1,0 +1,102 @@
+"""Manual checks of fuse's outputs on real checkpoints, in the tools people
+load them with (transformers, sentence-transformers, gguf). Run by check.sh;
+each check prints one line and raises on a failure. Not part of cargo test."""
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+
+real, work = Path(sys.argv[2]), Path(sys.argv[3])
+
+
+def ties_minilm():
+    """base + ties(sre, resume, k=0.5) against TIES written here from mergekit
+    0.1.5's semantics (../../../shared/METHODS.md), with equal magnitudes at the
+    threshold kept lower index first, as fuse documents."""
+    base, a, b = (load_file(real / "minilm" / d / "model.safetensors") for d in ("base", "sre", "resume"))
+    out = load_file(work / "minilm-ties" / "model.safetensors")
+
+    def trim(x, density):
+        k = max(int(density * x.numel()), 1)
+        keep = torch.zeros(x.numel(), dtype=torch.bool)
+        keep[torch.sort(x.flatten().abs(), descending=True, stable=True).indices[:k]] = True
+        return x * keep.view_as(x)
+
+    worst, n = 0.0, 0
+    for name, t in out.items():
+        if not t.dtype.is_floating_point:
+            assert torch.equal(t, base[name]), f"{name} is not the base's"
+            continue
+        tv = [trim(m[name].float() - base[name].float(), 0.5) for m in (a, b)]
+        majority = torch.where(sum(tv) >= 0, 1.0, -1.0)
+        masks = [(torch.sign(d) == majority).float() for d in tv]
+        div = sum(masks)
+        div[div == 0] = 1
+        ref = base[name].float() + sum(d * m for d, m in zip(tv, masks)) / div
+        worst = max(worst, (ref - t.float()).abs().max().item())
+        n += 1
+    assert worst == 0.0, worst
+    print(f"ties on MiniLM: {n} float tensors equal the reference exactly; position_ids are the base's")
+
+
+def load_minilm():
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+    AutoModel.from_pretrained(work / "minilm-ties")
+    st = SentenceTransformer(str(work / "minilm-ties"), device="cpu")
+    e = st.encode(["How do I restart nginx?", "The server returned 502", "I love pizza"], convert_to_tensor=True)
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Normalize"]
+    assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5) and e[0] @ e[1] > e[0] @ e[2]
+    print(f"merged MiniLM loads in transformers and sentence-transformers; encodes {tuple(e.shape)}, related > unrelated")
+
+
+def gemma3_make():
+    from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+    torch.manual_seed(0)
+    c = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=32,
+                         max_position_embeddings=256)
+    Gemma3ForCausalLM(c).save_pretrained(work / "gemma3")
+
+
+def gemma3_load():
+    from transformers import AutoModelForCausalLM
+    src = json.loads((work / "gemma3" / "config.json").read_text())["layer_types"]
+    m = AutoModelForCausalLM.from_pretrained(work / "gemma3-stack")
+    assert m.config.layer_types == src[0:4] + src[2:6], m.config.layer_types
+    out = m.generate(torch.tensor([[2, 10, 20, 30]]), max_new_tokens=6, do_sample=False)
+    print(f"Gemma 3 frankenmerge: {len(m.model.layers)} layers, layer_types rebuilt, generates {out.shape[1] - 4} tokens")
+
+
+def gguf_twin():
+    """fuse's reading of the GGUF, written as safetensors, against what
+    transformers itself loads from the same file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    ref = AutoModelForCausalLM.from_pretrained(real, gguf_file="smollm2.gguf", dtype=torch.float32).state_dict()
+    ours = load_file(work / "smol-st" / "model.safetensors")
+    worst = max((ref[k].float() - t.float()).abs().max().item() for k, t in ours.items())
+    assert worst == 0.0 and all(k in ours for k in ref if k != "lm_head.weight"), worst
+    a = AutoTokenizer.from_pretrained(real, gguf_file="smollm2.gguf")
+    b = AutoTokenizer.from_pretrained(work / "smol-st")
+    texts = ["The capital of France is Paris.", "  spaces\n\n\ttabs 1234567 3.14", "<|im_start|>user\nHi<|im_end|>\n",
+             "Ünïcödé — 🤖, 中文, def f(x): return x**2"]
+    assert all(a(t)["input_ids"] == b(t)["input_ids"] for t in texts)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    assert a.apply_chat_template(msgs, tokenize=False) == b.apply_chat_template(msgs, tokenize=False)
+    print(f"SmolLM2 GGUF as safetensors: {len(ours)} tensors equal transformers' GGUF load exactly; tokenizer and chat template agree")
+
+
+def gguf_out():
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    for name in ("mix.gguf", "mix-q8.gguf"):
+        r = gguf.GGUFReader(work / name)
+        types = sorted({t.tensor_type.name for t in r.tensors})
+        m = AutoModelForCausalLM.from_pretrained(work, gguf_file=name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(work, gguf_file=name)
+        ids = tok("The capital of France is", return_tensors="pt")
+        text = tok.decode(m.generate(**ids, max_new_tokens=4, do_sample=False)[0])
+        assert "Paris" in text, text
+        print(f"{name}: {len(r.tensors)} tensors {types}, loads in transformers and says {text!r}")
+
+
+globals()[sys.argv[1]]()
