@@ -256,3 +256,46 @@ fn a_module_folder_that_is_absent_is_skipped() {
     assert!(out.join("1_Pooling/config.json").is_file() && !out.join("3_Normalize").exists());
     assert_eq!(std::fs::read(out.join("modules.json")).unwrap(), std::fs::read(d.join("base/modules.json")).unwrap());
 }
+
+/// A multimodal checkpoint (Gemma 3 style): the language model's layers under
+/// `language_model.model.layers.N`, a vision tower with blocks of its own
+/// (`vision_tower.vision_model.encoder.layers.N`) and the layer count in
+/// `text_config`. Slices and `stack` act on the language model's layers; the
+/// tower travels whole from the first model, and `text_config` is rebuilt.
+#[test]
+fn multimodal_stack_restacks_the_language_layers_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shape = TinyLlama { layers: 4, ..TinyLlama::default() };
+    shape.write(&d.join("plain"), &[(1, 0.02)]).unwrap();
+    let mut tensors: BTreeMap<String, T> =
+        read_model(&d.join("plain")).into_iter().map(|(k, v)| (format!("language_model.{k}"), v)).collect();
+    for l in 0..2 {
+        let data: Vec<f32> = (0..16).map(|i| (l * 16 + i) as f32).collect();
+        let name = format!("vision_tower.vision_model.encoder.layers.{l}.mlp.fc1.weight");
+        tensors.insert(name, T { shape: vec![4, 4], dtype: "F32".into(), data });
+    }
+    let mm_config = json!({
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "text_config": {"num_hidden_layers": 4, "hidden_size": 32, "layer_types": types("t", 4)},
+        "vision_config": {"num_hidden_layers": 2}
+    });
+    write_model(&d.join("mm"), &tensors, &mm_config.to_string());
+    write_recipe(d, "r.fuse", "m = model(\"mm\")\nsave(stack(m.layers[0..3], m.layers[1..4]), \"out\")\n");
+    let o = fuse_ok(d, &["run", "r.fuse"]);
+    assert!(!stderr(&o).contains("E0201"), "{}", stderr(&o));
+    let out = read_model(&d.join("out"));
+    for (i, j) in [0, 1, 2, 1, 2, 3].into_iter().enumerate() {
+        let name = |l: usize| format!("language_model.model.layers.{l}.mlp.up_proj.weight");
+        assert_eq!(out[&name(i)].data, tensors[&name(j)].data, "output layer {i}");
+    }
+    for l in 0..2 {
+        let name = format!("vision_tower.vision_model.encoder.layers.{l}.mlp.fc1.weight");
+        assert_eq!(out[&name].data, tensors[&name].data);
+    }
+    assert!(!out.keys().any(|k| k.contains("encoder.layers.2")));
+    let c = config(&d.join("out"));
+    assert_eq!(c["text_config"]["num_hidden_layers"], 6);
+    assert_eq!(c["text_config"]["layer_types"], json!(["t0", "t1", "t2", "t1", "t2", "t3"]));
+    assert_eq!(c["vision_config"]["num_hidden_layers"], 2);
+}

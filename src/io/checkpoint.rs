@@ -219,8 +219,19 @@ impl Checkpoint {
     }
 }
 
-/// The layer index in a tensor name such as `model.layers.3.mlp.up_proj.weight`.
+/// Components that name the encoder towers of multimodal models (Gemma 3,
+/// LLaVA, Qwen2-VL, Llama 4, audio models). Their blocks are not the layers
+/// the recipe slices and stacks: those are the language model's, counted by
+/// `text_config.num_hidden_layers`. A tower's tensors travel whole, like
+/// embeddings, from the model that the output's non-layer tensors come from.
+const TOWERS: &[&str] = &["vision_tower", "vision_model", "visual", "audio_tower", "audio_model", "vision_encoder"];
+
+/// The layer index in a tensor name such as `model.layers.3.mlp.up_proj.weight`
+/// (none for the blocks of a multimodal model's encoder towers, see `TOWERS`).
 pub fn layer_of(name: &str) -> Option<usize> {
+    if name.split('.').any(|p| TOWERS.contains(&p)) {
+        return None;
+    }
     let mut parts = name.split('.');
     let mut prev = parts.next()?;
     for p in parts {
@@ -237,7 +248,6 @@ pub fn layer_of(name: &str) -> Option<usize> {
 /// An index's tensor-to-shard-file map.
 type WeightMap = Vec<(String, String)>;
 
-/// The shard files an index names, and its tensor-to-file map.
 /// `name` with its layer index replaced (`model.layers.3.x` -> `model.layers.7.x`).
 pub fn with_layer(name: &str, layer: usize) -> String {
     let parts: Vec<&str> = name.split('.').collect();
@@ -254,6 +264,7 @@ pub fn with_layer(name: &str, layer: usize) -> String {
     out.join(".")
 }
 
+/// The shard files an index names, and its tensor-to-file map.
 fn shard_files(index: &Path) -> Result<(Vec<PathBuf>, WeightMap), OpenError> {
     let bad = |what: String| OpenError::Bad { file: index.to_path_buf(), what };
     let text = std::fs::read_to_string(index).map_err(|e| bad(format!("cannot read: {e}")))?;
