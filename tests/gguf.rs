@@ -271,12 +271,12 @@ fn gguf_output_refuses_unmapped_architectures() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     TinyLlama::default().write(&d.join("st"), &[(1, 0.02)]).unwrap();
-    let cfg = std::fs::read_to_string(d.join("st/config.json")).unwrap().replace("\"llama\"", "\"mistral\"");
+    let cfg = std::fs::read_to_string(d.join("st/config.json")).unwrap().replace("\"llama\"", "\"phi3\"");
     std::fs::write(d.join("st/config.json"), cfg).unwrap();
     write_recipe(d, "w.fuse", "save(model(\"st\"), \"out.gguf\")\n");
     let o = fuse(d, &["run", "w.fuse"]);
     let e = stderr(&o);
-    assert!(!o.status.success() && e.contains("`mistral`") && e.contains("llama"), "{e}");
+    assert!(!o.status.success() && e.contains("`phi3`") && e.contains("llama"), "{e}");
     assert!(!d.join("out.gguf").exists());
 }
 
@@ -361,4 +361,40 @@ fn gguf_tokenizer_becomes_tokenizer_json() {
     let e = stderr(&o);
     assert!(e.contains("no tokenizer was written") && e.contains("`llama`"), "{e}");
     assert!(!d.join("spm/tokenizer.json").exists());
+}
+
+/// config.json as transformers 5 writes it: `rope_theta` inside
+/// `rope_parameters` (per attention type for Gemma 3), text-only Gemma 3 as
+/// `gemma3_text`, Mistral as `mistral`. The GGUF names llama.cpp's
+/// architecture (`gemma3`, `llama`) and keeps the rope base and the window.
+#[test]
+fn gguf_output_reads_transformers_5_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    TinyLlama::default().write(&d.join("st"), &[(1, 0.02)]).unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("st/config.json")).unwrap()).unwrap();
+    for (model_type, rope, arch) in [
+        ("mistral", serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"}), "llama"),
+        (
+            "gemma3_text",
+            serde_json::json!({"full_attention": {"rope_theta": 500000.0}, "sliding_attention": {"rope_theta": 10000.0}}),
+            "gemma3",
+        ),
+    ] {
+        let mut c = base.clone();
+        let o = c.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.insert("model_type".into(), model_type.into());
+        o.insert("rope_parameters".into(), rope);
+        o.insert("sliding_window".into(), 16.into());
+        std::fs::write(d.join("st/config.json"), c.to_string()).unwrap();
+        write_recipe(d, "m.fuse", "model(\"st\")\n");
+        fuse_ok(d, &["run", "m.fuse", "-o", "out.gguf", "--force"]);
+        let p = gguf::parse(&std::fs::read(d.join("out.gguf")).unwrap());
+        assert_eq!(p.meta["general.architecture"], arch, "{model_type}");
+        assert_eq!(p.meta[&format!("{arch}.rope.freq_base")], "500000", "{model_type}");
+        assert_eq!(p.meta[&format!("{arch}.attention.sliding_window")], "16", "{model_type}");
+        assert_eq!(p.meta[&format!("{arch}.vocab_size")], "96", "{model_type}");
+    }
 }

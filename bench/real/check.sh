@@ -33,3 +33,12 @@ printf 'a = model("%s/smollm2.gguf")\nb = model("smol-st")\nlinear(a, b, weight=
 "$fuse" run mix.fuse -o mix.gguf --force
 "$fuse" run mix.fuse -o mix-q8.gguf --dtype q8_0 --force
 "$py" "$checks" gguf_out "$real" "$work"
+
+"$py" "$checks" families_make "$real" "$work"
+for fam in qwen2 gemma3-text; do
+  printf 'model("%s")\n' "$fam" > "$fam.fuse"
+  "$fuse" run "$fam.fuse" -o "$fam.gguf" --dtype f32 --force
+  printf 'model("%s.gguf")\n' "$fam" > "$fam-back.fuse"
+  "$fuse" run "$fam-back.fuse" -o "$fam-back" --force
+done
+"$py" "$checks" families_check "$real" "$work"

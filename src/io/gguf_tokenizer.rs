@@ -50,7 +50,8 @@ pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
         return Err(format!("its tokenizer is `{model}`; fuse converts only byte-level BPE (`gpt2`) vocabularies"));
     }
     let tokens = strings("tokenizer.ggml.tokens").ok_or("it has no `tokenizer.ggml.tokens`")?;
-    let merges = strings("tokenizer.ggml.merges").ok_or("it has no `tokenizer.ggml.merges`")?;
+    // A vocabulary of single bytes has no merges, and a writer may leave the key out.
+    let merges = strings("tokenizer.ggml.merges").unwrap_or_default();
     let types: Vec<u64> = match meta.get("tokenizer.ggml.token_type") {
         Some(Meta::Array(a)) => a.iter().map(|v| as_u64(v).unwrap_or(1)).collect(),
         _ => Vec::new(),

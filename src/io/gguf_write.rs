@@ -129,7 +129,13 @@ pub fn plan(
     let get = |k: &str| config.get(k);
     let arch = match meta.iter().find(|(k, _)| k == "general.architecture") {
         Some((_, Meta::String(a))) => a.clone(),
-        _ => get("model_type").and_then(Value::as_str).unwrap_or("").to_string(),
+        // llama.cpp's architecture names: one per family, whatever
+        // transformers calls the text-only or Mistral variants.
+        _ => match get("model_type").and_then(Value::as_str).unwrap_or("") {
+            "gemma3_text" => "gemma3".to_string(),
+            "mistral" => "llama".to_string(),
+            other => other.to_string(),
+        },
     };
     if arch.is_empty() {
         return Err("config.json names no `model_type`, so the GGUF architecture is unknown".into());
@@ -155,16 +161,25 @@ pub fn plan(
         ("num_key_value_heads", "attention.head_count_kv"),
         ("head_dim", "attention.key_length"),
         ("head_dim", "attention.value_length"),
+        ("sliding_window", "attention.sliding_window"),
+        ("vocab_size", "vocab_size"),
     ];
     for (h, g) in ints {
         if let Some(v) = get(h).and_then(Value::as_u64) {
             set(format!("{arch}.{g}"), Meta::U32(v as u32));
         }
     }
-    for (h, g) in [("rope_theta", "rope.freq_base"), ("rms_norm_eps", "attention.layer_norm_rms_epsilon")] {
-        if let Some(v) = get(h).and_then(Value::as_f64) {
-            set(format!("{arch}.{g}"), Meta::F32(v as f32));
-        }
+    if let Some(v) = get("rms_norm_eps").and_then(Value::as_f64) {
+        set(format!("{arch}.attention.layer_norm_rms_epsilon"), Meta::F32(v as f32));
+    }
+    // transformers 5 moved `rope_theta` into `rope_parameters`, per attention
+    // type where there are two (Gemma 3: llama.cpp's base is the global one).
+    let rope = get("rope_parameters");
+    let theta = get("rope_theta")
+        .or_else(|| rope.and_then(|r| r.get("rope_theta")))
+        .or_else(|| rope.and_then(|r| r.get("full_attention")).and_then(|r| r.get("rope_theta")));
+    if let Some(v) = theta.and_then(Value::as_f64) {
+        set(format!("{arch}.rope.freq_base"), Meta::F32(v as f32));
     }
     if source.is_none() {
         for (h, g) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
