@@ -165,3 +165,33 @@ fn repl_refuses_deep_input_and_goes_on() {
     // The long sum after them is a model.
     assert!(out.contains("Model  (LlamaForCausalLM"), "{}", &out[out.len().saturating_sub(3000)..]);
 }
+
+/// `:stats` and `:cos` on task vectors of models holding an integer buffer
+/// (`position_ids`, which only one of them has): the buffer is no part of a
+/// task vector, so the statistics are over the float tensors, computed
+/// here from the files.
+#[test]
+fn repl_statistics_skip_integer_buffers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_bert(&d.join("base"), Bert { seed: 0, position_ids: true, pooler: true });
+    write_bert(&d.join("ft"), Bert { seed: 1, position_ids: false, pooler: true });
+    let (out, err) =
+        repl(d, &[], "base = model(\"base\")\nft = model(\"ft\")\n:stats ft - base\n:cos ft - base ft - base\n");
+    assert!(!err.contains("cannot be merged") && !out.contains("cannot be merged"), "{out}\n{err}");
+    let (base, ft) = (read_model(&d.join("base")), read_model(&d.join("ft")));
+    let norm = |layer: bool| -> f64 {
+        ft.iter()
+            .filter(|(n, t)| t.dtype == "F32" && n.starts_with("encoder.") == layer)
+            .flat_map(|(n, t)| t.data.iter().zip(&base[n].data).map(|(a, b)| ((a - b) as f64).powi(2)))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let line = |name: &str| out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_default();
+    let printed = |name: &str| -> f64 { line(name).split_whitespace().nth(1).unwrap().parse().unwrap() };
+    for (name, layer) in [("0", true), ("other", false)] {
+        let (p, want) = (printed(name), norm(layer));
+        assert!((p - want).abs() <= 1e-4 * want, "{name}: printed {p}, computed {want}\n{out}");
+    }
+    assert!(line("all").contains("1.0000"), "{out}");
+}

@@ -268,8 +268,9 @@ fn copy_buffer(plan: &Plan, inputs: &Inputs, i: usize, out: &OutputDir) -> Resul
     Ok(true)
 }
 
-/// Computes every output tensor of `plan` whole (in parallel, under the
-/// memory budget) and hands each to `f` with its index: for statistics
+/// Computes every float output tensor of `plan` whole (in parallel, under
+/// the memory budget; integer buffers are skipped) and hands each to `f`
+/// with its index: for statistics
 /// over a value rather than a checkpoint (the REPL's `:stats`, `:cos`).
 pub fn compute_all(
     plan: &Plan,
@@ -279,6 +280,11 @@ pub fn compute_all(
     let inputs = open_inputs(plan, max_memory)?;
     let budget = Budget::new(max_memory);
     plan.outputs.par_iter().enumerate().try_for_each(|(i, o)| {
+        // Integer buffers (`position_ids`) are copied, never computed: no
+        // f32 values to give, and nothing a task vector or a statistic has.
+        if !plan.layout.tensors[i].dtype.is_float() {
+            return Ok(());
+        }
         let n: usize = plan.nodes[o.node].shape.iter().product();
         let out = Mutex::new(vec![0f32; n]);
         stream::compute(plan, &inputs, &budget, o.node, &|start, vals| {
