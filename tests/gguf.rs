@@ -398,3 +398,27 @@ fn gguf_output_reads_transformers_5_configs() {
         assert_eq!(p.meta[&format!("{arch}.vocab_size")], "96", "{model_type}");
     }
 }
+
+/// An instruct model's chat template and BOS rule reach the GGUF from
+/// tokenizer_config.json (a named-template list: its `default`), or from
+/// `chat_template.jinja`, which newer transformers saves instead.
+#[test]
+fn gguf_output_carries_the_chat_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    save_both(d, "f32");
+    let config = r#"{"add_bos_token": true, "chat_template": [
+        {"name": "tool_use", "template": "{{ tools }}"}, {"name": "default", "template": "{{ messages }}"}]}"#;
+    std::fs::write(d.join("st/tokenizer_config.json"), config).unwrap();
+    write_recipe(d, "m.fuse", "model(\"st\")\n");
+    fuse_ok(d, &["run", "m.fuse", "-o", "a.gguf"]);
+    let p = gguf::parse(&std::fs::read(d.join("a.gguf")).unwrap());
+    assert_eq!(p.meta["tokenizer.chat_template"], "{{ messages }}");
+    assert_eq!(p.meta["tokenizer.ggml.add_bos_token"], "true");
+    std::fs::write(d.join("st/tokenizer_config.json"), "{}").unwrap();
+    std::fs::write(d.join("st/chat_template.jinja"), "{% for m in messages %}{{ m.content }}{% endfor %}").unwrap();
+    fuse_ok(d, &["run", "m.fuse", "-o", "b.gguf"]);
+    let p = gguf::parse(&std::fs::read(d.join("b.gguf")).unwrap());
+    assert_eq!(p.meta["tokenizer.chat_template"], "{% for m in messages %}{{ m.content }}{% endfor %}");
+    assert!(!p.meta.contains_key("tokenizer.ggml.add_bos_token"));
+}

@@ -469,7 +469,8 @@ fn run_gguf(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts: &O
         .as_ref()
         .and_then(|d| std::fs::read_to_string(d.join("tokenizer.json")).ok())
         .and_then(|t| serde_json::from_str(&t).ok());
-    let layout = gguf_write::plan(&plan.layout.tensors, &config, source, tokenizer.as_ref(), quant)?;
+    let chat = plan.models[plan.origin].dir.as_deref().map(gguf_write::chat_meta).unwrap_or_default();
+    let layout = gguf_write::plan(&plan.layout.tensors, &config, source, tokenizer.as_ref(), chat, quant)?;
     let out = GgufFile::create(target, force, &layout)?;
     let inputs = open_inputs(plan, opts.max_memory)?;
     let budget = Budget::new(opts.max_memory);

@@ -106,12 +106,14 @@ pub struct GgufLayout {
 
 /// Plans the GGUF file for output `tensors` (Hugging Face names) of a model
 /// with `config` (the output's config.json), taking metadata from the GGUF
-/// file `source` when there is one.
+/// file `source` when there is one, else from the origin's `tokenizer` and
+/// `chat` metadata (see [`chat_meta`]).
 pub fn plan(
     tensors: &[OutTensor],
     config: &Value,
     source: Option<&Path>,
     tokenizer: Option<&Value>,
+    chat: Vec<(String, Meta)>,
     quant: Quant,
 ) -> Result<GgufLayout, String> {
     let mut meta: Vec<(String, Meta)> = Vec::new();
@@ -194,6 +196,11 @@ pub fn plan(
             set(k.into(), v);
         }
     }
+    if source.is_none() {
+        for (k, v) in chat {
+            set(k, v);
+        }
+    }
     let count = |k: &str| match meta.iter().find(|(m, _)| m == &format!("{arch}.{k}")) {
         Some((_, v)) => v.to_u32().ok().map(u64::from).or_else(|| v.to_u64().ok()),
         None => None,
@@ -254,6 +261,42 @@ pub fn plan(
     let start = h.len() as u64;
     out.iter_mut().for_each(|t| t.offset += start);
     Ok(GgufLayout { header: h, tensors: out, size: start + off })
+}
+
+/// What a Hugging Face directory says about chat and special tokens, as
+/// GGUF metadata: `tokenizer.chat_template` (tokenizer_config.json's
+/// `chat_template`, its `default` entry when it lists named templates, else
+/// `chat_template.jinja` or `chat_template.json`) and
+/// `tokenizer.ggml.add_bos_token` / `add_eos_token`.
+pub fn chat_meta(dir: &Path) -> Vec<(String, Meta)> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let config: Value = read("tokenizer_config.json").and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let named = |v: &Value| -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or(list.first())
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string),
+            _ => None,
+        }
+    };
+    let template = named(&config["chat_template"]).or_else(|| read("chat_template.jinja")).or_else(|| {
+        let v: Value = serde_json::from_str(&read("chat_template.json")?).ok()?;
+        named(&v["chat_template"])
+    });
+    let mut out = Vec::new();
+    if let Some(t) = template {
+        out.push(("tokenizer.chat_template".to_string(), Meta::String(t)));
+    }
+    for key in ["add_bos_token", "add_eos_token"] {
+        if let Some(b) = config[key].as_bool() {
+            out.push((format!("tokenizer.ggml.{key}"), Meta::Bool(b)));
+        }
+    }
+    out
 }
 
 /// `tokenizer.ggml.*` from a BPE `tokenizer.json`: the model (`gpt2` for
