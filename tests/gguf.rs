@@ -422,3 +422,44 @@ fn gguf_output_carries_the_chat_template() {
     assert_eq!(p.meta["tokenizer.chat_template"], "{% for m in messages %}{{ m.content }}{% endfor %}");
     assert!(!p.meta.contains_key("tokenizer.ggml.add_bos_token"));
 }
+
+/// A SentencePiece model (Llama 2, Mistral, Gemma): the GGUF's vocabulary
+/// comes from `tokenizer.model`, with the scores and piece types that
+/// llama.cpp's tokenizer needs and `tokenizer.json` lacks, checked against
+/// what the sentencepiece library itself reports for the fixture; added
+/// tokens follow, then unused padding up to the model's vocabulary.
+#[test]
+fn gguf_output_takes_a_sentencepiece_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let st = d.join("st");
+    TinyLlama { vocab: 402, ..TinyLlama::default() }.write(&st, &[(1, 0.02)]).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sentencepiece");
+    std::fs::copy(fixtures.join("tokenizer.model"), st.join("tokenizer.model")).unwrap();
+    // The fast tokenizer beside it: not byte-level, one added special token.
+    let tok = r#"{"model": {"type": "BPE", "vocab": {}, "merges": [], "byte_fallback": true},
+        "pre_tokenizer": {"type": "Metaspace"},
+        "added_tokens": [{"id": 400, "content": "<|im_end|>", "special": true}]}"#;
+    std::fs::write(st.join("tokenizer.json"), tok).unwrap();
+    write_recipe(d, "m.fuse", "model(\"st\")\n");
+    fuse_ok(d, &["run", "m.fuse", "-o", "out.gguf"]);
+    let p = gguf::parse(&std::fs::read(d.join("out.gguf")).unwrap());
+    assert_eq!(p.meta["tokenizer.ggml.model"], "llama");
+    assert_eq!(p.meta["tokenizer.ggml.add_space_prefix"], "true");
+    assert_eq!(p.meta["tokenizer.ggml.unknown_token_id"], "0");
+    let pieces: Vec<(String, f32, i32)> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("pieces.json")).unwrap()).unwrap();
+    let (tokens, scores, types) = (
+        &p.arrays["tokenizer.ggml.tokens"],
+        &p.arrays["tokenizer.ggml.scores"],
+        &p.arrays["tokenizer.ggml.token_type"],
+    );
+    assert_eq!(tokens.len(), 402);
+    for (i, (text, score, kind)) in pieces.iter().enumerate() {
+        assert_eq!(&tokens[i], text, "piece {i}");
+        assert_eq!(scores[i].parse::<f32>().unwrap(), *score, "score of {text}");
+        assert_eq!(types[i], kind.to_string(), "type of {text}");
+    }
+    assert_eq!((tokens[400].as_str(), types[400].as_str()), ("<|im_end|>", "3"));
+    assert_eq!((tokens[401].as_str(), types[401].as_str()), ("[PAD401]", "5"));
+}

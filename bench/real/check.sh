@@ -42,3 +42,8 @@ for fam in qwen2 gemma3-text; do
   "$fuse" run "$fam-back.fuse" -o "$fam-back" --force
 done
 "$py" "$checks" families_check "$real" "$work"
+
+"$py" "$checks" spm_make "$real" "$work"
+printf 'model("llama-spm")\n' > llama-spm.fuse
+"$fuse" run llama-spm.fuse -o llama-spm.gguf --force
+"$py" "$checks" spm_check "$real" "$work"

@@ -133,4 +133,50 @@ def families_check():
         print(f"{fam}: GGUF written by fuse loads in transformers equal to the source, logits equal; fuse reads it back equal")
 
 
+def spm_make():
+    """A Llama with a SentencePiece tokenizer trained here on fuse's docs
+    (byte fallback, a user-defined symbol) and one added special token."""
+    import glob, shutil, sentencepiece as spm
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    docs = Path(__file__).resolve().parents[2]
+    (work / "corpus.txt").write_text("\n".join(Path(f).read_text() for f in glob.glob(str(docs / "docs/*.md"))))
+    spm.SentencePieceTrainer.train(input=str(work / "corpus.txt"), model_prefix=str(work / "sp"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   user_defined_symbols=["<tool>"], minloglevel=2)
+    d = work / "llama-spm"
+    d.mkdir(exist_ok=True)
+    shutil.copy(work / "sp.model", d / "tokenizer.model")
+    (d / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(d)
+    tok.save_pretrained(d)
+
+
+def spm_check():
+    """The GGUF's vocabulary is what sentencepiece reports (llama.cpp's
+    converter reads the same), and transformers' tokenizer built from the GGUF
+    tokenizes like the model's own."""
+    import gguf, sentencepiece as spm
+    from transformers import AutoTokenizer
+    sp = spm.SentencePieceProcessor(model_file=str(work / "sp.model"))
+    r = gguf.GGUFReader(work / "llama-spm.gguf")
+    f = lambda k: r.fields[k].contents()
+    toks, scores, types = f("tokenizer.ggml.tokens"), f("tokenizer.ggml.scores"), f("tokenizer.ggml.token_type")
+    kind = lambda i: (2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i)
+                      else 6 if sp.is_byte(i) else 4 if sp.id_to_piece(i) == "<tool>" else 1)
+    n = sp.get_piece_size()
+    assert toks[:n] == [sp.id_to_piece(i) for i in range(n)] and scores[:n] == [sp.get_score(i) for i in range(n)]
+    assert types[:n] == [kind(i) for i in range(n)] and toks[n:] == ["<|im_end|>"]
+    g = AutoTokenizer.from_pretrained(work, gguf_file="llama-spm.gguf")
+    h = AutoTokenizer.from_pretrained(work / "llama-spm")
+    texts = ["Hello world merge recipes", "fuse run r.fuse -o out\n  indented 123 <tool>",
+             (work / "corpus.txt").read_text()[:3000], "<|im_end|> done"]
+    assert all(g(t, add_special_tokens=False)["input_ids"] == h(t, add_special_tokens=False)["input_ids"] for t in texts)
+    print(f"SentencePiece Llama as GGUF: {len(toks)} tokens with sentencepiece's scores and types; "
+          "transformers' GGUF tokenizer tokenizes like the model's own")
+
+
 globals()[sys.argv[1]]()

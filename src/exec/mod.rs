@@ -464,13 +464,8 @@ fn run_gguf(plan: &Plan, target: &Path, force: bool, recipe_text: &str, opts: &O
     let mut notes = plan.notes.clone();
     let config = package.config_json(&plan.models[plan.origin], &mut notes).unwrap_or(serde_json::Value::Null);
     let source = plan.models.iter().map(|m| m.root.as_path()).find(|p| p.extension().is_some_and(|e| e == "gguf"));
-    let tokenizer = plan.models[plan.origin]
-        .dir
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("tokenizer.json")).ok())
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let chat = plan.models[plan.origin].dir.as_deref().map(gguf_write::chat_meta).unwrap_or_default();
-    let layout = gguf_write::plan(&plan.layout.tensors, &config, source, tokenizer.as_ref(), chat, quant)?;
+    let origin_dir = plan.models[plan.origin].dir.as_deref();
+    let layout = gguf_write::plan(&plan.layout.tensors, &config, source, origin_dir, quant)?;
     let out = GgufFile::create(target, force, &layout)?;
     let inputs = open_inputs(plan, opts.max_memory)?;
     let budget = Budget::new(opts.max_memory);

@@ -106,14 +106,13 @@ pub struct GgufLayout {
 
 /// Plans the GGUF file for output `tensors` (Hugging Face names) of a model
 /// with `config` (the output's config.json), taking metadata from the GGUF
-/// file `source` when there is one, else from the origin's `tokenizer` and
-/// `chat` metadata (see [`chat_meta`]).
+/// file `source` when there is one, else from the tokenizer files in the
+/// origin model's directory (see [`tokenizer_meta`] and [`chat_meta`]).
 pub fn plan(
     tensors: &[OutTensor],
     config: &Value,
     source: Option<&Path>,
-    tokenizer: Option<&Value>,
-    chat: Vec<(String, Meta)>,
+    origin_dir: Option<&Path>,
     quant: Quant,
 ) -> Result<GgufLayout, String> {
     let mut meta: Vec<(String, Meta)> = Vec::new();
@@ -191,13 +190,12 @@ pub fn plan(
             }
         }
     }
-    if let (None, Some(tok)) = (source, tokenizer) {
-        for (k, v) in vocab(tok) {
+    if let (None, Some(dir)) = (source, origin_dir) {
+        let vocab_size = get("vocab_size").and_then(Value::as_u64).unwrap_or(0) as usize;
+        for (k, v) in tokenizer_meta(dir, vocab_size)? {
             set(k.into(), v);
         }
-    }
-    if source.is_none() {
-        for (k, v) in chat {
+        for (k, v) in chat_meta(dir) {
             set(k, v);
         }
     }
@@ -268,7 +266,7 @@ pub fn plan(
 /// `chat_template`, its `default` entry when it lists named templates, else
 /// `chat_template.jinja` or `chat_template.json`) and
 /// `tokenizer.ggml.add_bos_token` / `add_eos_token`.
-pub fn chat_meta(dir: &Path) -> Vec<(String, Meta)> {
+fn chat_meta(dir: &Path) -> Vec<(String, Meta)> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let config: Value = read("tokenizer_config.json").and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let named = |v: &Value| -> Option<String> {
@@ -295,6 +293,64 @@ pub fn chat_meta(dir: &Path) -> Vec<(String, Meta)> {
         if let Some(b) = config[key].as_bool() {
             out.push((format!("tokenizer.ggml.{key}"), Meta::Bool(b)));
         }
+    }
+    out
+}
+
+/// `tokenizer.ggml.*` for the tokenizer files in `dir`: SentencePiece's
+/// `tokenizer.model` unless `tokenizer.json` is byte-level BPE, else the
+/// BPE `tokenizer.json`; none without either.
+fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(&'static str, Meta)>, String> {
+    let tok: Option<Value> =
+        fs::read_to_string(dir.join("tokenizer.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let byte_level = tok.as_ref().is_some_and(|t| t["pre_tokenizer"].to_string().contains("ByteLevel"));
+    let spm = dir.join("tokenizer.model");
+    if !byte_level && spm.is_file() {
+        let bytes = fs::read(&spm).map_err(|e| format!("cannot read `{}`: {e}", spm.display()))?;
+        let model = super::spm::parse(&bytes).map_err(|e| format!("`{}`: {e}", spm.display()))?;
+        return Ok(sentencepiece(&model, tok.as_ref(), vocab_size));
+    }
+    Ok(tok.as_ref().map(vocab).unwrap_or_default())
+}
+
+/// `tokenizer.ggml.*` for a SentencePiece vocabulary, as llama.cpp's
+/// converter writes it: pieces with their scores and types, then the added
+/// tokens `tokenizer.json` lists past them (control when special, else
+/// user-defined), padded with unused `[PADn]` up to the model's vocabulary.
+fn sentencepiece(model: &super::spm::Model, tok: Option<&Value>, vocab_size: usize) -> Vec<(&'static str, Meta)> {
+    let mut tokens: Vec<(String, f32, i32)> = model.pieces.iter().map(|p| (p.text.clone(), p.score, p.kind)).collect();
+    let mut added: Vec<(usize, String, i32)> = tok
+        .and_then(|t| t["added_tokens"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let ty = if a["special"] == true { 3 } else { 4 };
+            Some((a["id"].as_u64()? as usize, a["content"].as_str()?.to_string(), ty))
+        })
+        .collect();
+    added.sort();
+    for (id, text, ty) in added {
+        if id < tokens.len() {
+            continue;
+        }
+        while tokens.len() < id {
+            tokens.push((format!("[PAD{}]", tokens.len()), -1000.0, 5));
+        }
+        tokens.push((text, -1000.0, ty));
+    }
+    while tokens.len() < vocab_size {
+        tokens.push((format!("[PAD{}]", tokens.len()), -1000.0, 5));
+    }
+    let mut out = vec![
+        ("tokenizer.ggml.model", Meta::String("llama".into())),
+        ("tokenizer.ggml.pre", Meta::String("default".into())),
+        ("tokenizer.ggml.tokens", Meta::Array(tokens.iter().map(|t| Meta::String(t.0.clone())).collect())),
+        ("tokenizer.ggml.scores", Meta::Array(tokens.iter().map(|t| Meta::F32(t.1)).collect())),
+        ("tokenizer.ggml.token_type", Meta::Array(tokens.iter().map(|t| Meta::I32(t.2)).collect())),
+        ("tokenizer.ggml.add_space_prefix", Meta::Bool(model.add_dummy_prefix)),
+    ];
+    if let Some(unk) = tokens.iter().position(|t| t.2 == 2) {
+        out.push(("tokenizer.ggml.unknown_token_id", Meta::U32(unk as u32)));
     }
     out
 }

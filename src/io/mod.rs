@@ -13,6 +13,7 @@ pub mod package;
 pub mod pickle;
 pub mod read;
 pub mod safetensors;
+pub mod spm;
 pub mod target;
 pub mod writer;
 

@@ -255,6 +255,8 @@ pub struct Parsed {
     pub version: u32,
     /// Metadata: scalars and strings as text, arrays as `[N items]`.
     pub meta: BTreeMap<String, String>,
+    /// The items of array metadata, each as text.
+    pub arrays: BTreeMap<String, Vec<String>>,
     /// name -> (dims as stored, fastest first; type code; absolute data offset).
     pub tensors: BTreeMap<String, (Vec<u64>, u32, u64)>,
 }
@@ -308,10 +310,19 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     }
     let mut take = |n: usize| take(n).to_vec();
     let mut meta = BTreeMap::new();
+    let mut arrays = BTreeMap::new();
     for _ in 0..n_kv {
         let key = value(&mut take, 8);
         let ty = u32::from_le_bytes(take(4).try_into().unwrap());
-        meta.insert(key, value(&mut take, ty));
+        if ty == 9 {
+            let inner = u32::from_le_bytes(take(4).try_into().unwrap());
+            let n = u64::from_le_bytes(take(8).try_into().unwrap());
+            let items: Vec<String> = (0..n).map(|_| value(&mut take, inner)).collect();
+            meta.insert(key.clone(), format!("[{n} items]"));
+            arrays.insert(key, items);
+        } else {
+            meta.insert(key, value(&mut take, ty));
+        }
     }
     let mut infos = Vec::new();
     for _ in 0..n_tensors {
@@ -324,5 +335,5 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     }
     let start = pos.div_ceil(32) as u64 * 32;
     let tensors = infos.into_iter().map(|(n, d, t, o)| (n, (d, t, start + o))).collect();
-    Parsed { version, meta, tensors }
+    Parsed { version, meta, arrays, tensors }
 }
