@@ -316,7 +316,7 @@ fn read_header_dtypes(dir: &Path) -> Vec<String> {
 /// A GGUF's tokenizer lives in its metadata. A safetensors output written
 /// from one gets `tokenizer.json` and `tokenizer_config.json` built from it
 /// (byte-level BPE), which the tokenizers library loads and encodes with;
-/// a SentencePiece vocabulary is not converted, and the run says so.
+/// a vocabulary kind fuse does not convert (WordPiece) is noted.
 #[test]
 fn gguf_tokenizer_becomes_tokenizer_json() {
     let tmp = tempfile::tempdir().unwrap();
@@ -355,12 +355,12 @@ fn gguf_tokenizer_becomes_tokenizer_json() {
     let manifest = std::fs::read_to_string(d.join("out/fuse-output.json")).unwrap();
     assert!(manifest.contains("\"tokenizer.json\""), "{manifest}");
 
-    std::fs::write(d.join("spm.gguf"), with_vocab("llama")).unwrap();
-    write_recipe(d, "s.fuse", "model(\"spm.gguf\")\n");
-    let o = fuse_ok(d, &["run", "s.fuse", "-o", "spm"]);
+    std::fs::write(d.join("wp.gguf"), with_vocab("bert")).unwrap();
+    write_recipe(d, "s.fuse", "model(\"wp.gguf\")\n");
+    let o = fuse_ok(d, &["run", "s.fuse", "-o", "wp"]);
     let e = stderr(&o);
-    assert!(e.contains("no tokenizer was written") && e.contains("`llama`"), "{e}");
-    assert!(!d.join("spm/tokenizer.json").exists());
+    assert!(e.contains("no tokenizer was written") && e.contains("`bert`"), "{e}");
+    assert!(!d.join("wp/tokenizer.json").exists());
 }
 
 /// config.json as transformers 5 writes it: `rope_theta` inside
@@ -462,4 +462,20 @@ fn gguf_output_takes_a_sentencepiece_vocabulary() {
     }
     assert_eq!((tokens[400].as_str(), types[400].as_str()), ("<|im_end|>", "3"));
     assert_eq!((tokens[401].as_str(), types[401].as_str()), ("[PAD401]", "5"));
+
+    // And back: a directory written from that GGUF has a tokenizer.json
+    // that encodes as transformers' tokenizer built from the same GGUF
+    // (`encoded.json`): merges derived from the scores, byte fallback, BOS.
+    write_recipe(d, "b.fuse", "model(\"out.gguf\")\n");
+    fuse_ok(d, &["run", "b.fuse", "-o", "back"]);
+    let tok = tokenizers::Tokenizer::from_file(d.join("back/tokenizer.json")).unwrap();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("encoded.json")).unwrap()).unwrap();
+    for c in &cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let enc = tok.encode(text, true).unwrap();
+        assert_eq!(enc.get_ids(), want.as_slice(), "{text:?}");
+        assert_eq!(tok.decode(&want[1..], false).unwrap(), text);
+    }
 }
