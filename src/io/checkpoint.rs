@@ -219,6 +219,13 @@ impl Checkpoint {
     }
 }
 
+/// The tokenizer.json that goes with a checkpoint: in its directory, or for
+/// a single file (a .gguf, a .safetensors) beside it. `None` when there is none.
+pub fn tokenizer_path(ck: &Checkpoint) -> Option<PathBuf> {
+    let dir = ck.dir.clone().or_else(|| ck.root.parent().map(Path::to_path_buf))?;
+    Some(dir.join("tokenizer.json")).filter(|p| p.is_file())
+}
+
 /// The layer index in a tensor name such as `model.layers.3.mlp.up_proj.weight`.
 pub fn layer_of(name: &str) -> Option<usize> {
     let mut parts = name.split('.');
