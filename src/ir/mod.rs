@@ -74,9 +74,8 @@ impl Recipe {
     /// `-o` names a directory for it (E0111 when that does not add up).
     pub fn outputs(&self, result_dir: Option<&Path>) -> Result<Vec<Output>, Diagnostic> {
         let mut out: Vec<Output> = self.saves.clone();
-        if let (Some(e), Some(_)) = (&self.ensemble, result_dir) {
+        if let (Some(_), Some(_)) = (&self.ensemble, result_dir) {
             return Err(Diagnostic::error(Code::E0208, "the recipe's result is an Ensemble, which cannot be written")
-                .with_label(e.file, e.span, "an Ensemble")
                 .with_note("an ensemble runs its members side by side and combines their predictions; it has no weights of its own")
                 .with_help("measure it with `fuse eval RECIPE --text FILE`, or write a merged model instead (e.g. `linear(a, b)`)"));
         }
