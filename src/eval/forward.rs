@@ -1,17 +1,20 @@
 //! The forward pass of the decoder families fuse writes (Llama, Mistral,
-//! Qwen2, Mixtral), on candle-core tensors, from weights computed into
-//! memory under their Hugging Face names. It follows transformers' modeling
-//! code step for step (RMSNorm, rotate-half RoPE with Llama 3 or linear
-//! scaling, grouped-query attention with a causal and optionally sliding
-//! mask, SwiGLU MLP or Mixtral's top-k experts, tied or separate head), in
-//! f32. docs/notes/eval.md says why this is ours and not candle-transformers'.
+//! Qwen2, Mixtral, Gemma 3), on candle-core tensors, from weights computed
+//! into memory under their Hugging Face names. It follows transformers'
+//! modeling code step for step (RMSNorm, rotate-half RoPE with Llama 3 or
+//! linear scaling, grouped-query attention with a causal and optionally
+//! sliding mask, SwiGLU MLP or Mixtral's top-k experts, tied or separate
+//! head; for Gemma 3 also its `1 + w` norms, scaled embeddings, q/k norms,
+//! norms around attention and MLP, GELU, and sliding layers with their own
+//! RoPE base), in f32. docs/notes/eval.md says why this is ours and not candle-transformers'.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 use std::collections::HashMap;
 
 /// The families there is a forward pass for, by config.json `architectures`.
-pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MixtralForCausalLM"];
+pub const SUPPORTED: &[&str] =
+    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MixtralForCausalLM", "Gemma3ForCausalLM"];
 
 /// What the forward pass reads from config.json.
 #[derive(Debug, Clone)]
@@ -32,6 +35,19 @@ pub struct Config {
     pub experts: Option<(usize, usize)>,
     /// config.json's `max_position_embeddings`.
     pub max_positions: Option<usize>,
+    pub gemma: Option<Gemma>,
+}
+
+/// What Gemma 3 does beyond Llama.
+#[derive(Debug, Clone)]
+pub struct Gemma {
+    /// `query_pre_attn_scalar ** -0.5`.
+    pub scaling: f64,
+    /// Which layers attend within `sliding_window` (with `local_inv_freq`).
+    pub sliding: Vec<bool>,
+    pub window: usize,
+    pub local_inv_freq: Vec<f32>,
+    pub softcap: Option<f64>,
 }
 
 impl Config {
@@ -43,7 +59,7 @@ impl Config {
             .map(str::to_string)
             .or_else(|| {
                 let t = c.get("model_type")?.as_str()?;
-                let i = ["llama", "mistral", "qwen2", "mixtral"].iter().position(|m| *m == t)?;
+                let i = ["llama", "mistral", "qwen2", "mixtral", "gemma3_text"].iter().position(|m| *m == t)?;
                 Some(SUPPORTED[i].to_string())
             })
             .ok_or("config.json names no architecture")?;
@@ -55,10 +71,24 @@ impl Config {
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
         let head_dim = int("head_dim").unwrap_or(hidden / heads.max(1));
-        let theta = c.get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0);
-        let mut inv_freq: Vec<f32> =
-            (0..head_dim / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
-        if let Some(s) = c.get("rope_scaling").filter(|s| !s.is_null()) {
+        // transformers 5 writes `rope_parameters` (per attention type for Gemma 3), older
+        // configs `rope_theta` and `rope_scaling`.
+        let rope_params = |kind: &str| {
+            let p = c.get("rope_parameters").filter(|p| !p.is_null());
+            p.and_then(|p| p.get(kind)).or(p).cloned()
+        };
+        let full = rope_params("full_attention");
+        let theta = full
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .or_else(|| c.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0);
+        let freqs = |theta: f64| -> Vec<f32> {
+            (0..head_dim / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32).collect()
+        };
+        let mut inv_freq = freqs(theta);
+        if let Some(s) = c.get("rope_scaling").filter(|s| !s.is_null()).or(full.as_ref()) {
             rope_scaling(s, &mut inv_freq)?;
         }
         let sliding_window = match arch.as_str() {
@@ -68,6 +98,34 @@ impl Config {
             }
             _ => None,
         };
+        let layers = need("num_hidden_layers")?;
+        let gemma = if arch == "Gemma3ForCausalLM" {
+            let window = int("sliding_window").unwrap_or(usize::MAX);
+            let sliding = match c.get("layer_types").and_then(Value::as_array) {
+                Some(t) => t.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+                None => {
+                    let pattern = int("sliding_window_pattern").unwrap_or(6).max(1);
+                    (0..layers).map(|l| (l + 1) % pattern != 0).collect()
+                }
+            };
+            let local = rope_params("sliding_attention");
+            let local_theta = local
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .or_else(|| c.get("rope_local_base_freq"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10000.0);
+            let scalar = c.get("query_pre_attn_scalar").and_then(Value::as_f64).unwrap_or(head_dim as f64);
+            Some(Gemma {
+                scaling: scalar.powf(-0.5),
+                sliding,
+                window,
+                local_inv_freq: freqs(local_theta),
+                softcap: c.get("final_logit_softcapping").and_then(Value::as_f64),
+            })
+        } else {
+            None
+        };
         let experts = match arch.as_str() {
             "MixtralForCausalLM" => Some((need("num_local_experts")?, int("num_experts_per_tok").unwrap_or(2))),
             _ => None,
@@ -75,7 +133,7 @@ impl Config {
         Ok(Config {
             arch,
             hidden,
-            layers: need("num_hidden_layers")?,
+            layers,
             heads,
             kv_heads: int("num_key_value_heads").unwrap_or(heads),
             head_dim,
@@ -86,6 +144,7 @@ impl Config {
             sliding_window,
             experts,
             max_positions: int("max_position_embeddings"),
+            gemma,
         })
     }
 }
@@ -148,6 +207,14 @@ impl Model {
 
     fn rms_norm(&self, x: &Tensor, name: &str) -> R<Tensor> {
         let w = self.w(name)?;
+        // Gemma stores norm weights as offsets from 1.
+        let shifted;
+        let w = if self.cfg.gemma.is_some() {
+            shifted = (w + 1.0).map_err(ce)?;
+            &shifted
+        } else {
+            w
+        };
         let var = x.sqr().and_then(|s| s.mean_keepdim(D::Minus1)).map_err(ce)?;
         let inv = (var + self.cfg.eps).and_then(|v| v.sqrt()).and_then(|v| v.recip()).map_err(ce)?;
         x.broadcast_mul(&inv).and_then(|y| y.broadcast_mul(w)).map_err(ce)
@@ -160,37 +227,52 @@ impl Model {
         let dev = &self.device;
         let ids_t = Tensor::from_vec(ids.to_vec(), t, dev).map_err(ce)?;
         let mut x = self.w("model.embed_tokens.weight")?.index_select(&ids_t, 0).map_err(ce)?;
-        let (cos, sin) = self.rope_tables(t)?;
-        let mask = self.mask(t)?;
-        for l in 0..c.layers {
-            let p = format!("model.layers.{l}");
-            let h = self.rms_norm(&x, &format!("{p}.input_layernorm.weight"))?;
-            let a = self.attention(&h, &p, &cos, &sin, &mask)?;
-            x = (x + a).map_err(ce)?;
-            let h = self.rms_norm(&x, &format!("{p}.post_attention_layernorm.weight"))?;
-            let m = match c.experts {
-                None => self.mlp(&h, &format!("{p}.mlp"), ("gate_proj", "up_proj", "down_proj"))?,
-                Some((n, k)) => self.moe(&h, &p, n, k)?,
-            };
-            x = (x + m).map_err(ce)?;
+        let global = (self.rope_tables(t, &c.inv_freq)?, self.mask(t, c.sliding_window)?);
+        match &c.gemma {
+            Some(g) => {
+                x = (x * (c.hidden as f64).sqrt()).map_err(ce)?;
+                let local = (self.rope_tables(t, &g.local_inv_freq)?, self.mask(t, Some(g.window))?);
+                for l in 0..c.layers {
+                    let ((cos, sin), mask) = if g.sliding.get(l) == Some(&true) { &local } else { &global };
+                    x = self.gemma_layer(&x, &format!("model.layers.{l}"), cos, sin, mask)?;
+                }
+            }
+            None => {
+                let ((cos, sin), mask) = &global;
+                for l in 0..c.layers {
+                    let p = format!("model.layers.{l}");
+                    let h = self.rms_norm(&x, &format!("{p}.input_layernorm.weight"))?;
+                    let a = self.attention(&h, &p, cos, sin, mask)?;
+                    x = (x + a).map_err(ce)?;
+                    let h = self.rms_norm(&x, &format!("{p}.post_attention_layernorm.weight"))?;
+                    let m = match c.experts {
+                        None => self.mlp(&h, &format!("{p}.mlp"), ("gate_proj", "up_proj", "down_proj"))?,
+                        Some((n, k)) => self.moe(&h, &p, n, k)?,
+                    };
+                    x = (x + m).map_err(ce)?;
+                }
+            }
         }
         let x = self.rms_norm(&x, "model.norm.weight")?;
         let head = match self.weights.get("lm_head.weight") {
             Some(w) => w,
             None => self.w("model.embed_tokens.weight")?,
         };
-        let logits = x.matmul(&head.t().map_err(ce)?).map_err(ce)?;
+        let mut logits = x.matmul(&head.t().map_err(ce)?).map_err(ce)?;
+        if let Some(cap) = c.gemma.as_ref().and_then(|g| g.softcap) {
+            logits = (logits / cap).and_then(|l| l.tanh()).and_then(|l| l * cap).map_err(ce)?;
+        }
         logits.flatten_all().and_then(|l| l.to_dtype(DType::F32)).and_then(|l| l.to_vec1::<f32>()).map_err(ce)
     }
 
     /// cos and sin of each position times each frequency, `[t, head_dim]`
     /// (the frequencies repeated, as transformers' rotate-half layout).
-    fn rope_tables(&self, t: usize) -> R<(Tensor, Tensor)> {
+    fn rope_tables(&self, t: usize, inv_freq: &[f32]) -> R<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim;
         let (mut cos, mut sin) = (Vec::with_capacity(t * hd), Vec::with_capacity(t * hd));
         for pos in 0..t {
             for j in 0..hd {
-                let a = pos as f32 * self.cfg.inv_freq[j % (hd / 2)];
+                let a = pos as f32 * inv_freq[j % (hd / 2)];
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
@@ -200,8 +282,8 @@ impl Model {
     }
 
     /// 0 where query i may see key j (j <= i, within the sliding window), -inf elsewhere.
-    fn mask(&self, t: usize) -> R<Tensor> {
-        let w = self.cfg.sliding_window.unwrap_or(usize::MAX);
+    fn mask(&self, t: usize, window: Option<usize>) -> R<Tensor> {
+        let w = window.unwrap_or(usize::MAX);
         let m: Vec<f32> = (0..t * t)
             .map(|k| {
                 let (i, j) = (k / t, k % t);
@@ -221,8 +303,12 @@ impl Model {
         let heads = |x: Tensor, n: usize| {
             x.reshape((t, n, c.head_dim)).and_then(|x| x.transpose(0, 1)).and_then(|x| x.contiguous()).map_err(ce)
         };
-        let q = heads(self.linear(h, &format!("{p}.self_attn.q_proj"))?, c.heads)?;
-        let k = heads(self.linear(h, &format!("{p}.self_attn.k_proj"))?, c.kv_heads)?;
+        let mut q = heads(self.linear(h, &format!("{p}.self_attn.q_proj"))?, c.heads)?;
+        let mut k = heads(self.linear(h, &format!("{p}.self_attn.k_proj"))?, c.kv_heads)?;
+        if c.gemma.is_some() {
+            q = self.rms_norm(&q, &format!("{p}.self_attn.q_norm.weight"))?;
+            k = self.rms_norm(&k, &format!("{p}.self_attn.k_norm.weight"))?;
+        }
         let v = heads(self.linear(h, &format!("{p}.self_attn.v_proj"))?, c.kv_heads)?;
         let q = rope(&q, cos, sin).map_err(ce)?;
         let k = rope(&k, cos, sin).map_err(ce)?;
@@ -238,7 +324,7 @@ impl Model {
                 .map_err(ce)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scale = c.gemma.as_ref().map_or(1.0 / (c.head_dim as f64).sqrt(), |g| g.scaling);
         let scores =
             q.matmul(&k.t().map_err(ce)?).and_then(|s| s * scale).and_then(|s| s.broadcast_add(mask)).map_err(ce)?;
         let probs = softmax(&scores).map_err(ce)?;
@@ -250,8 +336,22 @@ impl Model {
         self.linear(&out, &format!("{p}.self_attn.o_proj"))
     }
 
+    /// A Gemma 3 decoder layer: norms before and after attention and MLP.
+    fn gemma_layer(&self, x: &Tensor, p: &str, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> R<Tensor> {
+        let h = self.rms_norm(x, &format!("{p}.input_layernorm.weight"))?;
+        let a = self.attention(&h, p, cos, sin, mask)?;
+        let a = self.rms_norm(&a, &format!("{p}.post_attention_layernorm.weight"))?;
+        let x = (x + a).map_err(ce)?;
+        let h = self.rms_norm(&x, &format!("{p}.pre_feedforward_layernorm.weight"))?;
+        let m = self.mlp(&h, &format!("{p}.mlp"), ("gate_proj", "up_proj", "down_proj"))?;
+        let m = self.rms_norm(&m, &format!("{p}.post_feedforward_layernorm.weight"))?;
+        (x + m).map_err(ce)
+    }
+
     fn mlp(&self, h: &Tensor, p: &str, (gate, up, down): (&str, &str, &str)) -> R<Tensor> {
-        let g = self.linear(h, &format!("{p}.{gate}"))?.silu().map_err(ce)?;
+        let g = self.linear(h, &format!("{p}.{gate}"))?;
+        // Gemma's gelu_pytorch_tanh is candle's `gelu` (the tanh approximation).
+        let g = if self.cfg.gemma.is_some() { g.gelu() } else { g.silu() }.map_err(ce)?;
         let u = self.linear(h, &format!("{p}.{up}"))?;
         self.linear(&(g * u).map_err(ce)?, &format!("{p}.{down}"))
     }
