@@ -321,3 +321,23 @@ fn the_repl_evaluates_expressions_and_ensembles() {
     assert_eq!(out.matches("perplexity ").count(), 2, "{out}");
     assert!(out.contains("cannot read the text"), "{out}");
 }
+
+#[test]
+fn a_mixtral_of_identical_experts_evaluates_as_its_dense_model() {
+    // Routing weights are renormalized over the chosen experts, so experts
+    // that are all the same MLP give the dense model's output.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    models(d);
+    let (txt, _) = text(60, SHAPE.vocab);
+    std::fs::write(d.join("t.txt"), txt).unwrap();
+    write_recipe(
+        d,
+        "r.fuse",
+        "base = model(\"base\")\nmoe(experts=[base, base, base], base=base, top_k=2, gate=\"random\")\n",
+    );
+    write_recipe(d, "dense.fuse", "model(\"base\")\n");
+    let eval = |r: &str| json(&fuse_ok(d, &["eval", r, "--text", "t.txt", "--context", "20", "--json"]))[0].clone();
+    let (moe, dense) = (eval("r.fuse"), eval("dense.fuse"));
+    assert!(close(nll(&moe), nll(&dense), 1e-5), "{moe} vs {dense}");
+}

@@ -99,7 +99,7 @@ codes! {
     /// Something beside the weights could not be carried exactly (a warning): config.json's
     /// per-layer fields after `stack`, sentence-transformers module weights copied unmerged
     E0407 = "output files adjusted",
-    /// `fuse eval` of a model family it has no forward pass for (Llama, Mistral, Qwen2 and Mixtral have one)
+    /// `fuse eval` of a model family it has no forward pass for (Llama, Mistral, Qwen2, Mixtral and Gemma 3 have one)
     E0501 = "architecture not supported by eval",
     /// `fuse eval --text` of a text with fewer tokens than one window of `--context`
     E0502 = "text shorter than one window",

@@ -194,7 +194,8 @@ pub fn prepare(recipe: &Recipe, target: &Target, text: &str, opts: &Options) -> 
         let package = Package {
             models: &plan.models,
             origin: plan.origin,
-            dtype: None,
+            // With a dtype, config_json also sets the output's fields (a MoE's Mixtral ones).
+            dtype: plan.dtype.or_else(|| plan.layout.tensors.first().map(|t| t.dtype)),
             n_layers: plan.n_layers,
             config: &plan.config,
             layers: &plan.layers,
