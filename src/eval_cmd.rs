@@ -34,7 +34,7 @@ pub fn parse_sweep(s: &str) -> Result<(String, Vec<String>), Diagnostic> {
     let values = if let [lo, hi, step] = vals.split(':').collect::<Vec<_>>()[..] {
         let num = |x: &str| x.trim().parse::<f64>().map_err(|_| bad(&format!("`{x}` is not a number")));
         let (lo, hi, step) = (num(lo)?, num(hi)?, num(step)?);
-        if !(step > 0.0) || hi < lo {
+        if step.is_nan() || step <= 0.0 || hi < lo {
             return Err(bad("from:to:step needs from <= to and a step > 0"));
         }
         let n = ((hi - lo) / step + 1e-9).floor() as usize + 1;
@@ -106,25 +106,28 @@ pub fn run(recipe: &Path, how: &How) -> CmdResult {
         None => vec![None],
         Some((name, vals)) => vals.iter().map(|v| Some((name.clone(), v.clone()))).collect(),
     };
-    for setting in settings {
+    for (k, setting) in settings.into_iter().enumerate() {
         let mut set = how.set.clone();
         if let Some((n, v)) = &setting {
             set.push(format!("{n}={v}"));
         }
         let mut sources = Sources::default();
         let (r, _) = load(recipe, &set, &mut sources)?;
-        let targets = eval::targets(&r, &sources, how.inputs);
+        let targets = eval::targets(&r, &sources);
         if targets.is_empty() {
             return fail(
                 Diagnostic::error(Code::E0111, "the recipe has nothing to evaluate")
                     .with_help("end it with a model or `ensemble(...)` expression, or `save(...)` one"),
             );
         }
+        // The inputs do not depend on a param: once, first.
+        if how.inputs && k == 0 {
+            for t in &eval::inputs(&r) {
+                runs.push((None, eval::prepare(&r, t, &text, &opts).map_err(|d| report(&[d], &sources))?));
+            }
+        }
         for t in &targets {
-            let p = eval::prepare(&r, t, &text, &opts).or_else(|d| {
-                report(&[d], &sources);
-                Err(())
-            })?;
+            let p = eval::prepare(&r, t, &text, &opts).map_err(|d| report(&[d], &sources))?;
             runs.push((setting.clone(), p));
         }
     }
@@ -206,13 +209,14 @@ fn print_json(rows: &[Row]) {
     println!("{}", serde_json::to_string_pretty(&v).unwrap());
 }
 
-/// The table; in a sweep, `*` marks each expression's lowest perplexity.
+/// The table; in a sweep, `*` marks each expression's lowest perplexity
+/// (inputs, evaluated once, show `-`).
 fn print_table(rows: &[Row]) {
     let width = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(10).max(10);
-    let sweep = rows.first().and_then(|r| r.param.as_ref()).map(|(n, _)| n.clone());
+    let sweep = rows.iter().find_map(|r| r.param.as_ref()).map(|(n, _)| n.clone());
     let best = |r: &Row| {
-        sweep.is_some()
-            && rows.iter().filter(|o| o.name == r.name).all(|o| o.score.perplexity() >= r.score.perplexity())
+        let same: Vec<&Row> = rows.iter().filter(|o| o.name == r.name && o.param.is_some()).collect();
+        r.param.is_some() && same.len() > 1 && same.iter().all(|o| o.score.perplexity() >= r.score.perplexity())
     };
     let mut head = String::new();
     if let Some(n) = &sweep {
@@ -222,8 +226,10 @@ fn print_table(rows: &[Row]) {
     println!("{head}");
     for r in rows {
         let mut line = String::new();
-        if let Some((_, v)) = &r.param {
-            line.push_str(&format!("{v:>8}  "));
+        match (&r.param, &sweep) {
+            (Some((_, v)), _) => line.push_str(&format!("{v:>8}  ")),
+            (None, Some(_)) => line.push_str(&format!("{:>8}  ", "-")),
+            (None, None) => {}
         }
         line.push_str(&format!(
             "{:<width$}  {:>12.4}  {:>9.4}  {:>8}",

@@ -50,9 +50,23 @@ impl Target {
     }
 }
 
-/// What a recipe evaluates: its saves, its result (a model or an ensemble),
-/// and with `inputs` every model it reads.
-pub fn targets(recipe: &Recipe, sources: &Sources, inputs: bool) -> Vec<Target> {
+/// Every model a recipe reads (`fuse eval --inputs`), named by its path.
+pub fn inputs(recipe: &Recipe) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (i, ck) in recipe.models.iter().enumerate() {
+        let expr = recipe.exprs.iter().position(|e| matches!(e, TExpr::Load { model } if *model == i));
+        if let Some(expr) = expr {
+            let arch = Arc::new(Arch::from_checkpoint(ck, i));
+            let value = TVal { expr, arch, weight: crate::ir::Sched::Const(1.0) };
+            out.push(Target::model(format!("model(\"{}\")", ck.root.display()), value));
+        }
+    }
+    out
+}
+
+/// What a recipe evaluates: its saves and its result (a model or an
+/// ensemble), named by their directory or source text.
+pub fn targets(recipe: &Recipe, sources: &Sources) -> Vec<Target> {
     // The expression's text to the end of its line (a chain's span can stop
     // before its closing parenthesis), without a comment.
     let snippet = |file, span: crate::codemap::Span| {
@@ -68,16 +82,6 @@ pub fn targets(recipe: &Recipe, sources: &Sources, inputs: bool) -> Vec<Target> 
         }
     };
     let mut out = Vec::new();
-    if inputs {
-        for (i, ck) in recipe.models.iter().enumerate() {
-            let expr = recipe.exprs.iter().position(|e| matches!(e, TExpr::Load { model } if *model == i));
-            if let Some(expr) = expr {
-                let arch = Arc::new(Arch::from_checkpoint(ck, i));
-                let value = TVal { expr, arch, weight: crate::ir::Sched::Const(1.0) };
-                out.push(Target::model(format!("model(\"{}\")", ck.root.display()), value));
-            }
-        }
-    }
     for s in &recipe.saves {
         if s.lora.is_none() {
             out.push(Target::model(s.dir.display().to_string(), s.value.clone()));
