@@ -276,6 +276,10 @@ fn bad_input_is_a_diagnostic() {
     expect_code(&run(&["--text", "t.txt", "--sweep", "lam=1:0:1"]), "E0505");
     expect_code(&run(&["--text", "t.txt", "--context", "1"]), "E0505");
     expect_code(&run(&["--text", "missing.txt"]), "E0506");
+    if !cfg!(feature = "cuda") {
+        let e = run(&["--text", "t.txt", "--context", "8", "--device", "cuda"]);
+        assert!(e.contains("[E0506]") && e.contains("cannot use CUDA"), "{e}");
+    }
     // A family without a forward pass.
     let cfg = std::fs::read_to_string(d.join("base/config.json")).unwrap();
     std::fs::write(d.join("base/config.json"), cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel")).unwrap();

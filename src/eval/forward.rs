@@ -258,6 +258,9 @@ impl Model {
             Some(w) => w,
             None => self.w("model.embed_tokens.weight")?,
         };
+        if head.dim(0).map_err(ce)? != c.vocab {
+            return Err(format!("the head has {} rows but the embedding {}", head.dim(0).map_err(ce)?, c.vocab));
+        }
         let mut logits = x.matmul(&head.t().map_err(ce)?).map_err(ce)?;
         if let Some(cap) = c.gemma.as_ref().and_then(|g| g.softcap) {
             logits = (logits / cap).and_then(|l| l.tanh()).and_then(|l| l * cap).map_err(ce)?;
