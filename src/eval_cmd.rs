@@ -134,11 +134,11 @@ pub fn run(recipe: &Path, how: &How) -> CmdResult {
     let first = &runs[0].1;
     let (scored, bytes) = first.scored();
     eprintln!(
-        "text: `{}`, {} tokens (tokenizer `{}`), {} window{} of {} tokens, not overlapping; \
+        "text: `{}`, {} tokens (tokenizer {}), {} window{} of {} tokens, not overlapping; \
          the first token of each window is context only: {scored} tokens ({bytes} bytes) scored",
         how.text.display(),
         first.tokens.ids.len(),
-        first.tokenizer.display(),
+        first.tokenizer,
         first.windows.len(),
         if first.windows.len() == 1 { "" } else { "s" },
         first.context,
@@ -146,11 +146,7 @@ pub fn run(recipe: &Path, how: &How) -> CmdResult {
     let peak = runs.iter().max_by_key(|(_, p)| p.memory.total()).map(|(_, p)| p.memory).unwrap();
     eprintln!("memory: {peak}; --max-memory {}", eval::mb(max_memory));
     let total: u64 = runs.iter().map(|(_, p)| p.work()).sum();
-    let bar = fuse::progress::bar(total, runs.len()).inspect(|b| {
-        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tokens (ETA {eta}) {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        b.set_style(style);
-    });
+    let bar = fuse::progress::tokens(total);
     let mut rows = Vec::new();
     for (setting, p) in &runs {
         if let Some(b) = &bar {

@@ -295,7 +295,7 @@ impl Session {
             max_memory: exec::default_max_memory() * 3,
         };
         let result = crate::eval::prepare(&r, &target, &text, &opts).and_then(|p| {
-            let bar = crate::progress::bar(p.work(), 1);
+            let bar = crate::progress::tokens(p.work());
             let tick = |n: u64| {
                 if let Some(b) = &bar {
                     b.inc(n);

@@ -345,3 +345,37 @@ fn a_mixtral_of_identical_experts_evaluates_as_its_dense_model() {
     let (moe, dense) = (eval("r.fuse"), eval("dense.fuse"));
     assert!(close(nll(&moe), nll(&dense), 1e-5), "{moe} vs {dense}");
 }
+
+#[test]
+fn a_gguf_without_tokenizer_json_is_tokenized_from_its_metadata() {
+    // fuse writes a GGUF with the tokenizer.json's vocabulary and merges as
+    // metadata; eval of that file (no tokenizer.json beside it) rebuilds the
+    // tokenizer, and must split the text as the `tokenizers` library does
+    // with the original: same tokens, same scores.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    SHAPE.write(&d.join("st"), &[(1, 0.3)]).unwrap();
+    let tok = r#"{"version": "1.0", "truncation": null, "padding": null, "normalizer": null, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false,
+                  "vocab": {"<|end|>": 0, "a": 3, "b": 4, "ab": 5, "ba": 6}, "merges": ["a b", "b a"]},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "added_tokens": [{"id": 0, "content": "<|end|>", "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": true}]}"#;
+    std::fs::write(d.join("st/tokenizer.json"), tok).unwrap();
+    write_recipe(d, "w.fuse", "save(model(\"st\"), \"out.gguf\", dtype=f32)\n");
+    fuse_ok(d, &["run", "w.fuse"]);
+    std::fs::write(d.join("t.txt"), "aabbabaababbbaab<|end|>abba").unwrap();
+    write_recipe(d, "st.fuse", "model(\"st\")\n");
+    write_recipe(d, "g.fuse", "model(\"out.gguf\")\n");
+    let eval = |r: &str| fuse_ok(d, &["eval", r, "--text", "t.txt", "--context", "4", "--json"]);
+    let (st, g) = (eval("st.fuse"), eval("g.fuse"));
+    assert!(stderr(&g).contains("tokenizer the metadata of"), "{}", stderr(&g));
+    let ids = tokenizers::Tokenizer::from_file(d.join("st/tokenizer.json"))
+        .unwrap()
+        .encode("aabbabaababbbaab<|end|>abba", true)
+        .unwrap();
+    assert!(stderr(&g).contains(&format!("{} tokens", ids.get_ids().len())), "{}", stderr(&g));
+    assert_eq!(json(&st)[0]["nll"], json(&g)[0]["nll"]);
+}

@@ -17,7 +17,6 @@ use crate::ir::{Arch, Ensemble, EnsembleMode, Recipe, TExpr, TVal};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// The default window: the model's maximum, capped here.
@@ -166,7 +165,7 @@ pub struct Prepared {
     pub tokens: text::Tokens,
     pub windows: Vec<Range<usize>>,
     pub context: usize,
-    pub tokenizer: PathBuf,
+    pub tokenizer: text::Source,
     pub memory: Memory,
     vocab: usize,
 }
@@ -190,7 +189,7 @@ fn err(code: Code, what: impl Into<String>) -> Diagnostic {
 pub fn prepare(recipe: &Recipe, target: &Target, text: &str, opts: &Options) -> Result<Prepared, Diagnostic> {
     let e = &target.ensemble;
     let mut members = Vec::new();
-    let mut tokenized: Option<(PathBuf, text::Tokens)> = None;
+    let mut tokenized: Option<(text::Source, text::Tokens)> = None;
     let mut max_positions = None;
     for (i, m) in e.members.iter().enumerate() {
         let plan = graph::lower(recipe, m, None, u64::MAX);
@@ -218,18 +217,28 @@ pub fn prepare(recipe: &Recipe, target: &Target, text: &str, opts: &Options) -> 
         cfg.vocab = shape("model.embed_tokens.weight").map_or(cfg.vocab, |s| s[0]);
         cfg.layers = plan.n_layers;
         max_positions = max_positions.or(cfg.max_positions);
-        let path = crate::io::checkpoint::tokenizer_path(origin).ok_or_else(|| {
-            err(Code::E0503, format!("`{name}` has no tokenizer.json"))
-                .with_note(format!("eval tokenizes the text with the tokenizer.json of `{}` (beside it for a single file)", origin.root.display()))
-                .with_help("put the model's tokenizer.json there (e.g. saved with transformers' `tokenizer.save_pretrained(dir)`)")
-        })?;
+        let gguf = origin.root.extension().is_some_and(|e| e == "gguf");
+        let path = match crate::io::checkpoint::tokenizer_path(origin) {
+            Some(p) => text::Source::File(p),
+            None if gguf => match crate::io::gguf_tokenizer::tokenizer_json(&origin.root) {
+                Ok(json) => text::Source::Gguf(origin.root.clone(), json.to_string()),
+                Err(why) => {
+                    return Err(err(Code::E0503, format!("`{name}` has no tokenizer.json, and its GGUF file gives none: {why}"))
+                        .with_help("put the model's tokenizer.json beside the .gguf file (e.g. saved with transformers' `tokenizer.save_pretrained(dir)`)"))
+                }
+            },
+            None => {
+                return Err(err(Code::E0503, format!("`{name}` has no tokenizer.json"))
+                    .with_note(format!("eval tokenizes the text with the tokenizer.json of `{}` (beside it for a single file)", origin.root.display()))
+                    .with_help("put the model's tokenizer.json there (e.g. saved with transformers' `tokenizer.save_pretrained(dir)`)"))
+            }
+        };
         let tokens = text::tokenize(&path, text, opts.max_tokens).map_err(|e| err(Code::E0503, e))?;
         if let Some(&bad) = tokens.ids.iter().find(|&&t| t as usize >= cfg.vocab) {
             return Err(err(
                 Code::E0503,
                 format!(
-                    "`{}` gives token id {bad}, outside the {} rows of `{name}`'s embedding",
-                    path.display(),
+                    "the tokenizer from {path} gives token id {bad}, outside the {} rows of `{name}`'s embedding",
                     cfg.vocab
                 ),
             )
@@ -240,11 +249,7 @@ pub fn prepare(recipe: &Recipe, target: &Target, text: &str, opts: &Options) -> 
             Some((p0, t0)) if t0.ids != tokens.ids => {
                 return Err(err(
                     Code::E0503,
-                    format!(
-                        "ensemble members tokenize the text differently: `{}` and `{}`",
-                        p0.display(),
-                        path.display()
-                    ),
+                    format!("ensemble members tokenize the text differently: {p0} and {path}"),
                 )
                 .with_note(
                     "members' next-token distributions are combined token by token, so they must share a tokenizer",

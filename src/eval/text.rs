@@ -15,7 +15,7 @@
 //! the scored tokens cover.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::PathBuf;
 
 /// A tokenized text.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,12 +25,34 @@ pub struct Tokens {
     pub bytes: Vec<usize>,
 }
 
-/// Tokenizes `text` with the tokenizer.json at `path`, adding special tokens
-/// as the tokenizer's post-processor says (transformers' default), and
-/// keeping at most `max_tokens`.
-pub fn tokenize(path: &Path, text: &str, max_tokens: Option<usize>) -> Result<Tokens, String> {
-    let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| format!("cannot load `{}`: {e}", path.display()))?;
-    let enc = tok.encode(text, true).map_err(|e| format!("cannot tokenize with `{}`: {e}", path.display()))?;
+/// Where a tokenizer comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A tokenizer.json file.
+    File(PathBuf),
+    /// tokenizer.json text built from a GGUF file's metadata (`io::gguf_tokenizer`).
+    Gguf(PathBuf, String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "`{}`", p.display()),
+            Source::Gguf(p, _) => write!(f, "the metadata of `{}`", p.display()),
+        }
+    }
+}
+
+/// Tokenizes `text` with `source`, adding special tokens as the tokenizer's
+/// post-processor says (transformers' default), and keeping at most
+/// `max_tokens`.
+pub fn tokenize(source: &Source, text: &str, max_tokens: Option<usize>) -> Result<Tokens, String> {
+    let tok = match source {
+        Source::File(p) => tokenizers::Tokenizer::from_file(p),
+        Source::Gguf(_, json) => json.parse::<tokenizers::Tokenizer>(),
+    }
+    .map_err(|e| format!("cannot load the tokenizer from {source}: {e}"))?;
+    let enc = tok.encode(text, true).map_err(|e| format!("cannot tokenize with {source}: {e}"))?;
     let mut ids = enc.get_ids().to_vec();
     let mut bytes = Vec::with_capacity(ids.len());
     let mut end = 0;

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod gguf_write;
 pub mod layer_config;
 pub mod modules;
