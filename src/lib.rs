@@ -10,6 +10,7 @@ pub mod check;
 pub mod codemap;
 pub mod complete;
 pub mod diag;
+pub mod eval;
 pub mod exec;
 pub mod graph;
 pub mod io;

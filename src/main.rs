@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod eval_cmd;
+
 #[derive(Parser)]
 #[command(name = "fuse", version, about = "A typed language for neural-network merge recipes")]
 struct Cli {
@@ -50,6 +52,36 @@ struct RunArgs {
 enum Command {
     /// Check a recipe, then compute and write its outputs.
     Run(RunArgs),
+    /// Perplexity and bits per byte of a recipe's models (and ensembles) on a text.
+    Eval {
+        recipe: PathBuf,
+        /// A plain-text (UTF-8) file, tokenized with each model's tokenizer.json.
+        #[arg(long)]
+        text: PathBuf,
+        /// Tokens per window (default: the model's maximum, capped at 1024).
+        #[arg(long)]
+        context: Option<usize>,
+        /// Evaluate at most this many tokens of the text.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Also evaluate every model the recipe reads, for comparison.
+        #[arg(long)]
+        inputs: bool,
+        /// One JSON array of {name, perplexity, bits_per_byte, tokens, ...} on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Evaluate for each value of a `param`: lam=0.1,0.3,0.5 or lam=0:1:0.25.
+        #[arg(long, value_name = "NAME=VALUES")]
+        sweep: Option<String>,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Where to run the models (cuda needs the `cuda` build feature).
+        #[arg(long, value_enum, default_value_t = EvalDevice::Cpu)]
+        device: EvalDevice,
+        /// Refuse to start when the evaluation would need more, e.g. 8GB (default: 3/4 of memory).
+        #[arg(long)]
+        max_memory: Option<String>,
+    },
     /// Check a recipe against its models' headers without computing anything.
     Check {
         recipe: PathBuf,
@@ -117,6 +149,13 @@ enum Device {
     CandleCpu,
 }
 
+/// Where `fuse eval` runs the models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EvalDevice {
+    Cpu,
+    Cuda,
+}
+
 /// The dtypes `fuse gen-model` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum GenDType {
@@ -152,6 +191,20 @@ fn run_cli() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd_run(&args),
         Command::Check { recipe, set } => cmd_check(&recipe, &set),
+        Command::Eval { recipe, text, context, max_tokens, inputs, json, sweep, set, device, max_memory } => {
+            let how = eval_cmd::How {
+                text,
+                context,
+                max_tokens,
+                inputs,
+                json,
+                sweep,
+                set,
+                cuda: device == EvalDevice::Cuda,
+                max_memory,
+            };
+            eval_cmd::run(&recipe, &how)
+        }
         Command::Inspect { model, tensors } => cmd_inspect(&model, tensors),
         Command::Graph { recipe, set } => cmd_graph(&recipe, &set),
         Command::Demo { dir } => cmd_demo(&dir),
@@ -217,6 +270,9 @@ fn cmd_check(recipe: &Path, set: &[String]) -> CmdResult {
     let (r, _) = load(recipe, set, &mut sources)?;
     if let Some(res) = &r.result {
         println!("result: Model ({})", res.value.arch.summary());
+    }
+    if let Some(e) = &r.ensemble {
+        println!("result: Ensemble ({})", fuse::check::ensemble_summary(&e.value));
     }
     for s in &r.saves {
         println!("save: {} ({})", s.dir.display(), s.value.arch.summary());

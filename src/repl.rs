@@ -26,6 +26,7 @@ const COMMANDS: &[(&str, &str)] = &[
     (":stats EXPR", "a task vector's norm and sparsity per layer (computes)"),
     (":cos A B", "cosine similarity of two task vectors per layer (computes)"),
     (":save EXPR DIR", "write a model (computes)"),
+    (":eval EXPR FILE", "perplexity of a model or ensemble on a text (computes; Ctrl-C stops)"),
     (":load FILE", "import a recipe's bindings"),
     (":complete TEXT", "what tab completion offers for TEXT"),
     (":quit", "leave (also Ctrl-D)"),
@@ -217,6 +218,7 @@ impl Session {
                 }
             }
             "stats" => self.stats(arg),
+            "eval" => self.eval(arg),
             "cos" => self.cos(arg),
             "save" => {
                 let Some((expr, dir)) = arg.rsplit_once(char::is_whitespace) else {
@@ -260,6 +262,65 @@ impl Session {
             other => self.print(&format!("unknown command `:{other}`; :help lists them")),
         }
         true
+    }
+
+    /// Perplexity and bits per byte of a model or an ensemble on a text file
+    /// (windows as `fuse eval`'s defaults).
+    fn eval(&mut self, arg: &str) {
+        let Some((expr, file)) = arg.rsplit_once(char::is_whitespace) else {
+            self.print("usage: :eval EXPR FILE");
+            return;
+        };
+        let Some((r, d)) = self.value(expr) else { return };
+        let target = match (d.value, d.ensemble) {
+            (Some(t), _) if d.type_name == "Model" => crate::eval::Target::model(expr.to_string(), t),
+            (_, Some(e)) => crate::eval::Target { name: expr.to_string(), ensemble: e },
+            _ => {
+                self.print(&format!(":eval takes a model or an ensemble, not {}", d.type_name));
+                return;
+            }
+        };
+        let path = self.dir.join(file.trim_matches('"'));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.print(&format!("error: cannot read the text `{}`: {e}", path.display()));
+                return;
+            }
+        };
+        let opts = crate::eval::Options {
+            context: None,
+            max_tokens: None,
+            device: candle_core::Device::Cpu,
+            max_memory: exec::default_max_memory() * 3,
+        };
+        let result = crate::eval::prepare(&r, &target, &text, &opts).and_then(|p| {
+            let bar = crate::progress::tokens(p.work());
+            let tick = |n: u64| {
+                if let Some(b) = &bar {
+                    b.inc(n);
+                }
+            };
+            let score = crate::eval::run(&p, &opts, &tick);
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            score.map(|s| (s, p.windows.len(), p.context))
+        });
+        match result {
+            Ok((s, w, c)) => self.print(&format!(
+                "perplexity {:.4}  bits/byte {:.4}  ({} tokens scored in {w} window{} of {c})",
+                s.perplexity(),
+                s.bits_per_byte(),
+                s.tokens,
+                if w == 1 { "" } else { "s" }
+            )),
+            Err(_) if exec::interrupted() => self.print(&interrupted_or(String::new())),
+            Err(d) => {
+                let text = render::render_plain(&[d], &Sources::default());
+                self.print(text.trim_end());
+            }
+        }
     }
 
     /// Per-layer L2 norm and fraction of zeros of a task vector.

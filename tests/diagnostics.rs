@@ -175,7 +175,8 @@ fn every_case_reports_what_it_expects() {
 
 /// Codes that only a run can produce: tests assert them on a real process's
 /// stderr with `expect_code` (cli.rs, outputs.rs, reliability.rs).
-const RUNTIME_CODES: &[&str] = &["E0402", "E0403", "E0404", "E0405", "E0407"];
+const RUNTIME_CODES: &[&str] =
+    &["E0402", "E0403", "E0404", "E0405", "E0407", "E0501", "E0502", "E0503", "E0504", "E0505", "E0506"];
 
 #[test]
 fn every_code_is_tested() {

@@ -5,6 +5,7 @@ mod checkpoints;
 mod cli;
 mod common;
 mod diagnostics;
+mod eval;
 mod gguf;
 mod goldens;
 mod lsp;

@@ -69,6 +69,7 @@ pub(super) struct Checker<'s> {
     /// Every path the recipe reads (models, adapters, imports, itself).
     pub inputs: Vec<crate::ir::Input>,
     result: Option<ResultValue>,
+    ensemble: Option<crate::ir::EnsembleResult>,
     importing: Vec<PathBuf>,
     /// The latest expression outside the standard library that gave each
     /// tensor expression: where errors found inside the stdlib point.
@@ -102,6 +103,7 @@ impl<'s> Checker<'s> {
             saves: Vec::new(),
             inputs: Vec::new(),
             result: None,
+            ensemble: None,
             importing: Vec::new(),
             origins: HashMap::new(),
             buffers: Default::default(),
@@ -170,6 +172,7 @@ impl<'s> Checker<'s> {
             exprs: self.exprs,
             saves: self.saves,
             result: self.result,
+            ensemble: self.ensemble,
             main_file: main,
             inputs: self.inputs,
         }
@@ -234,7 +237,12 @@ impl<'s> Checker<'s> {
                     if !matches!(v, Value::Poison) {
                         let (summary, value) = match &v {
                             Value::Tensor(t) => (Some(t.arch.summary()), Some(t.clone())),
+                            Value::Ensemble(e) => (Some(super::ensemble::summary(e)), None),
                             _ => (None, None),
+                        };
+                        let ensemble = match &v {
+                            Value::Ensemble(e) => Some(e.clone()),
+                            _ => None,
                         };
                         let values = match &v {
                             Value::List(items) => items
@@ -243,13 +251,17 @@ impl<'s> Checker<'s> {
                                 .collect(),
                             _ => Vec::new(),
                         };
-                        self.last = Some(super::Described { type_name: v.type_name(), summary, value, values });
+                        self.last =
+                            Some(super::Described { type_name: v.type_name(), summary, value, values, ensemble });
                     }
-                    if self.want.any_result && !matches!(v, Value::Tensor(_)) {
+                    if self.want.any_result && !matches!(v, Value::Tensor(_) | Value::Ensemble(_)) {
                         continue;
                     }
                     match v {
                         Value::Tensor(t) => self.result = Some(ResultValue { value: t, file, span: e.span }),
+                        Value::Ensemble(value) => {
+                            self.ensemble = Some(crate::ir::EnsembleResult { value, file, span: e.span })
+                        }
                         Value::Poison => {}
                         other => {
                             self.err(
@@ -373,6 +385,15 @@ impl<'s> Checker<'s> {
                 return;
             }
             Value::Poison => return,
+            Value::Ensemble(_) => {
+                self.err(
+                    Diagnostic::error(Code::E0208, "an Ensemble cannot be saved")
+                        .with_label(ctx.file, mspan, "this is an Ensemble")
+                        .with_note("an ensemble runs its members side by side and combines their next-token predictions; it has no weights of its own to write")
+                        .with_help("measure it with `fuse eval RECIPE --text FILE`, or save a merged model instead (e.g. `linear(a, b)`)"),
+                );
+                return;
+            }
             other => {
                 self.err(
                     Diagnostic::error(Code::E0106, format!("`save` needs a model, found {}", other.type_name()))
@@ -490,6 +511,7 @@ impl<'s> Checker<'s> {
                 Value::Num(s) => Value::Num(Sched::negate(s)),
                 Value::Tensor(t) => self.scale(t, Sched::Const(-1.0)),
                 Value::Poison => Value::Poison,
+                Value::Ensemble(_) => self.ensemble_misuse(inner.span, ctx.file, "`-`"),
                 other => {
                     self.err(Diagnostic::error(Code::E0203, format!("cannot negate {}", other.type_name())).with_label(
                         ctx.file,
@@ -622,6 +644,8 @@ impl<'s> Checker<'s> {
                 };
                 Tensor(TVal { expr, arch, weight: Sched::bin(op, a.weight, b.weight) })
             }
+            (op, Ensemble(_), _) => self.ensemble_misuse(l, ctx.file, &format!("`{op}`")),
+            (op, _, Ensemble(_)) => self.ensemble_misuse(r, ctx.file, &format!("`{op}`")),
             (BinOp::Mul, Tensor(_), Tensor(_)) => self.err(
                 Diagnostic::error(Code::E0203, "cannot multiply two models")
                     .with_label(ctx.file, span, "`*` between two tensor values")

@@ -5,6 +5,7 @@
 
 mod builtins;
 mod call;
+mod ensemble;
 mod eval;
 mod filter;
 mod lora;
@@ -16,6 +17,7 @@ mod structure;
 pub mod value;
 
 pub use crate::ir::{Arch, Input, LoraOut, Output, Recipe, ResultValue, Sched, TExpr, TId, TVal, TensorCtx};
+pub use ensemble::summary as ensemble_summary;
 pub use eval::fmt_num;
 pub use outputs::output_conflict;
 pub use value::Kind;
@@ -104,6 +106,8 @@ pub struct Described {
     pub value: Option<TVal>,
     /// For a list: the tensor values in it.
     pub values: Vec<TVal>,
+    /// For an Ensemble: its members and how they combine.
+    pub ensemble: Option<std::sync::Arc<crate::ir::Ensemble>>,
 }
 
 /// Everything a check found.

@@ -239,6 +239,17 @@ const BUILTINS: &[Native] = &[
         how: How::Special(|c, args, span, ctx| c.call_moe(args, span, ctx)),
     },
     Native {
+        name: "ensemble",
+        rest: Some("models"),
+        params: &[
+            p("weight", PKind::PerModel, Default::Num(1.0), "each member's weight (normalized to sum to 1)"),
+            p("mode", PKind::Str, Default::Absent, "\"mean\" (default): average the next-token probabilities; \"max\": per-token maximum, renormalized"),
+        ],
+        doc: "Models run side by side, their next-token distributions combined; evaluated with `fuse eval` or `:eval`, never saved. Members must share a tokenizer.",
+        example: "ensemble(math, code, weight=[0.7, 0.3])",
+        how: How::Special(|c, args, span, ctx| c.call_ensemble(args, span, ctx)),
+    },
+    Native {
         name: "drop",
         rest: None,
         params: &[

@@ -40,6 +40,8 @@ pub enum Value {
     DType(DType),
     List(Vec<Value>),
     Tensor(TVal),
+    /// `ensemble(...)`: evaluated, never saved (see `crate::ir::Ensemble`).
+    Ensemble(Arc<crate::ir::Ensemble>),
     Func(Func),
     /// The `tensor` binding: the name of the tensor being computed.
     TensorName,
@@ -67,6 +69,7 @@ impl Value {
                 Some(w) if w.abs() < 1e-9 => "Delta".into(),
                 _ => "a weighted sum of models".into(),
             },
+            Value::Ensemble(_) => "Ensemble".into(),
             Value::Func(_) => "a function".into(),
             Value::TensorName => "the tensor name".into(),
             Value::None => "none".into(),

@@ -71,6 +71,12 @@ codes! {
     /// Integer tensors (buffers such as `position_ids`) are copied from one model, not merged (a warning):
     /// `base + ties(a, b)` of BERT checkpoints
     E0207 = "integer tensors copied, not merged",
+    /// An Ensemble written as a model: `save(ensemble(a, b), "out")`
+    E0208 = "an Ensemble cannot be saved",
+    /// Arithmetic or a merge on an Ensemble: `0.5*ensemble(a, b)`
+    E0209 = "an Ensemble is not a model",
+    /// Ensemble members that do not share a tokenizer: `ensemble(a, b)` with vocabularies of 96 and 100 tokens
+    E0210 = "ensemble members with different tokenizers",
     /// A model path that does not exist or is not a checkpoint: `model("missing")`
     E0301 = "model not found",
     /// A checkpoint whose files are unreadable or malformed
@@ -93,6 +99,18 @@ codes! {
     /// Something beside the weights could not be carried exactly (a warning): config.json's
     /// per-layer fields after `stack`, sentence-transformers module weights copied unmerged
     E0407 = "output files adjusted",
+    /// `fuse eval` of a model family it has no forward pass for (Llama, Mistral, Qwen2, Mixtral and Gemma 3 have one)
+    E0501 = "architecture not supported by eval",
+    /// `fuse eval --text` of a text with fewer tokens than one window of `--context`
+    E0502 = "text shorter than one window",
+    /// `fuse eval` of a model without a usable tokenizer.json, or members that tokenize the text differently
+    E0503 = "tokenizer missing or different",
+    /// `fuse eval` would need more memory than `--max-memory`
+    E0504 = "evaluation exceeds the memory limit",
+    /// A bad `fuse eval` option: `--sweep lam=a:b`, `--context 0`
+    E0505 = "bad eval option",
+    /// A failure while evaluating: unreadable text or weights, a device that cannot be used
+    E0506 = "evaluation failed",
 }
 
 impl fmt::Display for Code {

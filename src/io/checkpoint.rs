@@ -219,6 +219,13 @@ impl Checkpoint {
     }
 }
 
+/// The tokenizer.json that goes with a checkpoint: in its directory, or for
+/// a single file (a .gguf, a .safetensors) beside it. `None` when there is none.
+pub fn tokenizer_path(ck: &Checkpoint) -> Option<PathBuf> {
+    let dir = ck.dir.clone().or_else(|| ck.root.parent().map(Path::to_path_buf))?;
+    Some(dir.join("tokenizer.json")).filter(|p| p.is_file())
+}
+
 /// Components that name the encoder towers of multimodal models (Gemma 3,
 /// LLaVA, Qwen2-VL, Llama 4, audio models). Their blocks are not the layers
 /// the recipe slices and stacks: those are the language model's, counted by

@@ -35,9 +35,39 @@ fn split_for(pre: &str) -> Option<&'static str> {
     }
 }
 
+/// GPT-2's map from bytes to the printable characters byte-level
+/// vocabularies are spelled in.
+fn byte_alphabet() -> [char; 256] {
+    let mut out = ['\0'; 256];
+    let mut n = 0;
+    for b in 0..256u32 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        out[b as usize] = if printable {
+            char::from_u32(b).unwrap()
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap()
+        };
+    }
+    out
+}
+
 /// `(file name, contents)` of the tokenizer files for the GGUF file at
-/// `path`, or why there are none.
+/// `path` (`tokenizer.json`, `tokenizer_config.json`), or why there are none.
 pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+    let (tokenizer, config) = build(path)?;
+    let pretty = |v: &Value| (serde_json::to_string_pretty(v).unwrap() + "\n").into_bytes();
+    Ok(vec![("tokenizer.json", pretty(&tokenizer)), ("tokenizer_config.json", pretty(&config))])
+}
+
+/// The tokenizer.json for the GGUF file at `path` (what `fuse eval`
+/// tokenizes a GGUF input's text with), or why there is none.
+pub fn tokenizer_json(path: &Path) -> Result<Value, String> {
+    build(path).map(|(tokenizer, _)| tokenizer)
+}
+
+/// tokenizer.json and tokenizer_config.json for the GGUF file at `path`.
+fn build(path: &Path) -> Result<(Value, Value), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let content = Content::read(&mut std::io::BufReader::new(file)).map_err(|e| format!("not readable: {e}"))?;
     let meta = &content.metadata;
@@ -66,13 +96,19 @@ pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
         Some(Meta::Array(a)) => a.iter().map(|v| as_u64(v).unwrap_or(1)).collect(),
         _ => Vec::new(),
     };
+    // In a byte-level vocabulary every real token is spelled in the byte
+    // alphabet: one that is not is respelled, and one marked control that
+    // is not is a llama.cpp mislabel, not a special token (as transformers).
+    let alphabet = byte_alphabet();
+    let spelled = |t: &str| spm || t.chars().all(|c| alphabet.contains(&c));
     let mut vocab = Map::new();
     for (i, t) in tokens.iter().enumerate() {
-        vocab.insert(t.clone(), json!(i));
+        let key = if spelled(t) { t.clone() } else { t.bytes().map(|b| alphabet[b as usize]).collect() };
+        vocab.insert(key, json!(i));
     }
     let mut added = Vec::new();
     for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-        if *ty == 3 || *ty == 4 {
+        if (*ty == 3 && spelled(t)) || *ty == 4 {
             added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": false, "special": *ty == 3}));
         }
@@ -80,28 +116,30 @@ pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
     let flag = |k: &str| meta.get(k).and_then(|v| v.to_bool().ok());
     // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
     let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(spm);
+    // BOS, where the file asks for it, by a template (as transformers' own
+    // tokenizer classes set it up).
+    let bos = id("tokenizer.ggml.bos_token_id").and_then(|i| tokens.get(i).map(|t| (i, t.clone())));
+    let bos_processor = match bos.filter(|_| add_bos) {
+        Some((i, t)) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": t, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {t.clone(): {"id": t, "ids": [i], "tokens": [t]}}}),
+        None => Value::Null,
+    };
     let tokenizer = if spm {
         let scores: Vec<f32> = match meta.get("tokenizer.ggml.scores") {
             Some(Meta::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
             _ => return Err("its SentencePiece vocabulary has no `tokenizer.ggml.scores`".into()),
         };
         let unk = id("tokenizer.ggml.unknown_token_id").and_then(|i| tokens.get(i)).cloned();
-        let bos = id("tokenizer.ggml.bos_token_id").and_then(|i| tokens.get(i).map(|t| (i, t.clone())));
-        let post = match bos.filter(|_| add_bos) {
-            Some((i, t)) => json!({"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": t, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {t.clone(): {"id": t, "ids": [i], "tokens": [t]}}}),
-            None => Value::Null,
-        };
         let prepend = if flag("tokenizer.ggml.add_space_prefix").unwrap_or(true) { "first" } else { "never" };
         json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": added,
             "normalizer": null,
             "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": prepend, "split": false},
-            "post_processor": post,
+            "post_processor": bos_processor.clone(),
             "decoder": {"type": "Sequence", "decoders": [
                 {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
                 {"type": "ByteFallback"}, {"type": "Fuse"},
@@ -124,7 +162,7 @@ pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
             "added_tokens": added,
             "normalizer": null,
             "pre_tokenizer": pre_tokenizer,
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            "post_processor": bos_processor.clone(),
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
@@ -148,8 +186,7 @@ pub fn files(path: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
     if let Some(t) = text("tokenizer.chat_template") {
         config.insert("chat_template".into(), json!(t));
     }
-    let pretty = |v: &Value| (serde_json::to_string_pretty(v).unwrap() + "\n").into_bytes();
-    Ok(vec![("tokenizer.json", pretty(&tokenizer)), ("tokenizer_config.json", pretty(&Value::Object(config)))])
+    Ok((tokenizer, Value::Object(config)))
 }
 
 /// The BPE merges a SentencePiece vocabulary implies, as transformers

@@ -34,6 +34,39 @@ pub struct Recipe {
     pub inputs: Vec<Input>,
     /// The model bound to the name `base`, whose integer buffers the outputs take.
     pub base: Option<usize>,
+    /// The recipe's final expression when it is an [`Ensemble`]: evaluated
+    /// by `fuse eval`, never written.
+    pub ensemble: Option<EnsembleResult>,
+}
+
+/// `ensemble(m1, m2, ..., weight=[...], mode="mean")`: models run side by
+/// side and their next-token distributions combined (see `crate::eval`).
+/// It has no weights of its own, so it can be evaluated but not saved.
+#[derive(Debug, Clone)]
+pub struct Ensemble {
+    pub members: Vec<TVal>,
+    /// Each member's source text, for reports.
+    pub names: Vec<String>,
+    /// Normalized to sum to 1.
+    pub weights: Vec<f64>,
+    pub mode: EnsembleMode,
+}
+
+/// How an [`Ensemble`] combines its members' next-token distributions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnsembleMode {
+    /// `sum_m w_m p_m`: FusionBench's simple and weighted ensembles.
+    Mean,
+    /// `max_m w_m p_m`, renormalized over the vocabulary: FusionBench's max-model predictor.
+    Max,
+}
+
+/// An [`Ensemble`] as the recipe's result, and where the recipe says it.
+#[derive(Debug, Clone)]
+pub struct EnsembleResult {
+    pub value: Arc<Ensemble>,
+    pub file: FileId,
+    pub span: Span,
 }
 
 impl Recipe {
@@ -41,6 +74,11 @@ impl Recipe {
     /// `-o` names a directory for it (E0111 when that does not add up).
     pub fn outputs(&self, result_dir: Option<&Path>) -> Result<Vec<Output>, Diagnostic> {
         let mut out: Vec<Output> = self.saves.clone();
+        if let (Some(_), Some(_)) = (&self.ensemble, result_dir) {
+            return Err(Diagnostic::error(Code::E0208, "the recipe's result is an Ensemble, which cannot be written")
+                .with_note("an ensemble runs its members side by side and combines their predictions; it has no weights of its own")
+                .with_help("measure it with `fuse eval RECIPE --text FILE`, or write a merged model instead (e.g. `linear(a, b)`)"));
+        }
         match (&self.result, result_dir) {
             (Some(res), Some(o)) => out.push(Output {
                 value: res.value.clone(),
@@ -52,6 +90,13 @@ impl Recipe {
                 file: res.file,
                 span: res.span,
             }),
+            (None, None) if out.is_empty() && self.ensemble.is_some() => {
+                return Err(Diagnostic::error(
+                    Code::E0208,
+                    "the recipe's result is an Ensemble, which `fuse run` cannot write",
+                )
+                .with_help("measure it with `fuse eval RECIPE --text FILE`"))
+            }
             (Some(_), None) if out.is_empty() => {
                 return Err(Diagnostic::error(Code::E0111, "the recipe's result has nowhere to go")
                     .with_help("pass -o DIR to write it, or end the recipe with `save(expr, \"dir\")`"))
