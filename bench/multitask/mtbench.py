@@ -29,21 +29,26 @@ from sklearn.datasets import load_digits
 
 # ---------------------------------------------------------------------------
 # The merge methods compared: (row label, fuse expression, coefficient grid).
-# `{models}` is replaced by the fine-tuned models, `lam` is the recipe's
-# `param lam`, set per run. A method the fuse binary does not know is skipped
-# (reported as such), so a line can be added before the method lands.
+# `{models}` is replaced by the fine-tuned models; each grid entry is one fuse
+# run, its values given with `--set` to the recipe's `param`s (`lam`, ...).
+# The entry with the best validation accuracy is kept. A method the fuse
+# binary does not know is skipped and reported as such, so a line can be
+# added before the method lands.
 GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0]
+LAM = [{"lam": v} for v in GRID]
+# LiNeS on task arithmetic's sum: scale alpha for the first layer up to
+# alpha + beta for the last; beta = 0 is task arithmetic.
+LINES = [{"lam": a, "beta": b} for a in [0.05, 0.1, 0.15, 0.2, 0.3] for b in [0.0, 0.1, 0.2, 0.4, 0.8]]
 METHODS = [
-    ("weight averaging", "linear({models})", None),
-    ("task arithmetic", "base + task_arithmetic({models}, lambda=lam)", GRID),
-    ("TIES (density 0.2)", "base + ties({models}, density=0.2, lambda=lam)", GRID),
-    ("MagMax", "base + magmax({models}, lambda=lam)", GRID),
-    ("TSV-M", "base + tsv_m({models}, lambda=lam)", GRID),
-    ("Iso-C", "base + iso_c({models}, lambda=lam)", GRID),
-    ("Iso-CTS", "base + iso_cts({models}, lambda=lam)", GRID),
-    ("CART", "cart({models}, lambda=lam)", GRID),
-    # TODO(lines): LiNeS scales one task vector by depth; add e.g.
-    # ("TA + LiNeS", "base + lines(task_arithmetic({models}), alpha=lam, beta=...)", GRID)
+    ("weight averaging", "linear({models})", [{}]),
+    ("task arithmetic", "base + task_arithmetic({models}, lambda=lam)", LAM),
+    ("TIES (density 0.2)", "base + ties({models}, density=0.2, lambda=lam)", LAM),
+    ("MagMax", "base + magmax({models}, lambda=lam)", LAM),
+    ("TSV-M", "base + tsv_m({models}, lambda=lam)", LAM),
+    ("Iso-C", "base + iso_c({models}, lambda=lam)", LAM),
+    ("Iso-CTS", "base + iso_cts({models}, lambda=lam)", LAM),
+    ("CART", "cart({models}, lambda=lam)", LAM),
+    ("LiNeS (on task arithmetic)", "base + lines(task_arithmetic({models}), alpha=lam, beta=beta)", LINES),
 ]
 
 SEED = 0
@@ -78,9 +83,9 @@ def quadrants(img):
     return np.concatenate([top, bottom], axis=1)
 
 
-def make_data():
+def make_data(seed):
     """Pretraining set and the eight tasks, each split train/val/test."""
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     d = load_digits()
     img = (d.images / 16.0).astype(np.float32)
     lab = d.target.astype(np.int64)
@@ -116,8 +121,14 @@ def make_data():
 
 
 def augment(x, g):
-    """Pretraining augmentation: shifts of up to one pixel and light noise."""
+    """Pretraining's broad mixture: each image in one of eight views (as is,
+    mirrored either way, rotated by 90, 180 or 270 degrees, inverted,
+    transposed), shifted by up to one pixel, with light noise."""
     b = x.view(-1, 8, 8)
+    n = len(b)
+    view = torch.randint(0, 8, (n,), generator=g)
+    views = [b, b.flip(2), b.flip(1), b.rot90(1, (1, 2)), b.rot90(2, (1, 2)), b.rot90(3, (1, 2)), 1 - b, b.transpose(1, 2)]
+    b = torch.stack(views)[view, torch.arange(n)]
     s = torch.randint(-1, 2, (2,), generator=g).tolist()
     b = torch.roll(b, shifts=s, dims=(1, 2))
     return b.reshape(-1, 64) + 0.1 * torch.randn(x.shape, generator=g)
@@ -257,11 +268,12 @@ def run_fuse(fuse, recipe, out, sets=()):
     return r
 
 
-def write_recipe(path, expr, names):
+def write_recipe(path, expr, names, params):
     models = ", ".join(names)
     lines = ['base = model("models/pretrained")']
     lines += [f'{n} = model("models/{n}")' for n in names]
-    lines += ["param lam = 1.0", expr.format(models=models)]
+    lines += [f"param {p} = 1.0" for p in params]
+    lines += [expr.format(models=models)]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -283,6 +295,65 @@ def mean(d):
 # ---------------------------------------------------------------------------
 
 
+def run_seed(args, seed):
+    """Trains, merges and evaluates with one seed; returns the table's rows,
+    the task names and a line of facts about the run."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    work = os.path.join(args.work, f"seed{seed}")
+    os.makedirs(os.path.join(work, "models"), exist_ok=True)
+
+    pre_data, tasks = make_data(seed)
+    names = list(tasks)
+    pre = pretrain(pre_data, g)
+    save_body(pre, os.path.join(work, "models", "pretrained"))
+    heads = {k: prototype_head(pre, tasks[k]) for k in names}
+    rows = []  # (label, chosen params or None, {task: test acc} or None, note)
+    rows.append(("pretrained", None, evaluate(pre, heads, tasks, "test"), ""))
+    ft = {}
+    for k in names:
+        ft[k] = finetune(pre, heads[k], tasks[k], g, args.steps, args.lr)
+        save_body(ft[k], os.path.join(work, "models", k))
+    diag = {k: accuracy(ft[k], heads[k], tasks[k]["test"]) for k in names}
+    rows.append(("individual fine-tunes", None, diag, ""))
+    t_train = time.time() - t0
+    cos = task_vector_cosines(pre, [ft[k] for k in names])
+    print(f"seed {seed}: trained in {t_train:.1f}s; pretrained {mean(rows[0][2]):.3f}, fine-tuned {mean(diag):.3f}", flush=True)
+
+    t1 = time.time()
+    runs = 0
+    recipe, out = os.path.join(work, "recipe.fuse"), os.path.join(work, "merged")
+    for label, expr, grid in METHODS:
+        write_recipe(recipe, expr, names, list(grid[0]))
+        check = subprocess.run([args.fuse, "check", recipe], capture_output=True, text=True)
+        if check.returncode != 0:
+            print(f"{label}: skipped, `fuse check` refuses it:\n{check.stderr.strip()[:300]}", flush=True)
+            rows.append((label, None, None, "not in this fuse build"))
+            continue
+        best = None
+        for sets in grid:
+            r = run_fuse(args.fuse, recipe, out, sets.items())
+            runs += 1
+            if r.returncode != 0:
+                sys.exit(f"fuse failed on {label} {sets}:\n{r.stderr}")
+            body = load_body(out)
+            val = mean(evaluate(body, heads, tasks, "val"))
+            if best is None or val > best[0]:
+                best = (val, sets, evaluate(body, heads, tasks, "test"))
+        val, sets, test = best
+        print(f"{label}: {sets}, val {val:.3f}, test {mean(test):.3f}", flush=True)
+        rows.append((label, sets, test, ""))
+    t_merge = time.time() - t1
+    facts = (
+        f"Seed {seed}: training {t_train:.0f} s, {runs} fuse runs with their evaluation {t_merge:.0f} s. "
+        f"Test split: {len(tasks[names[0]]['test'][1])} images per task. Pairwise cosine "
+        f"similarity of the task vectors (whole body): mean {np.mean(cos):.2f}, "
+        f"range {np.min(cos):.2f} to {np.max(cos):.2f}."
+    )
+    return rows, names, facts
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fuse", required=True)
@@ -290,82 +361,46 @@ def main():
     ap.add_argument("--readme", default=None, help="write the results section of this README")
     ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps per task")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
-    args = ap.parse_args()
-    torch.manual_seed(SEED)
-    torch.set_num_threads(1)  # results do not depend on the thread count
-    torch.use_deterministic_algorithms(True)
-    g = torch.Generator().manual_seed(SEED)
-    t0 = time.time()
-    work = args.work
-    os.makedirs(os.path.join(work, "models"), exist_ok=True)
-
-    pre_data, tasks = make_data()
-    names = list(tasks)
-    pre = pretrain(pre_data, g)
-    save_body(pre, os.path.join(work, "models", "pretrained"))
-    heads = {k: prototype_head(pre, tasks[k]) for k in names}
-    rows = []  # (label, lambda or None, {task: test acc}, note)
-    rows.append(("pretrained", None, evaluate(pre, heads, tasks, "test"), ""))
-    ft = {}
-    for k in names:
-        ft[k] = finetune(pre, heads[k], tasks[k], g, args.steps, args.lr)
-        save_body(ft[k], os.path.join(work, "models", k))
-    diag = {k: accuracy(ft[k], heads[k], tasks[k]["test"]) for k in names}
-    rows.append(("individual fine-tunes", None, diag, "each task's own fine-tune"))
-    t_train = time.time() - t0
-    cos = task_vector_cosines(pre, [ft[k] for k in names])
-    print(f"trained in {t_train:.1f}s; pretrained {mean(rows[0][2]):.3f}, fine-tuned {mean(diag):.3f}", flush=True)
-
-    t1 = time.time()
-    runs = 0
-    for label, expr, grid in METHODS:
-        recipe = os.path.join(work, "recipe.fuse")
-        write_recipe(recipe, expr, names)
-        out = os.path.join(work, "merged")
-        check = subprocess.run([args.fuse, "check", recipe], capture_output=True, text=True)
-        if check.returncode != 0:
-            print(f"{label}: skipped, this fuse cannot check it:\n{check.stderr.strip()[:400]}", flush=True)
-            rows.append((label, None, None, "not in this fuse build"))
-            continue
-        best = None
-        for lam in grid or [None]:
-            r = run_fuse(args.fuse, recipe, out, [("lam", lam)] if lam is not None else [])
-            runs += 1
-            if r.returncode != 0:
-                sys.exit(f"fuse failed on {label} lam={lam}:\n{r.stderr}")
-            body = load_body(out)
-            val = mean(evaluate(body, heads, tasks, "val"))
-            if best is None or val > best[0]:
-                best = (val, lam, evaluate(body, heads, tasks, "test"))
-        val, lam, test = best
-        print(f"{label}: lambda {lam}, val {val:.3f}, test {mean(test):.3f}", flush=True)
-        rows.append((label, lam, test, ""))
-    t_merge = time.time() - t1
-
-    table = render(rows, names)
-    print(table)
-    summary = (
-        f"{len(names)} tasks; training {t_train:.0f} s, {runs} fuse runs and their "
-        f"evaluation {t_merge:.0f} s (torch threads: {torch.get_num_threads()}). "
-        f"Test split: {len(tasks[names[0]]['test'][1])} images per task. Pairwise cosine "
-        f"similarity of the task vectors (whole body): mean {np.mean(cos):.2f}, "
-        f"range {np.min(cos):.2f} to {np.max(cos):.2f}."
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[SEED],
+        help="seeds of the data splits, training and generated task; the first gets the per-task table",
     )
-    print(summary)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # results do not depend on the machine's core count
+    torch.use_deterministic_algorithms(True)
+    results = [run_seed(args, s) for s in args.seeds]
+    rows, names, facts = results[0]
+    text = render(rows, names) + "\n\n" + facts
+    if len(results) > 1:
+        text += "\n\n" + render_seeds(args.seeds, results)
+    print(text)
     if args.readme:
-        write_readme(args.readme, table, summary)
+        write_readme(args.readme, text)
+
+
+def render_seeds(seeds, results):
+    """Average test accuracy per method and seed, and their mean."""
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"]
+    lines.append("|---|" + "---|" * (len(seeds) + 1))
+    for i, (label, _, acc, note) in enumerate(results[0][0]):
+        if acc is None:
+            lines.append(f"| {label} | {note} |" + " |" * len(seeds))
+            continue
+        avgs = [100 * mean(r[0][i][2]) for r in results]
+        cells = " | ".join(f"{a:.1f}" for a in avgs)
+        lines.append(f"| {label} | {cells} | **{sum(avgs) / len(avgs):.1f}** |")
+    return "\n".join(lines)
 
 
 def render(rows, names):
-    short = {k: k for k in names}
-    head = "| method | lambda | avg | " + " | ".join(short[k] for k in names) + " |"
+    head = "| method | chosen | avg | " + " | ".join(names) + " |"
     sep = "|---|---|---|" + "---|" * len(names)
     lines = [head, sep]
     for label, lam, acc, note in rows:
         if acc is None:
             lines.append(f"| {label} | | {note} |" + " |" * len(names))
             continue
-        lam_s = "" if lam is None else f"{lam:g}"
+        lam_s = ", ".join(f"{v:g}" if k == "lam" else f"{k} {v:g}" for k, v in (lam or {}).items())
         cells = " | ".join(f"{100 * acc[k]:.1f}" for k in names)
         lines.append(f"| {label} | {lam_s} | **{100 * mean(acc):.1f}** | {cells} |")
     return "\n".join(lines)
@@ -374,10 +409,10 @@ def render(rows, names):
 BEGIN, END = "<!-- results: begin -->", "<!-- results: end -->"
 
 
-def write_readme(path, table, summary):
+def write_readme(path, results):
     text = open(path).read()
     a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
-    text = text[:a] + "\n" + table + "\n\n" + summary + "\n" + text[b:]
+    text = text[:a] + "\n" + results + "\n" + text[b:]
     with open(path, "w") as f:
         f.write(text)
 

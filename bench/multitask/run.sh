@@ -4,7 +4,7 @@
 # method, evaluate every merge on every task, and write the table into
 # bench/multitask/README.md.
 #
-#   bench/multitask/run.sh
+#   bench/multitask/run.sh [--seeds 0 1 2]
 #
 # Python: $MTBENCH_PYTHON if set, else the venv $MTBENCH_VENV
 # (default bench/multitask/.venv), created with torch (CPU), numpy,
