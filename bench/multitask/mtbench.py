@@ -34,7 +34,7 @@ from sklearn.datasets import load_digits
 # The entry with the best validation accuracy is kept. A method the fuse
 # binary does not know is skipped and reported as such, so a line can be
 # added before the method lands.
-GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0]
+GRID = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0]
 LAM = [{"lam": v} for v in GRID]
 # LiNeS on task arithmetic's sum: scale alpha for the first layer up to
 # alpha + beta for the last; beta = 0 is task arithmetic.
