@@ -7,8 +7,8 @@
 #   bench/multitask/run.sh [--seeds 0 1 2]
 #
 # Python: $MTBENCH_PYTHON if set, else the venv $MTBENCH_VENV
-# (default bench/multitask/.venv), created with torch (CPU), numpy,
-# scikit-learn and safetensors if missing. fuse: $FUSE if set, else a dev
+# (default bench/multitask/.venv), given torch (CPU), numpy, scikit-learn
+# and safetensors if it lacks them. fuse: $FUSE if set, else a dev
 # build (`cargo build`). Work files go to $MTBENCH_DIR (default /tmp/fuse-mtbench).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,9 +17,11 @@ if [ -n "${MTBENCH_PYTHON:-}" ]; then
   py=$MTBENCH_PYTHON
 else
   venv=${MTBENCH_VENV:-$here/.venv}
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --index-url https://download.pytorch.org/whl/cpu torch
+  if ! "$venv/bin/python" -c 'import torch, sklearn, safetensors' 2>/dev/null; then
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    # The CPU-only wheel when its index is reachable, else PyPI's (with CUDA libraries).
+    "$venv/bin/pip" install --quiet --index-url https://download.pytorch.org/whl/cpu torch ||
+      "$venv/bin/pip" install --quiet torch
     "$venv/bin/pip" install --quiet numpy scikit-learn safetensors
   fi
   py=$venv/bin/python
