@@ -8,9 +8,10 @@ with `--set lam=...`), and every merged body is evaluated on every task with
 that task's head. Coefficients are chosen on a validation split, accuracy is
 reported on a test split.
 
-    python mtbench.py --fuse target/release/fuse --work /tmp/fuse-mtbench --readme README.md
+    python mtbench.py --fuse target/debug/fuse [--seeds 0 1 2] [--readme README.md]
 
-Everything is seeded; nothing is downloaded.
+`run.sh` next to this file is the one command that sets up Python and fuse
+and runs it. Everything is seeded; nothing is downloaded.
 """
 
 import argparse
@@ -264,8 +265,7 @@ def run_fuse(fuse, recipe, out, sets=()):
     cmd = [fuse, "run", recipe, "-o", out, "--force"]
     for k, v in sets:
         cmd += ["--set", f"{k}={v}"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    return r
+    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def write_recipe(path, expr, names, params):
