@@ -293,7 +293,7 @@ fn lsp_survives_deep_and_long_documents() {
         // The server is still there and answers the next request.
         let h = c.hover(&uri, 1, 13);
         if version == 2 {
-            assert!(h.contains("`base - base`: Delta"), "{h}");
+            assert!(h.contains("`(base - base)`: Delta"), "{h}");
         }
     }
     c.stop();

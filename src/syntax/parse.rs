@@ -190,7 +190,19 @@ fn primary(p: Pair<Rule>) -> Expr {
         }),
         Rule::ident => ExprKind::Ident(p.as_str().to_string()),
         Rule::list => ExprKind::List(p.into_inner().map(expr).collect()),
-        Rule::expr => return expr(p),
+        Rule::expr => {
+            // A parenthesized expression spans its parentheses, so that an
+            // expression ending in one (`lam*(ft - base)`) spans to its end.
+            let (input, inner) = (p.get_input(), p.as_span());
+            let mut e = expr(p);
+            let before = input[..inner.start()].trim_end();
+            let after = &input[inner.end()..];
+            let close = inner.end() + (after.len() - after.trim_start().len());
+            if before.ends_with('(') && input[close..].starts_with(')') {
+                e.span = Span::new(before.len() - 1, close + 1);
+            }
+            return e;
+        }
         Rule::match_expr => {
             let mut inner = p.into_inner().filter(|q| q.as_rule() != Rule::kw_match);
             let scrutinee = Box::new(expr(inner.next().unwrap()));
