@@ -66,14 +66,10 @@ pub fn inputs(recipe: &Recipe) -> Vec<Target> {
 /// What a recipe evaluates: its saves and its result (a model or an
 /// ensemble), named by their directory or source text.
 pub fn targets(recipe: &Recipe, sources: &Sources) -> Vec<Target> {
-    // The expression's text to the end of its line (a chain's span can stop
-    // before its closing parenthesis), without a comment.
+    // The expression's text, on one line.
     let snippet = |file, span: crate::codemap::Span| {
-        let src = sources.text(file);
-        let end = src[span.end..].find('\n').map_or(src.len(), |i| span.end + i);
-        let line = &src[span.start..end];
-        let line = line.split('#').next().unwrap_or(line);
-        let t = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = &sources.text(file)[span.start..span.end];
+        let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if t.chars().count() > 48 {
             format!("{}…", t.chars().take(47).collect::<String>())
         } else {
