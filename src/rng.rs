@@ -17,7 +17,21 @@ pub fn stream_key(seed: u64, tensor: &str, stream: u64) -> u64 {
 /// A uniform number in [0, 1) for element `i` of a stream (counter-based,
 /// so any element can be drawn on any thread).
 pub fn uniform(key: u64, i: u64) -> f64 {
-    (mix(key ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03)) >> 11) as f64 / (1u64 << 53) as f64
+    draw(key, i) as f64 / (1u64 << 53) as f64
+}
+
+/// Element `i` of a stream as a 53-bit integer: `uniform` is it over 2^53.
+#[inline]
+pub fn draw(key: u64, i: u64) -> u64 {
+    mix(key ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03)) >> 11
+}
+
+/// The integer `t` with `draw(key, i) < t` exactly when `uniform(key, i) < p`:
+/// the draw over 2^53 is exact, so comparing with `p 2^53` (also exact) is
+/// the same test, and for an integer that is comparing with its ceiling.
+/// NaN and negative `p` give 0 (never below).
+pub fn threshold(p: f64) -> u64 {
+    (p * (1u64 << 53) as f64).ceil() as u64
 }
 
 /// splitmix64's finalizer.

@@ -9,31 +9,55 @@ use super::{dot, partials, row_len, Prepared, Source};
 /// match); divided by the summed weights of those inputs when `normalize`.
 pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize: bool, out: &mut [f32]) {
     let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
-    for (i, o) in out.iter_mut().enumerate() {
-        let (mut mixed, mut divisor) = (0f32, 0f32);
+    // Blocks of entries, each input's loop over a block at a time, so that
+    // the loops vectorize; every entry sees the same operations in the same
+    // order as a loop over inputs per entry would do.
+    const B: usize = 256;
+    for (b, out) in out.chunks_mut(B).enumerate() {
+        let (s, len) = (b * B, out.len());
+        let (mut mixed, mut divisor) = ([0f32; B], [0f32; B]);
         if elect_sign {
-            let sum: f32 = deltas.iter().zip(&w).map(|(d, w)| d[i] * w).sum();
-            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-            for (d, w) in deltas.iter().zip(&w) {
-                let wd = d[i] * w;
-                if wd != 0.0 && wd.signum() == majority {
-                    mixed += wd;
-                    divisor += w;
+            // Only the sum's sign is used (`>= 0` for either zero).
+            let mut sum = [0f32; B];
+            for (d, &w) in deltas.iter().zip(&w) {
+                for (acc, x) in sum[..len].iter_mut().zip(&d[s..s + len]) {
+                    *acc += x * w;
                 }
             }
-            if divisor == 0.0 {
-                divisor = 1.0;
+            // An entry counts when its weighted sign matches the majority
+            // (zero and NaN never do).
+            for (d, &w) in deltas.iter().zip(&w) {
+                let entries = mixed[..len].iter_mut().zip(&mut divisor[..len]).zip(&sum[..len]).zip(&d[s..s + len]);
+                for (((m, dv), &sum), &x) in entries {
+                    let wd = x * w;
+                    let agrees = if sum >= 0.0 { wd > 0.0 } else { wd < 0.0 };
+                    *m = if agrees { *m + wd } else { *m };
+                    *dv = if agrees { *dv + w } else { *dv };
+                }
+            }
+            for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+                *o = if !normalize {
+                    *m
+                } else if *d == 0.0 {
+                    m / 1.0
+                } else {
+                    m / d
+                };
             }
         } else {
-            for (d, w) in deltas.iter().zip(&w) {
-                mixed += d[i] * w;
-                divisor += w;
+            for (d, &w) in deltas.iter().zip(&w) {
+                for (acc, x) in mixed[..len].iter_mut().zip(&d[s..s + len]) {
+                    *acc += x * w;
+                }
+                for acc in &mut divisor[..len] {
+                    *acc += w;
+                }
             }
-            if divisor.abs() < 1e-8 {
-                divisor = 1.0;
+            for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+                let d = if d.abs() < 1e-8 { 1.0 } else { *d };
+                *o = if normalize { m / d } else { *m };
             }
         }
-        *o = if normalize { mixed / divisor } else { mixed };
     }
 }
 

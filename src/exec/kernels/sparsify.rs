@@ -7,6 +7,7 @@ use crate::graph::F;
 use crate::ir::Sparsify;
 use crate::rng::uniform;
 use rayon::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Magnitude trimming's statistics: the k-th largest magnitude, how many
 /// entries equal to it each chunk may keep, and the L1 rescale.
@@ -19,11 +20,24 @@ pub fn prepare_magnitude(src: &dyn Source, density: f64, rescale: bool) -> Resul
     }
     let n = src.len();
     let k = ((density * n as f64) as usize).clamp(1, n);
-    let (threshold, above, equal) = select(src, k)?;
+    let sel = select(src, k)?;
+    let (threshold, above, equal) = (sel.threshold, sel.above, sel.equal);
     // Without a rescale, and when every entry equal to the threshold is kept,
     // the two selection passes are all it takes.
     if !rescale && k - above >= equal {
         return Ok(Prepared::Magnitude { threshold, equal_budget: Vec::new(), scale: 1.0 });
+    }
+    // Without a rescale, the second pass's per-chunk counts of entries equal
+    // to the threshold give each chunk's budget (all entries were finite, so
+    // the histograms' `above` is the count of `|x| > threshold`).
+    if let (false, Some(per_chunk)) = (rescale, &sel.equal_per_chunk) {
+        let mut remaining = k - above.min(k);
+        let mut equal_budget = Vec::with_capacity(per_chunk.len());
+        for &e in per_chunk {
+            equal_budget.push(remaining);
+            remaining = remaining.saturating_sub(e);
+        }
+        return Ok(Prepared::Magnitude { threshold, equal_budget, scale: 1.0 });
     }
     // Per chunk: entries above and equal to the threshold, and L1 sums.
     let counts = partials(src, 1, |_, b| {
@@ -66,9 +80,10 @@ pub fn prepare_random(src: &dyn Source, density: f64, rescale: bool, key: u64) -
     let scale = if rescale {
         let sums = partials(src, 1, |c, b| {
             let (mut all, mut kept) = (0f64, 0f64);
+            let below = crate::rng::threshold(density);
             for (j, v) in b[0].iter().enumerate() {
                 all += v.abs() as f64;
-                if uniform(key, (c * CHUNK + j) as u64) < density {
+                if crate::rng::draw(key, (c * CHUNK + j) as u64) < below {
                     kept += v.abs() as f64;
                 }
             }
@@ -96,21 +111,30 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
         Prepared::None => out.copy_from_slice(x),
         Prepared::Zero => out.fill(0.0),
         Prepared::Magnitude { threshold, equal_budget, scale } => {
-            // No budgets: every entry equal to the threshold is kept.
-            let mut budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
+            let (t, s) = (*threshold, *scale);
+            // Entries above the threshold, in a loop that vectorizes; then
+            // those equal to it, in index order while the chunk's budget
+            // lasts (no budgets: all of them).
+            let mut equal = 0usize;
             for (o, v) in out.iter_mut().zip(x) {
                 let m = v.abs();
-                let keep = m > *threshold
-                    || (m == *threshold && budget > 0 && {
+                *o = if m > t { v * s } else { 0.0 };
+                equal += (m == t) as usize;
+            }
+            let mut budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
+            if equal > 0 && budget > 0 {
+                for (o, v) in out.iter_mut().zip(x) {
+                    if v.abs() == t && budget > 0 {
                         budget -= 1;
-                        true
-                    });
-                *o = if keep { v * scale } else { 0.0 };
+                        *o = v * s;
+                    }
+                }
             }
         }
         Prepared::Random { p, key, scale } => {
+            let below = crate::rng::threshold(*p);
             for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-                *o = if uniform(*key, (start + j) as u64) < *p { v * scale } else { 0.0 };
+                *o = if crate::rng::draw(*key, (start + j) as u64) < below { v * scale } else { 0.0 };
             }
         }
         other => unreachable!("{other:?} is not a sparsify"),
@@ -198,13 +222,30 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
 /// their bits, so a histogram of the high 16 bits finds the bucket and one
 /// of the low 16 bits inside it the value: two passes, no sort, no copy.
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
-    select(src, k).map(|(t, _, _)| t)
+    select(src, k).map(|s| s.threshold)
 }
+
+/// What the radix selection learns about the k-th largest magnitude.
+struct Selection {
+    threshold: f32,
+    /// Entries whose magnitude's bits lie strictly above the threshold's.
+    above: usize,
+    /// Entries equal to it.
+    equal: usize,
+    /// Per chunk, how many entries equal it, when every entry was finite
+    /// and the candidates fitted [`MAX_CANDIDATES`]; else `None` and a
+    /// counting pass finds them.
+    equal_per_chunk: Option<Vec<usize>>,
+}
+
+/// Bound on the (value, count) pairs the second selection pass keeps per
+/// tensor to count, chunk by chunk, the entries equal to the threshold
+/// (8 bytes each).
+const MAX_CANDIDATES: usize = 1 << 19;
 
 /// The k-th largest magnitude, with how many entries lie strictly above it
 /// and how many equal it (both read off the histograms).
-fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
-    let bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
+fn select(src: &dyn Source, k: usize) -> Result<Selection, String> {
     let n = src.len();
     let chunks = n.div_ceil(CHUNK);
     // A fixed number of blocks of chunks, each with one histogram: memory per
@@ -212,29 +253,12 @@ fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
     // the same in any order.
     let blocks = (rayon::current_num_threads() * 4).max(1);
     let per_block = chunks.div_ceil(blocks).max(1);
-    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Result<Vec<usize>, String> {
-        let parts = (0..chunks.div_ceil(per_block))
-            .into_par_iter()
-            .map(|blk| {
-                let mut h = vec![0u32; 1 << 16];
-                let mut buf = vec![0f32; CHUNK];
-                for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
-                    let len = CHUNK.min(n - c * CHUNK);
-                    src.fill(0, c * CHUNK, &mut buf[..len])?;
-                    for v in &buf[..len] {
-                        if let Some(i) = select(bits(v)) {
-                            h[i] += 1;
-                        }
-                    }
-                }
-                Ok(h)
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+    let sum = |parts: Vec<Vec<u32>>| {
         let mut total = vec![0usize; 1 << 16];
         for h in parts {
             total.iter_mut().zip(h).for_each(|(t, c)| *t += c as usize);
         }
-        Ok(total)
+        total
     };
     // Walk buckets from the top until k elements are covered.
     let find = |h: &[usize], mut k: usize| -> (usize, usize) {
@@ -246,12 +270,125 @@ fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
         }
         (0, k)
     };
-    let high = histogram(&|b| Some((b >> 16) as usize))?;
+    // Pass 1: the high 16 bits of every magnitude.
+    let high = sum(blocks_of(src, chunks, per_block, |_, vals, h: &mut Vec<u32>| {
+        if h.is_empty() {
+            *h = vec![0u32; 1 << 16];
+        }
+        for v in vals {
+            h[((v.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+        }
+    })?);
     let (hb, k_in) = find(&high, k);
-    let low = histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize))?;
+    // Pass 2: the low 16 bits inside that bucket, and per chunk the distinct
+    // low halves seen there with their counts, from which the entries equal
+    // to the threshold are counted per chunk without a third pass.
+    let finite = high[0x7f80..].iter().all(|&c| c == 0);
+    let used = std::sync::atomic::AtomicUsize::new(0);
+    let full = std::sync::atomic::AtomicBool::new(!finite);
+    let parts = blocks_of(src, chunks, per_block, |c, vals, part: &mut LowPart| {
+        if part.hist.is_empty() {
+            part.hist = vec![0u32; 1 << 16];
+        }
+        part.lows.clear();
+        for v in vals {
+            let b = v.to_bits() & 0x7fff_ffff;
+            if (b >> 16) as usize == hb {
+                part.lows.push(b as u16);
+            }
+        }
+        for &l in &part.lows {
+            part.hist[l as usize] += 1;
+        }
+        if full.load(Relaxed) {
+            part.pairs = Vec::new();
+            return;
+        }
+        let before = part.pairs.len();
+        distinct_counts(&mut part.lows, &mut part.pairs);
+        let added = part.pairs.len() - before;
+        if used.fetch_add(added, Relaxed) + added > MAX_CANDIDATES {
+            full.store(true, Relaxed);
+        }
+        part.chunk_ends.push((c, part.pairs.len()));
+    })?;
+    let overflow = full.load(Relaxed);
+    let mut low_parts = Vec::with_capacity(parts.len());
+    let mut lists = Vec::with_capacity(parts.len());
+    for p in parts {
+        low_parts.push(p.hist);
+        lists.push((p.pairs, p.chunk_ends));
+    }
+    let low = sum(low_parts);
     let (lb, _) = find(&low, k_in);
     let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
-    Ok((f32::from_bits(((hb as u32) << 16) | lb as u32), above, low[lb]))
+    let equal_per_chunk = (!overflow).then(|| {
+        let mut per_chunk = vec![0usize; chunks];
+        for (pairs, ends) in &lists {
+            let mut from = 0;
+            for &(c, end) in ends {
+                per_chunk[c] = pairs[from..end].iter().find(|p| p.0 as usize == lb).map_or(0, |p| p.1 as usize);
+                from = end;
+            }
+        }
+        per_chunk
+    });
+    Ok(Selection {
+        threshold: f32::from_bits(((hb as u32) << 16) | lb as u32),
+        above,
+        equal: low[lb],
+        equal_per_chunk,
+    })
+}
+
+/// One block's share of the second selection pass.
+#[derive(Default)]
+struct LowPart {
+    hist: Vec<u32>,
+    /// The low halves in the bucket, of the chunk being read.
+    lows: Vec<u16>,
+    /// (low half, count) for each chunk in turn; `chunk_ends` says where each
+    /// chunk's pairs end.
+    pairs: Vec<(u16, u32)>,
+    chunk_ends: Vec<(usize, usize)>,
+}
+
+/// Appends to `pairs` the distinct values of `lows` with their counts
+/// (reordering `lows`).
+fn distinct_counts(lows: &mut [u16], pairs: &mut Vec<(u16, u32)>) {
+    let Some(&first) = lows.first() else { return };
+    if lows.iter().all(|&l| l == first) {
+        pairs.push((first, lows.len() as u32));
+        return;
+    }
+    lows.sort_unstable();
+    for run in lows.chunk_by(|a, b| a == b) {
+        pairs.push((run[0], run.len() as u32));
+    }
+}
+
+/// Visits input 0 of `src` chunk by chunk, `per_block` chunks to a block
+/// (blocks in parallel), each block folding its chunks into its own state.
+fn blocks_of<T: Default + Send>(
+    src: &dyn Source,
+    chunks: usize,
+    per_block: usize,
+    f: impl Fn(usize, &[f32], &mut T) + Sync,
+) -> Result<Vec<T>, String> {
+    let n = src.len();
+    (0..chunks.div_ceil(per_block))
+        .into_par_iter()
+        .map(|blk| {
+            let mut state = T::default();
+            let mut buf = vec![0f32; CHUNK];
+            for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
+                let len = CHUNK.min(n - c * CHUNK);
+                src.fill(0, c * CHUNK, &mut buf[..len])?;
+                f(c, &buf[..len], &mut state);
+            }
+            Ok(state)
+        })
+        .collect()
 }
 
 #[cfg(test)]
