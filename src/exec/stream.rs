@@ -48,7 +48,27 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     let need: u64 = special.iter().filter(|&&n| !streams(plan, n)).map(|&n| working_set(plan, n)).sum();
     let _permit = budget.acquire(need);
     let mut st = State::default();
-    for n in special {
+    let mut rest = &special[..];
+    while let Some(&n) = rest.first() {
+        // Magnitude trims side by side (TIES's, one per task vector) share
+        // their passes, so what their inputs share is read once per pass.
+        let group = trims_side_by_side(plan, rest);
+        if group.len() > 1 {
+            let ins: Vec<NodeId> = group.iter().map(|&g| kernel_inputs(plan, g)[0]).collect();
+            let members: Vec<(f64, bool)> = group
+                .iter()
+                .map(|&g| {
+                    let Op::Kernel { kernel, .. } = &plan.nodes[g].op else { unreachable!() };
+                    kernels::magnitude_params(kernel).expect("a magnitude trim")
+                })
+                .collect();
+            let src = GraphSource { plan, inputs, st: &st, nodes: &ins };
+            let preps = kernels::prepare_magnitudes(&src, &members)?;
+            st.prepared.extend(group.iter().copied().zip(preps));
+            rest = &rest[group.len()..];
+            continue;
+        }
+        rest = &rest[1..];
         if let Op::Router { mode, tensor } = &plan.nodes[n].op {
             let v = super::router(inputs, mode, tensor, &plan.nodes[n].shape)?;
             st.whole.insert(n, v);
@@ -77,6 +97,46 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
         eval(plan, inputs, &st, root, range.start, &mut buf)?;
         sink(range.start, &buf)
     })
+}
+
+/// The magnitude trims at the head of `special` (in dependency order) that
+/// can be prepared together: none reads another.
+fn trims_side_by_side(plan: &Plan, special: &[NodeId]) -> Vec<NodeId> {
+    let is_trim = |n: NodeId| {
+        matches!(&plan.nodes[n].op, Op::Kernel { kernel, .. }
+            if kernels::magnitude_params(kernel).is_some() && streams(plan, n))
+    };
+    let mut group: Vec<NodeId> = Vec::new();
+    for &n in special {
+        let same_shape = group.first().is_none_or(|&g| plan.nodes[g].shape == plan.nodes[n].shape);
+        if !is_trim(n) || !same_shape || group.iter().any(|&g| reaches(plan, n, g)) {
+            break;
+        }
+        group.push(n);
+    }
+    group
+}
+
+/// Whether `to` is in the subgraph under `from`.
+fn reaches(plan: &Plan, from: NodeId, to: NodeId) -> bool {
+    let mut stack = vec![from];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = stack.pop() {
+        if n == to {
+            return true;
+        }
+        if seen.insert(n) {
+            stack.extend(super::children(&plan.nodes[n].op));
+        }
+    }
+    false
+}
+
+fn kernel_inputs(plan: &Plan, n: NodeId) -> &[NodeId] {
+    match &plan.nodes[n].op {
+        Op::Kernel { inputs, .. } => inputs,
+        _ => &[],
+    }
 }
 
 fn streams(plan: &Plan, n: NodeId) -> bool {

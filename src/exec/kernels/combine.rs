@@ -31,8 +31,12 @@ pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize
                 for (((m, dv), &sum), &x) in entries {
                     let wd = x * w;
                     let agrees = if sum >= 0.0 { wd > 0.0 } else { wd < 0.0 };
-                    *m = if agrees { *m + wd } else { *m };
-                    *dv = if agrees { *dv + w } else { *dv };
+                    // Adding +0 leaves the sums as they are: neither is ever
+                    // -0 (they start at +0 and take nonzero terms of one sign
+                    // or weights, whose exact cancellation gives +0). Written
+                    // as a select of the term, not of the sum, it vectorizes.
+                    *m += if agrees { wd } else { 0.0 };
+                    *dv += if agrees { w } else { 0.0 };
                 }
             }
             for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {

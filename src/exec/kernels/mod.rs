@@ -128,7 +128,7 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
     Ok(match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::MagMax { .. } => Prepared::None,
         Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
-            sparsify::prepare_magnitude(src, density.get(), *rescale)?
+            sparsify::prepare_magnitudes(src, &[(density.get(), *rescale)])?.remove(0)
         }
         Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
             sparsify::prepare_random(src, density.get(), *rescale, crate::rng::stream_key(*seed, t.name, *stream))?
@@ -138,6 +138,23 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
         Kernel::ModelStock { .. } => combine::prepare_stock(src)?,
         other => return Err(format!("{other:?} does not stream")),
     })
+}
+
+/// A magnitude trim's (density, rescale); `None` for other kernels.
+pub fn magnitude_params(kernel: &Kernel<F>) -> Option<(f64, bool)> {
+    match kernel {
+        Kernel::Sparsify { how: crate::ir::Sparsify::Magnitude { density }, rescale, .. } => {
+            Some((density.get(), *rescale))
+        }
+        _ => None,
+    }
+}
+
+/// The statistics of several magnitude trims at once, one per input of
+/// `src` with its (density, rescale): each pass reads every input's chunk
+/// in a row, so inputs sharing a load read it once.
+pub fn prepare_magnitudes(src: &dyn Source, members: &[(f64, bool)]) -> std::result::Result<Vec<Prepared>, String> {
+    sparsify::prepare_magnitudes(src, members)
 }
 
 /// One chunk of a streamable kernel: `inputs` hold elements `start ..` of

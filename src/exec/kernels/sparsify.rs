@@ -9,18 +9,53 @@ use crate::rng::uniform;
 use rayon::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Magnitude trimming's statistics: the k-th largest magnitude, how many
-/// entries equal to it each chunk may keep, and the L1 rescale.
-pub fn prepare_magnitude(src: &dyn Source, density: f64, rescale: bool) -> Result<Prepared, String> {
-    if density >= 1.0 {
-        return Ok(Prepared::None);
-    }
-    if density <= 0.0 {
-        return Ok(Prepared::Zero);
-    }
+/// Magnitude trimming's statistics for each input of `src`, given its
+/// (density, rescale): the k-th largest magnitude, how many entries equal to
+/// it each chunk may keep, and the L1 rescale. The inputs are read together,
+/// chunk by chunk, so that what they share (the base under several task
+/// vectors) is read once per pass.
+pub fn prepare_magnitudes(src: &dyn Source, members: &[(f64, bool)]) -> Result<Vec<Prepared>, String> {
     let n = src.len();
-    let k = ((density * n as f64) as usize).clamp(1, n);
-    let sel = select(src, k)?;
+    let k = |density: f64| ((density * n as f64) as usize).clamp(1, n);
+    // The members that need a threshold, as inputs of `src`.
+    let selected: Vec<usize> = (0..members.len()).filter(|&j| members[j].0 > 0.0 && members[j].0 < 1.0).collect();
+    let ks: Vec<usize> = selected.iter().map(|&j| k(members[j].0)).collect();
+    let mut sels = select(src, &selected, &ks)?.into_iter();
+    members
+        .iter()
+        .enumerate()
+        .map(|(j, &(density, rescale))| {
+            if density >= 1.0 {
+                return Ok(Prepared::None);
+            }
+            if density <= 0.0 {
+                return Ok(Prepared::Zero);
+            }
+            let sel = sels.next().expect("one selection per member");
+            magnitude(&Input(src, j), k(density), rescale, sel)
+        })
+        .collect()
+}
+
+/// Input `1` of a source, as a source of one input.
+struct Input<'a>(&'a dyn Source, usize);
+
+impl Source for Input<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn inputs(&self) -> usize {
+        1
+    }
+    fn fill(&self, _: usize, start: usize, out: &mut [f32]) -> Result<(), String> {
+        self.0.fill(self.1, start, out)
+    }
+}
+
+/// One member's statistics from its selection, with a counting pass when
+/// the selection could not count the entries equal to the threshold per
+/// chunk, or a rescale needs L1 sums.
+fn magnitude(src: &dyn Source, k: usize, rescale: bool, sel: Selection) -> Result<Prepared, String> {
     let (threshold, above, equal) = (sel.threshold, sel.above, sel.equal);
     // Without a rescale, and when every entry equal to the threshold is kept,
     // the two selection passes are all it takes.
@@ -222,7 +257,7 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
 /// their bits, so a histogram of the high 16 bits finds the bucket and one
 /// of the low 16 bits inside it the value: two passes, no sort, no copy.
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
-    select(src, k).map(|s| s.threshold)
+    Ok(select(src, &[0], &[k])?[0].threshold)
 }
 
 /// What the radix selection learns about the k-th largest magnitude.
@@ -243,17 +278,23 @@ struct Selection {
 /// (8 bytes each).
 const MAX_CANDIDATES: usize = 1 << 19;
 
-/// The k-th largest magnitude, with how many entries lie strictly above it
-/// and how many equal it (both read off the histograms).
-fn select(src: &dyn Source, k: usize) -> Result<Selection, String> {
+/// For each input `members[j]` of `src`, its `ks[j]`-th largest magnitude,
+/// with how many entries lie strictly above it and how many equal it (both
+/// read off the histograms). Every pass reads all members' chunk `c` in a
+/// row.
+fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selection>, String> {
     let n = src.len();
+    let m = members.len();
+    if m == 0 {
+        return Ok(Vec::new());
+    }
     let chunks = n.div_ceil(CHUNK);
-    // A fixed number of blocks of chunks, each with one histogram: memory per
-    // thread stays the same whatever the tensor size. Integer counts add up
-    // the same in any order.
+    // A fixed number of blocks of chunks, each with one histogram per member:
+    // memory per thread stays the same whatever the tensor size. Integer
+    // counts add up the same in any order.
     let blocks = (rayon::current_num_threads() * 4).max(1);
     let per_block = chunks.div_ceil(blocks).max(1);
-    let sum = |parts: Vec<Vec<u32>>| {
+    let sum = |parts: &mut dyn Iterator<Item = Vec<u32>>| {
         let mut total = vec![0usize; 1 << 16];
         for h in parts {
             total.iter_mut().zip(h).for_each(|(t, c)| *t += c as usize);
@@ -271,22 +312,33 @@ fn select(src: &dyn Source, k: usize) -> Result<Selection, String> {
         (0, k)
     };
     // Pass 1: the high 16 bits of every magnitude.
-    let high = sum(blocks_of(src, chunks, per_block, |_, vals, h: &mut Vec<u32>| {
+    let parts = blocks_of(src, members, chunks, per_block, |j, _, vals, h: &mut Vec<Vec<u32>>| {
         if h.is_empty() {
-            *h = vec![0u32; 1 << 16];
+            *h = vec![vec![0u32; 1 << 16]; m];
         }
+        let h: &mut [u32; 1 << 16] = (&mut h[j][..]).try_into().expect("65536 buckets");
         for v in vals {
             h[((v.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
         }
-    })?);
-    let (hb, k_in) = find(&high, k);
-    // Pass 2: the low 16 bits inside that bucket, and per chunk the distinct
-    // low halves seen there with their counts, from which the entries equal
-    // to the threshold are counted per chunk without a third pass.
-    let finite = high[0x7f80..].iter().all(|&c| c == 0);
+    })?;
+    let mut highs = Vec::with_capacity(m);
+    for j in 0..m {
+        highs.push(sum(&mut parts.iter().filter(|p| !p.is_empty()).map(|p| p[j].clone())));
+    }
+    drop(parts);
+    let found: Vec<(usize, usize)> = highs.iter().zip(ks).map(|(h, &k)| find(h, k)).collect();
+    // Pass 2: the low 16 bits inside each member's bucket, and per chunk the
+    // distinct low halves seen there with their counts, from which the
+    // entries equal to the threshold are counted per chunk without a third
+    // pass (unless there are too many, or entries that are not finite).
     let used = std::sync::atomic::AtomicUsize::new(0);
-    let full = std::sync::atomic::AtomicBool::new(!finite);
-    let parts = blocks_of(src, chunks, per_block, |c, vals, part: &mut LowPart| {
+    let full: Vec<std::sync::atomic::AtomicBool> =
+        highs.iter().map(|h| std::sync::atomic::AtomicBool::new(h[0x7f80..].iter().any(|&c| c > 0))).collect();
+    let parts = blocks_of(src, members, chunks, per_block, |j, c, vals, parts: &mut Vec<LowPart>| {
+        if parts.is_empty() {
+            parts.resize_with(m, LowPart::default);
+        }
+        let (hb, part) = (found[j].0, &mut parts[j]);
         if part.hist.is_empty() {
             part.hist = vec![0u32; 1 << 16];
         }
@@ -300,7 +352,7 @@ fn select(src: &dyn Source, k: usize) -> Result<Selection, String> {
         for &l in &part.lows {
             part.hist[l as usize] += 1;
         }
-        if full.load(Relaxed) {
+        if full[j].load(Relaxed) {
             part.pairs = Vec::new();
             return;
         }
@@ -308,37 +360,37 @@ fn select(src: &dyn Source, k: usize) -> Result<Selection, String> {
         distinct_counts(&mut part.lows, &mut part.pairs);
         let added = part.pairs.len() - before;
         if used.fetch_add(added, Relaxed) + added > MAX_CANDIDATES {
-            full.store(true, Relaxed);
+            full[j].store(true, Relaxed);
         }
         part.chunk_ends.push((c, part.pairs.len()));
     })?;
-    let overflow = full.load(Relaxed);
-    let mut low_parts = Vec::with_capacity(parts.len());
-    let mut lists = Vec::with_capacity(parts.len());
-    for p in parts {
-        low_parts.push(p.hist);
-        lists.push((p.pairs, p.chunk_ends));
-    }
-    let low = sum(low_parts);
-    let (lb, _) = find(&low, k_in);
-    let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
-    let equal_per_chunk = (!overflow).then(|| {
-        let mut per_chunk = vec![0usize; chunks];
-        for (pairs, ends) in &lists {
-            let mut from = 0;
-            for &(c, end) in ends {
-                per_chunk[c] = pairs[from..end].iter().find(|p| p.0 as usize == lb).map_or(0, |p| p.1 as usize);
-                from = end;
+    let mut out = Vec::with_capacity(m);
+    for j in 0..m {
+        let (hb, k_in) = found[j];
+        let high = &highs[j];
+        let low = sum(&mut parts.iter().filter(|p| !p.is_empty()).map(|p| p[j].hist.clone()));
+        let (lb, _) = find(&low, k_in);
+        let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
+        let equal_per_chunk = (!full[j].load(Relaxed)).then(|| {
+            let mut per_chunk = vec![0usize; chunks];
+            for p in parts.iter().filter(|p| !p.is_empty()) {
+                let (pairs, ends) = (&p[j].pairs, &p[j].chunk_ends);
+                let mut from = 0;
+                for &(c, end) in ends {
+                    per_chunk[c] = pairs[from..end].iter().find(|p| p.0 as usize == lb).map_or(0, |p| p.1 as usize);
+                    from = end;
+                }
             }
-        }
-        per_chunk
-    });
-    Ok(Selection {
-        threshold: f32::from_bits(((hb as u32) << 16) | lb as u32),
-        above,
-        equal: low[lb],
-        equal_per_chunk,
-    })
+            per_chunk
+        });
+        out.push(Selection {
+            threshold: f32::from_bits(((hb as u32) << 16) | lb as u32),
+            above,
+            equal: low[lb],
+            equal_per_chunk,
+        });
+    }
+    Ok(out)
 }
 
 /// One block's share of the second selection pass.
@@ -367,13 +419,15 @@ fn distinct_counts(lows: &mut [u16], pairs: &mut Vec<(u16, u32)>) {
     }
 }
 
-/// Visits input 0 of `src` chunk by chunk, `per_block` chunks to a block
-/// (blocks in parallel), each block folding its chunks into its own state.
+/// Visits inputs `members` of `src` chunk by chunk (all members' chunk `c`
+/// in a row), `per_block` chunks to a block (blocks in parallel), each block
+/// folding its chunks into its own state: `f(member, chunk, values, state)`.
 fn blocks_of<T: Default + Send>(
     src: &dyn Source,
+    members: &[usize],
     chunks: usize,
     per_block: usize,
-    f: impl Fn(usize, &[f32], &mut T) + Sync,
+    f: impl Fn(usize, usize, &[f32], &mut T) + Sync,
 ) -> Result<Vec<T>, String> {
     let n = src.len();
     (0..chunks.div_ceil(per_block))
@@ -383,8 +437,10 @@ fn blocks_of<T: Default + Send>(
             let mut buf = vec![0f32; CHUNK];
             for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
                 let len = CHUNK.min(n - c * CHUNK);
-                src.fill(0, c * CHUNK, &mut buf[..len])?;
-                f(c, &buf[..len], &mut state);
+                for (j, &input) in members.iter().enumerate() {
+                    src.fill(input, c * CHUNK, &mut buf[..len])?;
+                    f(j, c, &buf[..len], &mut state);
+                }
             }
             Ok(state)
         })
@@ -399,7 +455,7 @@ mod tests {
     fn magnitude(x: &[f32], density: f64) -> Vec<f32> {
         let owned = vec![x.to_vec()];
         let src = Slices(&owned);
-        let prep = prepare_magnitude(&src, density, false).unwrap();
+        let prep = prepare_magnitudes(&src, &[(density, false)]).unwrap().remove(0);
         let mut out = vec![0f32; x.len()];
         apply(&prep, 0, x, &mut out);
         out
