@@ -294,13 +294,6 @@ fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selec
     // counts add up the same in any order.
     let blocks = (rayon::current_num_threads() * 4).max(1);
     let per_block = chunks.div_ceil(blocks).max(1);
-    let sum = |parts: &mut dyn Iterator<Item = Vec<u32>>| {
-        let mut total = vec![0usize; 1 << 16];
-        for h in parts {
-            total.iter_mut().zip(h).for_each(|(t, c)| *t += c as usize);
-        }
-        total
-    };
     // Walk buckets from the top until k elements are covered.
     let find = |h: &[usize], mut k: usize| -> (usize, usize) {
         for b in (0..h.len()).rev() {
@@ -311,21 +304,38 @@ fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selec
         }
         (0, k)
     };
+    // Each block's histograms are added to the totals as it finishes, so at
+    // most about one block per thread is held at a time.
+    let add = |total: &mut Vec<usize>, h: &[u32]| {
+        if total.is_empty() {
+            *total = vec![0usize; 1 << 16];
+        }
+        total.iter_mut().zip(h).for_each(|(t, &c)| *t += c as usize);
+    };
     // Pass 1: the high 16 bits of every magnitude.
-    let parts = blocks_of(src, members, chunks, per_block, |j, _, vals, h: &mut Vec<Vec<u32>>| {
-        if h.is_empty() {
-            *h = vec![vec![0u32; 1 << 16]; m];
-        }
-        let h: &mut [u32; 1 << 16] = (&mut h[j][..]).try_into().expect("65536 buckets");
-        for v in vals {
-            h[((v.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
-        }
-    })?;
-    let mut highs = Vec::with_capacity(m);
-    for j in 0..m {
-        highs.push(sum(&mut parts.iter().filter(|p| !p.is_empty()).map(|p| p[j].clone())));
-    }
-    drop(parts);
+    let highs = std::sync::Mutex::new(vec![Vec::new(); m]);
+    blocks_of(
+        src,
+        members,
+        chunks,
+        per_block,
+        |j, _, vals, h: &mut Vec<Vec<u32>>| {
+            if h.is_empty() {
+                *h = vec![vec![0u32; 1 << 16]; m];
+            }
+            let h: &mut [u32; 1 << 16] = (&mut h[j][..]).try_into().expect("65536 buckets");
+            for v in vals {
+                h[((v.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+            }
+        },
+        |h| {
+            let mut totals = highs.lock().unwrap();
+            for (total, h) in totals.iter_mut().zip(&h) {
+                add(total, h);
+            }
+        },
+    )?;
+    let highs = highs.into_inner().unwrap();
     let found: Vec<(usize, usize)> = highs.iter().zip(ks).map(|(h, &k)| find(h, k)).collect();
     // Pass 2: the low 16 bits inside each member's bucket, and per chunk the
     // distinct low halves seen there with their counts, from which the
@@ -334,47 +344,62 @@ fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selec
     let used = std::sync::atomic::AtomicUsize::new(0);
     let full: Vec<std::sync::atomic::AtomicBool> =
         highs.iter().map(|h| std::sync::atomic::AtomicBool::new(h[0x7f80..].iter().any(|&c| c > 0))).collect();
-    let parts = blocks_of(src, members, chunks, per_block, |j, c, vals, parts: &mut Vec<LowPart>| {
-        if parts.is_empty() {
-            parts.resize_with(m, LowPart::default);
-        }
-        let (hb, part) = (found[j].0, &mut parts[j]);
-        if part.hist.is_empty() {
-            part.hist = vec![0u32; 1 << 16];
-        }
-        part.lows.clear();
-        for v in vals {
-            let b = v.to_bits() & 0x7fff_ffff;
-            if (b >> 16) as usize == hb {
-                part.lows.push(b as u16);
+    let lows = std::sync::Mutex::new(vec![(Vec::new(), Vec::new()); m]);
+    blocks_of(
+        src,
+        members,
+        chunks,
+        per_block,
+        |j, c, vals, parts: &mut Vec<LowPart>| {
+            if parts.is_empty() {
+                parts.resize_with(m, LowPart::default);
             }
-        }
-        for &l in &part.lows {
-            part.hist[l as usize] += 1;
-        }
-        if full[j].load(Relaxed) {
-            part.pairs = Vec::new();
-            return;
-        }
-        let before = part.pairs.len();
-        distinct_counts(&mut part.lows, &mut part.pairs);
-        let added = part.pairs.len() - before;
-        if used.fetch_add(added, Relaxed) + added > MAX_CANDIDATES {
-            full[j].store(true, Relaxed);
-        }
-        part.chunk_ends.push((c, part.pairs.len()));
-    })?;
+            let (hb, part) = (found[j].0, &mut parts[j]);
+            if part.hist.is_empty() {
+                part.hist = vec![0u32; 1 << 16];
+            }
+            part.lows.clear();
+            for v in vals {
+                let b = v.to_bits() & 0x7fff_ffff;
+                if (b >> 16) as usize == hb {
+                    part.lows.push(b as u16);
+                }
+            }
+            for &l in &part.lows {
+                part.hist[l as usize] += 1;
+            }
+            if full[j].load(Relaxed) {
+                part.pairs = Vec::new();
+                return;
+            }
+            let before = part.pairs.len();
+            distinct_counts(&mut part.lows, &mut part.pairs);
+            let added = part.pairs.len() - before;
+            if used.fetch_add(added, Relaxed) + added > MAX_CANDIDATES {
+                full[j].store(true, Relaxed);
+            }
+            part.chunk_ends.push((c, part.pairs.len()));
+        },
+        |parts| {
+            let mut totals = lows.lock().unwrap();
+            for (j, (p, (total, lists))) in parts.into_iter().zip(totals.iter_mut()).enumerate() {
+                add(total, &p.hist);
+                if !full[j].load(Relaxed) {
+                    lists.push((p.pairs, p.chunk_ends));
+                }
+            }
+        },
+    )?;
+    let lows = lows.into_inner().unwrap();
     let mut out = Vec::with_capacity(m);
-    for j in 0..m {
+    for (j, (low, lists)) in lows.into_iter().enumerate() {
         let (hb, k_in) = found[j];
         let high = &highs[j];
-        let low = sum(&mut parts.iter().filter(|p| !p.is_empty()).map(|p| p[j].hist.clone()));
         let (lb, _) = find(&low, k_in);
         let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
         let equal_per_chunk = (!full[j].load(Relaxed)).then(|| {
             let mut per_chunk = vec![0usize; chunks];
-            for p in parts.iter().filter(|p| !p.is_empty()) {
-                let (pairs, ends) = (&p[j].pairs, &p[j].chunk_ends);
+            for (pairs, ends) in &lists {
                 let mut from = 0;
                 for &(c, end) in ends {
                     per_chunk[c] = pairs[from..end].iter().find(|p| p.0 as usize == lb).map_or(0, |p| p.1 as usize);
@@ -421,30 +446,30 @@ fn distinct_counts(lows: &mut [u16], pairs: &mut Vec<(u16, u32)>) {
 
 /// Visits inputs `members` of `src` chunk by chunk (all members' chunk `c`
 /// in a row), `per_block` chunks to a block (blocks in parallel), each block
-/// folding its chunks into its own state: `f(member, chunk, values, state)`.
+/// folding its chunks into its own state, `f(member, chunk, values, state)`,
+/// and handing it to `done` when finished.
 fn blocks_of<T: Default + Send>(
     src: &dyn Source,
     members: &[usize],
     chunks: usize,
     per_block: usize,
     f: impl Fn(usize, usize, &[f32], &mut T) + Sync,
-) -> Result<Vec<T>, String> {
+    done: impl Fn(T) + Sync,
+) -> Result<(), String> {
     let n = src.len();
-    (0..chunks.div_ceil(per_block))
-        .into_par_iter()
-        .map(|blk| {
-            let mut state = T::default();
-            let mut buf = vec![0f32; CHUNK];
-            for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
-                let len = CHUNK.min(n - c * CHUNK);
-                for (j, &input) in members.iter().enumerate() {
-                    src.fill(input, c * CHUNK, &mut buf[..len])?;
-                    f(j, c, &buf[..len], &mut state);
-                }
+    (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| {
+        let mut state = T::default();
+        let mut buf = vec![0f32; CHUNK];
+        for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
+            let len = CHUNK.min(n - c * CHUNK);
+            for (j, &input) in members.iter().enumerate() {
+                src.fill(input, c * CHUNK, &mut buf[..len])?;
+                f(j, c, &buf[..len], &mut state);
             }
-            Ok(state)
-        })
-        .collect()
+        }
+        done(state);
+        Ok(())
+    })
 }
 
 #[cfg(test)]
