@@ -21,9 +21,36 @@ pub fn uniform(key: u64, i: u64) -> f64 {
 }
 
 /// Element `i` of a stream as a 53-bit integer: `uniform` is it over 2^53.
-#[inline]
+#[inline(always)]
 pub fn draw(key: u64, i: u64) -> u64 {
     mix(key ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03)) >> 11
+}
+
+/// `keep[j] = draw(key, start + j) < below` for each `j`: the random
+/// keep-or-drop of DARE, a chunk at a time. Where the CPU has AVX-512's
+/// 64-bit multiply the same integer arithmetic runs eight lanes wide (the
+/// same results: nothing here rounds).
+pub fn draws_below(key: u64, start: u64, below: u64, keep: &mut [bool]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512vl") {
+        // SAFETY: the features the function is compiled for are present.
+        unsafe { draws_below_avx512(key, start, below, keep) };
+        return;
+    }
+    draws_below_generic(key, start, below, keep);
+}
+
+#[inline(always)]
+fn draws_below_generic(key: u64, start: u64, below: u64, keep: &mut [bool]) {
+    for (j, k) in keep.iter_mut().enumerate() {
+        *k = draw(key, start + j as u64) < below;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn draws_below_avx512(key: u64, start: u64, below: u64, keep: &mut [bool]) {
+    draws_below_generic(key, start, below, keep);
 }
 
 /// The integer `t` with `draw(key, i) < t` exactly when `uniform(key, i) < p`:
@@ -35,6 +62,7 @@ pub fn threshold(p: f64) -> u64 {
 }
 
 /// splitmix64's finalizer.
+#[inline(always)]
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

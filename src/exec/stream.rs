@@ -50,20 +50,21 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     let mut st = State::default();
     let mut rest = &special[..];
     while let Some(&n) = rest.first() {
-        // Magnitude trims side by side (TIES's, one per task vector) share
-        // their passes, so what their inputs share is read once per pass.
-        let group = trims_side_by_side(plan, rest);
+        // Sparsifies side by side (TIES's or DARE's, one per task vector)
+        // share their passes, so what their inputs share is read once a pass.
+        let group = side_by_side(plan, rest);
         if group.len() > 1 {
             let ins: Vec<NodeId> = group.iter().map(|&g| kernel_inputs(plan, g)[0]).collect();
-            let members: Vec<(f64, bool)> = group
+            let ks: Vec<_> = group
                 .iter()
-                .map(|&g| {
-                    let Op::Kernel { kernel, .. } = &plan.nodes[g].op else { unreachable!() };
-                    kernels::magnitude_params(kernel).expect("a magnitude trim")
+                .map(|&g| match &plan.nodes[g].op {
+                    Op::Kernel { kernel, .. } => kernel,
+                    _ => unreachable!("a sparsify"),
                 })
                 .collect();
             let src = GraphSource { plan, inputs, st: &st, nodes: &ins };
-            let preps = kernels::prepare_magnitudes(&src, &members)?;
+            let names: Vec<String> = group.iter().map(|&g| tensor_name(plan, g)).collect();
+            let preps = kernels::prepare_side_by_side(&ks, &names, &src)?;
             st.prepared.extend(group.iter().copied().zip(preps));
             rest = &rest[group.len()..];
             continue;
@@ -99,17 +100,20 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     })
 }
 
-/// The magnitude trims at the head of `special` (in dependency order) that
-/// can be prepared together: none reads another.
-fn trims_side_by_side(plan: &Plan, special: &[NodeId]) -> Vec<NodeId> {
-    let is_trim = |n: NodeId| {
-        matches!(&plan.nodes[n].op, Op::Kernel { kernel, .. }
-            if kernels::magnitude_params(kernel).is_some() && streams(plan, n))
+/// The streaming sparsifies of one family at the head of `special` (in
+/// dependency order) that can be prepared together: same shape, none reads
+/// another.
+fn side_by_side(plan: &Plan, special: &[NodeId]) -> Vec<NodeId> {
+    let family = |n: NodeId| match &plan.nodes[n].op {
+        Op::Kernel { kernel, .. } if streams(plan, n) => kernels::family(kernel),
+        _ => None,
     };
     let mut group: Vec<NodeId> = Vec::new();
     for &n in special {
-        let same_shape = group.first().is_none_or(|&g| plan.nodes[g].shape == plan.nodes[n].shape);
-        if !is_trim(n) || !same_shape || group.iter().any(|&g| reaches(plan, n, g)) {
+        let Some(f) = family(n) else { break };
+        let like_first =
+            group.first().is_none_or(|&g| family(g) == Some(f) && plan.nodes[g].shape == plan.nodes[n].shape);
+        if !like_first || group.iter().any(|&g| reaches(plan, n, g)) {
             break;
         }
         group.push(n);

@@ -107,28 +107,64 @@ fn magnitude(src: &dyn Source, k: usize, rescale: bool, sel: Selection) -> Resul
     Ok(Prepared::Magnitude { threshold, equal_budget, scale })
 }
 
-/// Random dropping's statistics: the stream and, with rescale, the L1 ratio.
-pub fn prepare_random(src: &dyn Source, density: f64, rescale: bool, key: u64) -> Result<Prepared, String> {
-    if density >= 1.0 {
-        return Ok(Prepared::None);
-    }
-    let scale = if rescale {
-        let sums = partials(src, 1, |c, b| {
-            let (mut all, mut kept) = (0f64, 0f64);
-            let below = crate::rng::threshold(density);
-            for (j, v) in b[0].iter().enumerate() {
-                all += v.abs() as f64;
-                if crate::rng::draw(key, (c * CHUNK + j) as u64) < below {
-                    kept += v.abs() as f64;
-                }
-            }
-            (all, kept)
+/// Random dropping's statistics for each input of `src`, given its
+/// (density, rescale, stream key): the stream and, with rescale, the L1
+/// ratio. The inputs that need L1 sums are read together, chunk by chunk.
+pub fn prepare_randoms(src: &dyn Source, members: &[(f64, bool, u64)]) -> Result<Vec<Prepared>, String> {
+    let summed: Vec<usize> = (0..members.len()).filter(|&j| members[j].0 < 1.0 && members[j].1).collect();
+    let mut scales = vec![1f32; members.len()];
+    if !summed.is_empty() {
+        let picked = Picked(src, &summed);
+        let sums = partials(&picked, summed.len(), |c, b| {
+            b.iter()
+                .zip(&summed)
+                .map(|(vals, &j)| {
+                    let (density, _, key) = members[j];
+                    let (mut all, mut kept) = (0f64, 0f64);
+                    let mut keep = vec![false; vals.len()];
+                    crate::rng::draws_below(key, (c * CHUNK) as u64, crate::rng::threshold(density), &mut keep);
+                    for (v, &k) in vals.iter().zip(&keep) {
+                        all += v.abs() as f64;
+                        // Adding +0 for a dropped entry leaves the sum as it
+                        // is (it is never -0), without a branch that
+                        // mispredicts.
+                        let mask = 0u64.wrapping_sub(k as u64);
+                        kept += f64::from_bits((v.abs() as f64).to_bits() & mask);
+                    }
+                    (all, kept)
+                })
+                .collect::<Vec<_>>()
         })?;
-        l1_ratio(sums.iter().map(|s| s.0).sum(), sums.iter().map(|s| s.1).sum())
-    } else {
-        1.0
-    };
-    Ok(Prepared::Random { p: density, key, scale })
+        for (s, &j) in summed.iter().enumerate() {
+            scales[j] = l1_ratio(sums.iter().map(|c| c[s].0).sum(), sums.iter().map(|c| c[s].1).sum());
+        }
+    }
+    Ok(members
+        .iter()
+        .zip(scales)
+        .map(|(&(density, _, key), scale)| {
+            if density >= 1.0 {
+                Prepared::None
+            } else {
+                Prepared::Random { p: density, key, scale }
+            }
+        })
+        .collect())
+}
+
+/// Some inputs of a source, as a source of those inputs.
+struct Picked<'a>(&'a dyn Source, &'a [usize]);
+
+impl Source for Picked<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn inputs(&self) -> usize {
+        self.1.len()
+    }
+    fn fill(&self, input: usize, start: usize, out: &mut [f32]) -> Result<(), String> {
+        self.0.fill(self.1[input], start, out)
+    }
 }
 
 /// mergekit's rescale: `||x||_1 / ||kept||_1`, skipped when either is tiny.
@@ -156,20 +192,26 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
                 *o = if m > t { v * s } else { 0.0 };
                 equal += (m == t) as usize;
             }
-            let mut budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
-            if equal > 0 && budget > 0 {
-                for (o, v) in out.iter_mut().zip(x) {
-                    if v.abs() == t && budget > 0 {
-                        budget -= 1;
-                        *o = v * s;
-                    }
+            let budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
+            let mut left = equal.min(budget);
+            for (o, v) in out.iter_mut().zip(x) {
+                if left == 0 {
+                    break;
+                }
+                if v.abs() == t {
+                    left -= 1;
+                    *o = v * s;
                 }
             }
         }
         Prepared::Random { p, key, scale } => {
-            let below = crate::rng::threshold(*p);
-            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-                *o = if crate::rng::draw(*key, (start + j) as u64) < below { v * scale } else { 0.0 };
+            // Without branches: a random keep mispredicts often. The mask
+            // gives `v * scale` or +0, as a select would.
+            let mut keep = vec![false; x.len()];
+            crate::rng::draws_below(*key, start as u64, crate::rng::threshold(*p), &mut keep);
+            for ((o, v), &k) in out.iter_mut().zip(x).zip(&keep) {
+                let mask = 0u32.wrapping_sub(k as u32);
+                *o = f32::from_bits((v * scale).to_bits() & mask);
             }
         }
         other => unreachable!("{other:?} is not a sparsify"),
