@@ -76,3 +76,29 @@ pub fn normal(key: u64, i: u64) -> f64 {
     let (u, v) = (uniform(key, 2 * i), uniform(key, 2 * i + 1));
     (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_below_are_uniform_below_p() {
+        // The integer test against the float one it replaces, at densities
+        // that are and are not multiples of 2^-53, and the ends.
+        let key = stream_key(5, "t", 2);
+        for p in [0.0, 1e-300, 0.1, 0.3, 0.5, 0.5 + 2f64.powi(-53), 0.999_999_9, 1.0, 1.5, -0.2, f64::NAN] {
+            let mut keep = vec![false; 5000];
+            draws_below(key, 1000, threshold(p), &mut keep);
+            for (j, k) in keep.iter().enumerate() {
+                assert_eq!(*k, uniform(key, 1000 + j as u64) < p, "p = {p}, j = {j}");
+            }
+        }
+        // Exactly at a draw: u < u is false, and the next float up keeps it.
+        let u = uniform(key, 7);
+        let mut keep = [false];
+        draws_below(key, 7, threshold(u), &mut keep);
+        assert!(!keep[0]);
+        draws_below(key, 7, threshold(f64::from_bits(u.to_bits() + 1)), &mut keep);
+        assert!(keep[0]);
+    }
+}

@@ -65,8 +65,22 @@ mod tests {
         // infinity, subnormals, signed zeros, NaNs with payloads, and a
         // spread of bit patterns: every one as the `half` crate rounds it.
         let mut bits: Vec<u32> = vec![
-            0, 0x8000_0000, 0x3f80_8000, 0x3f81_8000, 0x3f80_8001, 0x3f80_7fff, 0x3fff_ffff, 0x7f7f_ffff, 0x7f80_0000,
-            0xff80_0000, 0x7f80_0001, 0xffc0_0000, 0x7fff_ffff, 0x0000_8000, 0x0001_8000, 0x807f_ffff,
+            0,
+            0x8000_0000,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x3f80_8001,
+            0x3f80_7fff,
+            0x3fff_ffff,
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7f80_0001,
+            0xffc0_0000,
+            0x7fff_ffff,
+            0x0000_8000,
+            0x0001_8000,
+            0x807f_ffff,
         ];
         let mut z = 0x1234_5678_9abc_def0u64;
         for _ in 0..100_000 {

@@ -155,13 +155,15 @@ impl Inputs {
         }
         // Avoid allocating a key for the lookup: most runs share nothing.
         let shared = !self.shared.is_empty() && self.shared.contains(&(model, tensor.to_string()));
-        let hit = shared.then(|| RECENT_CHUNKS.with_borrow(|recent| {
-            let (_, v) = recent.iter().find(|((id, m, t, s), v)| {
-                *id == self.id && *m == model && *s == start && v.len() == out.len() && t == tensor
-            })?;
-            out.copy_from_slice(v);
-            Some(())
-        }));
+        let hit = shared.then(|| {
+            RECENT_CHUNKS.with_borrow(|recent| {
+                let (_, v) = recent.iter().find(|((id, m, t, s), v)| {
+                    *id == self.id && *m == model && *s == start && v.len() == out.len() && t == tensor
+                })?;
+                out.copy_from_slice(v);
+                Some(())
+            })
+        });
         if hit.flatten().is_some() {
             return Ok(());
         }
@@ -194,7 +196,9 @@ impl Inputs {
     fn check_finite(&self, model: usize, tensor: &str, vals: &[f32]) {
         // Exponent bits all set means NaN or infinity. An or over blocks
         // without an early exit vectorizes; `any` stops per element and does not.
-        let non_finite = vals.chunks(64).any(|block| block.iter().fold(0u32, |acc, v| acc | (!v.to_bits() & 0x7f80_0000 == 0) as u32) != 0);
+        let non_finite = vals
+            .chunks(64)
+            .any(|block| block.iter().fold(0u32, |acc, v| acc | (!v.to_bits() & 0x7f80_0000 == 0) as u32) != 0);
         if non_finite {
             let ck = self.models[model].root.display().to_string();
             self.non_finite.lock().unwrap().insert((ck, tensor.to_string()));

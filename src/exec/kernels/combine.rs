@@ -248,3 +248,56 @@ fn softmax(x: &[f32]) -> Vec<f64> {
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s + 1e-8).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sign consensus entry by entry, as mergekit writes it.
+    fn consensus_per_entry(deltas: &[Vec<f32>], w: &[f32], elect_sign: bool, normalize: bool) -> Vec<f32> {
+        (0..deltas[0].len())
+            .map(|i| {
+                let (mut mixed, mut divisor) = (0f32, 0f32);
+                let sum: f32 = deltas.iter().zip(w).map(|(d, w)| d[i] * w).sum();
+                let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+                for (d, w) in deltas.iter().zip(w) {
+                    let wd = d[i] * w;
+                    if !elect_sign || (wd != 0.0 && wd.signum() == majority) {
+                        mixed += wd;
+                        divisor += w;
+                    }
+                }
+                let floor = if elect_sign { divisor == 0.0 } else { divisor.abs() < 1e-8 };
+                if floor {
+                    divisor = 1.0;
+                }
+                if normalize {
+                    mixed / divisor
+                } else {
+                    mixed
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consensus_matches_the_per_entry_formula() {
+        // Blocks and a ragged end, zeros, sign ties, a negative weight.
+        let n = 1000;
+        let deltas: Vec<Vec<f32>> = (0..3)
+            .map(|j| (0..n).map(|i| if (i + j) % 7 == 0 { 0.0 } else { ((i * (j + 3)) as f32 * 0.71).sin() }).collect())
+            .collect();
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        for weights in [[1.0, 1.0, 1.0], [0.5, 0.3, 0.2], [1.0, -0.5, 0.7]] {
+            let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+            for (elect, normalize) in [(true, true), (true, false), (false, true), (false, false)] {
+                let mut out = vec![0f32; n];
+                consensus(&refs, &weights, elect, normalize, &mut out);
+                let expected = consensus_per_entry(&deltas, &w, elect, normalize);
+                for i in 0..n {
+                    assert_eq!(out[i].to_bits(), expected[i].to_bits(), "{weights:?} {elect} {normalize} entry {i}");
+                }
+            }
+        }
+    }
+}

@@ -172,7 +172,9 @@ pub fn prepare_side_by_side(
     let (mut magnitude, mut random) = (Vec::new(), Vec::new());
     for (k, name) in kernels.iter().zip(names) {
         match k {
-            Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => magnitude.push((density.get(), *rescale)),
+            Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
+                magnitude.push((density.get(), *rescale))
+            }
             Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
                 random.push((density.get(), *rescale, crate::rng::stream_key(*seed, name, *stream)))
             }

@@ -142,13 +142,15 @@ pub fn prepare_randoms(src: &dyn Source, members: &[(f64, bool, u64)]) -> Result
     Ok(members
         .iter()
         .zip(scales)
-        .map(|(&(density, _, key), scale)| {
-            if density >= 1.0 {
-                Prepared::None
-            } else {
-                Prepared::Random { p: density, key, scale }
-            }
-        })
+        .map(
+            |(&(density, _, key), scale)| {
+                if density >= 1.0 {
+                    Prepared::None
+                } else {
+                    Prepared::Random { p: density, key, scale }
+                }
+            },
+        )
         .collect())
 }
 
@@ -533,6 +535,79 @@ mod tests {
         assert_eq!(magnitude(&[0.1, -3.0, 2.0, 0.5, -0.5, 1.0], 0.5), vec![0.0, -3.0, 2.0, 0.0, 0.0, 1.0]);
         assert_eq!(magnitude(&[1.0, -1.0, 1.0, 1.0], 0.5), vec![1.0, -1.0, 0.0, 0.0]);
         assert_eq!(magnitude(&[1.0, 2.0], 0.0), vec![0.0, 0.0]);
+    }
+
+    /// Magnitude trimming by a sort: the k largest magnitudes, ties kept in
+    /// index order.
+    fn trimmed_by_sort(x: &[f32], density: f64) -> Vec<f32> {
+        let k = ((density * x.len() as f64) as usize).clamp(1, x.len());
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        order.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+        let mut out = vec![0f32; x.len()];
+        for &i in &order[..k] {
+            out[i] = x[i];
+        }
+        out
+    }
+
+    /// Applies prepared trims chunk by chunk, as the streaming engine does.
+    fn apply_chunks(prep: &Prepared, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for (c, o) in out.chunks_mut(CHUNK).enumerate() {
+            apply(prep, c * CHUNK, &x[c * CHUNK..c * CHUNK + o.len()], o);
+        }
+        out
+    }
+
+    #[test]
+    fn trims_side_by_side_keep_exactly_k_across_chunks() {
+        // Several chunks of coarse values (many equal to each threshold, as
+        // task vectors of bf16 checkpoints are), one continuous input, and
+        // one holding a NaN and an infinity (which takes the counting pass).
+        let n = 3 * CHUNK + 1234;
+        let coarse: Vec<f32> = (0..n).map(|i| ((i * 7919 % 23) as f32 - 11.0) * 0.125).collect();
+        let fine: Vec<f32> = (0..n).map(|i| (i as f32 * 0.618).sin() * 3.0).collect();
+        let mut odd = coarse.clone();
+        odd[5] = f32::INFINITY;
+        odd[CHUNK + 7] = f32::NAN;
+        let inputs = vec![coarse, fine, odd];
+        let members = [(0.3, false), (0.55, false), (0.4, false)];
+        let preps = prepare_magnitudes(&Slices(&inputs), &members).unwrap();
+        for (j, ((x, prep), &(density, _))) in inputs.iter().zip(&preps).zip(&members).enumerate() {
+            let ours = apply_chunks(prep, x);
+            let expected = trimmed_by_sort(x, density);
+            let same =
+                ours.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+            // A NaN is never kept (it compares with nothing), so the input
+            // holding one keeps k - 1 entries; the others keep the sort's.
+            if j < 2 {
+                assert!(same, "input {j}");
+            } else {
+                let kept = ours.iter().filter(|v| **v != 0.0).count();
+                let k = (density * n as f64) as usize;
+                assert!(kept == k - 1 || kept == k, "input {j}: {kept} kept of {k}");
+            }
+            // Prepared alone, each gives the same statistics.
+            let alone = prepare_magnitudes(&Slices(std::slice::from_ref(x)), &[members[j]]).unwrap().remove(0);
+            assert_eq!(format!("{alone:?}"), format!("{prep:?}"), "input {j}");
+        }
+    }
+
+    #[test]
+    fn random_drops_follow_the_uniform_stream() {
+        let n = 2 * CHUNK + 77;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).cos()).collect();
+        let key = crate::rng::stream_key(3, "w", 1);
+        let prep = prepare_randoms(&Slices(std::slice::from_ref(&x)), &[(0.3, true, key)]).unwrap().remove(0);
+        let Prepared::Random { scale, .. } = prep else { panic!("{prep:?}") };
+        let kept: Vec<bool> = (0..n).map(|i| uniform(key, i as u64) < 0.3).collect();
+        let l1: f64 = x.iter().map(|v| v.abs() as f64).sum();
+        let l1_kept: f64 = x.iter().zip(&kept).filter(|(_, k)| **k).map(|(v, _)| v.abs() as f64).sum();
+        assert!((scale as f64 - l1 / l1_kept).abs() < 1e-5 * scale as f64, "{scale}");
+        let ours = apply_chunks(&prep, &x);
+        for i in 0..n {
+            assert_eq!(ours[i], if kept[i] { x[i] * scale } else { 0.0 }, "entry {i}");
+        }
     }
 
     #[test]
