@@ -207,7 +207,19 @@ fn open_inputs(plan: &Plan, max_memory: u64) -> Result<Inputs, String> {
     let used: Vec<bool> = (0..plan.models.len())
         .map(|m| plan.nodes.iter().any(|n| matches!(&n.op, Op::Load { model, .. } if *model == m)))
         .collect();
-    Ok(Inputs::open(&plan.models, &used)?.with_cache_limit(max_memory / 4))
+    // Loads with several parents (the base under each task vector) are read
+    // for each of them, chunk by chunk in a row.
+    let mut parents = vec![0usize; plan.nodes.len()];
+    for n in &plan.nodes {
+        for c in children(&n.op) {
+            parents[c] += 1;
+        }
+    }
+    let shared = plan.nodes.iter().zip(&parents).filter_map(|(n, &p)| match &n.op {
+        Op::Load { model, tensor } if p > 1 => Some((*model, tensor.clone())),
+        _ => None,
+    });
+    Ok(Inputs::open(&plan.models, &used)?.with_cache_limit(max_memory / 4).with_shared(shared))
 }
 
 /// Computes every output tensor of `plan` and writes it into `out`, holding

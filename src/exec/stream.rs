@@ -48,7 +48,28 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     let need: u64 = special.iter().filter(|&&n| !streams(plan, n)).map(|&n| working_set(plan, n)).sum();
     let _permit = budget.acquire(need);
     let mut st = State::default();
-    for n in special {
+    let mut rest = &special[..];
+    while let Some(&n) = rest.first() {
+        // Sparsifies side by side (TIES's or DARE's, one per task vector)
+        // share their passes, so what their inputs share is read once a pass.
+        let group = side_by_side(plan, rest);
+        if group.len() > 1 {
+            let ins: Vec<NodeId> = group.iter().map(|&g| kernel_inputs(plan, g)[0]).collect();
+            let ks: Vec<_> = group
+                .iter()
+                .map(|&g| match &plan.nodes[g].op {
+                    Op::Kernel { kernel, .. } => kernel,
+                    _ => unreachable!("a sparsify"),
+                })
+                .collect();
+            let src = GraphSource { plan, inputs, st: &st, nodes: &ins };
+            let names: Vec<String> = group.iter().map(|&g| tensor_name(plan, g)).collect();
+            let preps = kernels::prepare_side_by_side(&ks, &names, &src)?;
+            st.prepared.extend(group.iter().copied().zip(preps));
+            rest = &rest[group.len()..];
+            continue;
+        }
+        rest = &rest[1..];
         if let Op::Router { mode, tensor } = &plan.nodes[n].op {
             let v = super::router(inputs, mode, tensor, &plan.nodes[n].shape)?;
             st.whole.insert(n, v);
@@ -77,6 +98,49 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
         eval(plan, inputs, &st, root, range.start, &mut buf)?;
         sink(range.start, &buf)
     })
+}
+
+/// The streaming sparsifies of one family at the head of `special` (in
+/// dependency order) that can be prepared together: same shape, none reads
+/// another.
+fn side_by_side(plan: &Plan, special: &[NodeId]) -> Vec<NodeId> {
+    let family = |n: NodeId| match &plan.nodes[n].op {
+        Op::Kernel { kernel, .. } if streams(plan, n) => kernels::family(kernel),
+        _ => None,
+    };
+    let mut group: Vec<NodeId> = Vec::new();
+    for &n in special {
+        let Some(f) = family(n) else { break };
+        let like_first =
+            group.first().is_none_or(|&g| family(g) == Some(f) && plan.nodes[g].shape == plan.nodes[n].shape);
+        if !like_first || group.iter().any(|&g| reaches(plan, n, g)) {
+            break;
+        }
+        group.push(n);
+    }
+    group
+}
+
+/// Whether `to` is in the subgraph under `from`.
+fn reaches(plan: &Plan, from: NodeId, to: NodeId) -> bool {
+    let mut stack = vec![from];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = stack.pop() {
+        if n == to {
+            return true;
+        }
+        if seen.insert(n) {
+            stack.extend(super::children(&plan.nodes[n].op));
+        }
+    }
+    false
+}
+
+fn kernel_inputs(plan: &Plan, n: NodeId) -> &[NodeId] {
+    match &plan.nodes[n].op {
+        Op::Kernel { inputs, .. } => inputs,
+        _ => &[],
+    }
 }
 
 fn streams(plan: &Plan, n: NodeId) -> bool {

@@ -9,31 +9,59 @@ use super::{dot, partials, row_len, Prepared, Source};
 /// match); divided by the summed weights of those inputs when `normalize`.
 pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize: bool, out: &mut [f32]) {
     let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
-    for (i, o) in out.iter_mut().enumerate() {
-        let (mut mixed, mut divisor) = (0f32, 0f32);
+    // Blocks of entries, each input's loop over a block at a time, so that
+    // the loops vectorize; every entry sees the same operations in the same
+    // order as a loop over inputs per entry would do.
+    const B: usize = 256;
+    for (b, out) in out.chunks_mut(B).enumerate() {
+        let (s, len) = (b * B, out.len());
+        let (mut mixed, mut divisor) = ([0f32; B], [0f32; B]);
         if elect_sign {
-            let sum: f32 = deltas.iter().zip(&w).map(|(d, w)| d[i] * w).sum();
-            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-            for (d, w) in deltas.iter().zip(&w) {
-                let wd = d[i] * w;
-                if wd != 0.0 && wd.signum() == majority {
-                    mixed += wd;
-                    divisor += w;
+            // Only the sum's sign is used (`>= 0` for either zero).
+            let mut sum = [0f32; B];
+            for (d, &w) in deltas.iter().zip(&w) {
+                for (acc, x) in sum[..len].iter_mut().zip(&d[s..s + len]) {
+                    *acc += x * w;
                 }
             }
-            if divisor == 0.0 {
-                divisor = 1.0;
+            // An entry counts when its weighted sign matches the majority
+            // (zero and NaN never do).
+            for (d, &w) in deltas.iter().zip(&w) {
+                let entries = mixed[..len].iter_mut().zip(&mut divisor[..len]).zip(&sum[..len]).zip(&d[s..s + len]);
+                for (((m, dv), &sum), &x) in entries {
+                    let wd = x * w;
+                    let agrees = if sum >= 0.0 { wd > 0.0 } else { wd < 0.0 };
+                    // Adding +0 leaves the sums as they are: neither is ever
+                    // -0 (they start at +0 and take nonzero terms of one sign
+                    // or weights, whose exact cancellation gives +0). Written
+                    // as a select of the term, not of the sum, it vectorizes.
+                    *m += if agrees { wd } else { 0.0 };
+                    *dv += if agrees { w } else { 0.0 };
+                }
+            }
+            for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+                *o = if !normalize {
+                    *m
+                } else if *d == 0.0 {
+                    m / 1.0
+                } else {
+                    m / d
+                };
             }
         } else {
-            for (d, w) in deltas.iter().zip(&w) {
-                mixed += d[i] * w;
-                divisor += w;
+            for (d, &w) in deltas.iter().zip(&w) {
+                for (acc, x) in mixed[..len].iter_mut().zip(&d[s..s + len]) {
+                    *acc += x * w;
+                }
+                for acc in &mut divisor[..len] {
+                    *acc += w;
+                }
             }
-            if divisor.abs() < 1e-8 {
-                divisor = 1.0;
+            for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+                let d = if d.abs() < 1e-8 { 1.0 } else { *d };
+                *o = if normalize { m / d } else { *m };
             }
         }
-        *o = if normalize { mixed / divisor } else { mixed };
     }
 }
 
@@ -219,4 +247,57 @@ fn softmax(x: &[f32]) -> Vec<f64> {
     let e: Vec<f64> = x.iter().map(|v| (*v as f64 - max).exp()).collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s + 1e-8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sign consensus entry by entry, as mergekit writes it.
+    fn consensus_per_entry(deltas: &[Vec<f32>], w: &[f32], elect_sign: bool, normalize: bool) -> Vec<f32> {
+        (0..deltas[0].len())
+            .map(|i| {
+                let (mut mixed, mut divisor) = (0f32, 0f32);
+                let sum: f32 = deltas.iter().zip(w).map(|(d, w)| d[i] * w).sum();
+                let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+                for (d, w) in deltas.iter().zip(w) {
+                    let wd = d[i] * w;
+                    if !elect_sign || (wd != 0.0 && wd.signum() == majority) {
+                        mixed += wd;
+                        divisor += w;
+                    }
+                }
+                let floor = if elect_sign { divisor == 0.0 } else { divisor.abs() < 1e-8 };
+                if floor {
+                    divisor = 1.0;
+                }
+                if normalize {
+                    mixed / divisor
+                } else {
+                    mixed
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consensus_matches_the_per_entry_formula() {
+        // Blocks and a ragged end, zeros, sign ties, a negative weight.
+        let n = 1000;
+        let deltas: Vec<Vec<f32>> = (0..3)
+            .map(|j| (0..n).map(|i| if (i + j) % 7 == 0 { 0.0 } else { ((i * (j + 3)) as f32 * 0.71).sin() }).collect())
+            .collect();
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        for weights in [[1.0, 1.0, 1.0], [0.5, 0.3, 0.2], [1.0, -0.5, 0.7]] {
+            let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+            for (elect, normalize) in [(true, true), (true, false), (false, true), (false, false)] {
+                let mut out = vec![0f32; n];
+                consensus(&refs, &weights, elect, normalize, &mut out);
+                let expected = consensus_per_entry(&deltas, &w, elect, normalize);
+                for i in 0..n {
+                    assert_eq!(out[i].to_bits(), expected[i].to_bits(), "{weights:?} {elect} {normalize} entry {i}");
+                }
+            }
+        }
+    }
 }

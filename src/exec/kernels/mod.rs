@@ -128,16 +128,64 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
     Ok(match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::MagMax { .. } => Prepared::None,
         Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
-            sparsify::prepare_magnitude(src, density.get(), *rescale)?
+            sparsify::prepare_magnitudes(src, &[(density.get(), *rescale)])?.remove(0)
         }
         Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
-            sparsify::prepare_random(src, density.get(), *rescale, crate::rng::stream_key(*seed, t.name, *stream))?
+            let key = crate::rng::stream_key(*seed, t.name, *stream);
+            sparsify::prepare_randoms(src, &[(density.get(), *rescale, key)])?.remove(0)
         }
         Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
         Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
         Kernel::ModelStock { .. } => combine::prepare_stock(src)?,
         other => return Err(format!("{other:?} does not stream")),
     })
+}
+
+/// Sparsifies whose statistics can be computed side by side, in shared
+/// passes over their inputs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Magnitude,
+    Random,
+}
+
+/// Which family a sparsify belongs to; `None` for other kernels.
+pub fn family(kernel: &Kernel<F>) -> Option<Family> {
+    use crate::ir::Sparsify as S;
+    match kernel {
+        Kernel::Sparsify { how: S::Magnitude { .. }, .. } => Some(Family::Magnitude),
+        Kernel::Sparsify { how: S::Random { .. }, .. } => Some(Family::Random),
+        _ => None,
+    }
+}
+
+/// The statistics of several sparsifies of one family at once, one per
+/// input of `src` (`kernels[j]` over input `j`, of tensor `names[j]`): each pass
+/// reads every input's chunk in a row, so inputs sharing a load read it
+/// once.
+pub fn prepare_side_by_side(
+    kernels: &[&Kernel<F>],
+    names: &[String],
+    src: &dyn Source,
+) -> std::result::Result<Vec<Prepared>, String> {
+    use crate::ir::Sparsify as S;
+    let (mut magnitude, mut random) = (Vec::new(), Vec::new());
+    for (k, name) in kernels.iter().zip(names) {
+        match k {
+            Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
+                magnitude.push((density.get(), *rescale))
+            }
+            Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
+                random.push((density.get(), *rescale, crate::rng::stream_key(*seed, name, *stream)))
+            }
+            other => return Err(format!("{other:?} is not a sparsify of one family")),
+        }
+    }
+    match (magnitude.is_empty(), random.is_empty()) {
+        (false, true) => sparsify::prepare_magnitudes(src, &magnitude),
+        (true, false) => sparsify::prepare_randoms(src, &random),
+        _ => Err("sparsifies of different families".to_string()),
+    }
 }
 
 /// One chunk of a streamable kernel: `inputs` hold elements `start ..` of

@@ -7,23 +7,72 @@ use crate::graph::F;
 use crate::ir::Sparsify;
 use crate::rng::uniform;
 use rayon::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
 
-/// Magnitude trimming's statistics: the k-th largest magnitude, how many
-/// entries equal to it each chunk may keep, and the L1 rescale.
-pub fn prepare_magnitude(src: &dyn Source, density: f64, rescale: bool) -> Result<Prepared, String> {
-    if density >= 1.0 {
-        return Ok(Prepared::None);
-    }
-    if density <= 0.0 {
-        return Ok(Prepared::Zero);
-    }
+/// Magnitude trimming's statistics for each input of `src`, given its
+/// (density, rescale): the k-th largest magnitude, how many entries equal to
+/// it each chunk may keep, and the L1 rescale. The inputs are read together,
+/// chunk by chunk, so that what they share (the base under several task
+/// vectors) is read once per pass.
+pub fn prepare_magnitudes(src: &dyn Source, members: &[(f64, bool)]) -> Result<Vec<Prepared>, String> {
     let n = src.len();
-    let k = ((density * n as f64) as usize).clamp(1, n);
-    let (threshold, above, equal) = select(src, k)?;
+    let k = |density: f64| ((density * n as f64) as usize).clamp(1, n);
+    // The members that need a threshold, as inputs of `src`.
+    let selected: Vec<usize> = (0..members.len()).filter(|&j| members[j].0 > 0.0 && members[j].0 < 1.0).collect();
+    let ks: Vec<usize> = selected.iter().map(|&j| k(members[j].0)).collect();
+    let mut sels = select(src, &selected, &ks)?.into_iter();
+    members
+        .iter()
+        .enumerate()
+        .map(|(j, &(density, rescale))| {
+            if density >= 1.0 {
+                return Ok(Prepared::None);
+            }
+            if density <= 0.0 {
+                return Ok(Prepared::Zero);
+            }
+            let sel = sels.next().expect("one selection per member");
+            magnitude(&Input(src, j), k(density), rescale, sel)
+        })
+        .collect()
+}
+
+/// Input `1` of a source, as a source of one input.
+struct Input<'a>(&'a dyn Source, usize);
+
+impl Source for Input<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn inputs(&self) -> usize {
+        1
+    }
+    fn fill(&self, _: usize, start: usize, out: &mut [f32]) -> Result<(), String> {
+        self.0.fill(self.1, start, out)
+    }
+}
+
+/// One member's statistics from its selection, with a counting pass when
+/// the selection could not count the entries equal to the threshold per
+/// chunk, or a rescale needs L1 sums.
+fn magnitude(src: &dyn Source, k: usize, rescale: bool, sel: Selection) -> Result<Prepared, String> {
+    let (threshold, above, equal) = (sel.threshold, sel.above, sel.equal);
     // Without a rescale, and when every entry equal to the threshold is kept,
     // the two selection passes are all it takes.
     if !rescale && k - above >= equal {
         return Ok(Prepared::Magnitude { threshold, equal_budget: Vec::new(), scale: 1.0 });
+    }
+    // Without a rescale, the second pass's per-chunk counts of entries equal
+    // to the threshold give each chunk's budget (all entries were finite, so
+    // the histograms' `above` is the count of `|x| > threshold`).
+    if let (false, Some(per_chunk)) = (rescale, &sel.equal_per_chunk) {
+        let mut remaining = k - above.min(k);
+        let mut equal_budget = Vec::with_capacity(per_chunk.len());
+        for &e in per_chunk {
+            equal_budget.push(remaining);
+            remaining = remaining.saturating_sub(e);
+        }
+        return Ok(Prepared::Magnitude { threshold, equal_budget, scale: 1.0 });
     }
     // Per chunk: entries above and equal to the threshold, and L1 sums.
     let counts = partials(src, 1, |_, b| {
@@ -58,27 +107,66 @@ pub fn prepare_magnitude(src: &dyn Source, density: f64, rescale: bool) -> Resul
     Ok(Prepared::Magnitude { threshold, equal_budget, scale })
 }
 
-/// Random dropping's statistics: the stream and, with rescale, the L1 ratio.
-pub fn prepare_random(src: &dyn Source, density: f64, rescale: bool, key: u64) -> Result<Prepared, String> {
-    if density >= 1.0 {
-        return Ok(Prepared::None);
-    }
-    let scale = if rescale {
-        let sums = partials(src, 1, |c, b| {
-            let (mut all, mut kept) = (0f64, 0f64);
-            for (j, v) in b[0].iter().enumerate() {
-                all += v.abs() as f64;
-                if uniform(key, (c * CHUNK + j) as u64) < density {
-                    kept += v.abs() as f64;
-                }
-            }
-            (all, kept)
+/// Random dropping's statistics for each input of `src`, given its
+/// (density, rescale, stream key): the stream and, with rescale, the L1
+/// ratio. The inputs that need L1 sums are read together, chunk by chunk.
+pub fn prepare_randoms(src: &dyn Source, members: &[(f64, bool, u64)]) -> Result<Vec<Prepared>, String> {
+    let summed: Vec<usize> = (0..members.len()).filter(|&j| members[j].0 < 1.0 && members[j].1).collect();
+    let mut scales = vec![1f32; members.len()];
+    if !summed.is_empty() {
+        let picked = Picked(src, &summed);
+        let sums = partials(&picked, summed.len(), |c, b| {
+            b.iter()
+                .zip(&summed)
+                .map(|(vals, &j)| {
+                    let (density, _, key) = members[j];
+                    let (mut all, mut kept) = (0f64, 0f64);
+                    let mut keep = vec![false; vals.len()];
+                    crate::rng::draws_below(key, (c * CHUNK) as u64, crate::rng::threshold(density), &mut keep);
+                    for (v, &k) in vals.iter().zip(&keep) {
+                        all += v.abs() as f64;
+                        // Adding +0 for a dropped entry leaves the sum as it
+                        // is (it is never -0), without a branch that
+                        // mispredicts.
+                        let mask = 0u64.wrapping_sub(k as u64);
+                        kept += f64::from_bits((v.abs() as f64).to_bits() & mask);
+                    }
+                    (all, kept)
+                })
+                .collect::<Vec<_>>()
         })?;
-        l1_ratio(sums.iter().map(|s| s.0).sum(), sums.iter().map(|s| s.1).sum())
-    } else {
-        1.0
-    };
-    Ok(Prepared::Random { p: density, key, scale })
+        for (s, &j) in summed.iter().enumerate() {
+            scales[j] = l1_ratio(sums.iter().map(|c| c[s].0).sum(), sums.iter().map(|c| c[s].1).sum());
+        }
+    }
+    Ok(members
+        .iter()
+        .zip(scales)
+        .map(
+            |(&(density, _, key), scale)| {
+                if density >= 1.0 {
+                    Prepared::None
+                } else {
+                    Prepared::Random { p: density, key, scale }
+                }
+            },
+        )
+        .collect())
+}
+
+/// Some inputs of a source, as a source of those inputs.
+struct Picked<'a>(&'a dyn Source, &'a [usize]);
+
+impl Source for Picked<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn inputs(&self) -> usize {
+        self.1.len()
+    }
+    fn fill(&self, input: usize, start: usize, out: &mut [f32]) -> Result<(), String> {
+        self.0.fill(self.1[input], start, out)
+    }
 }
 
 /// mergekit's rescale: `||x||_1 / ||kept||_1`, skipped when either is tiny.
@@ -96,21 +184,36 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
         Prepared::None => out.copy_from_slice(x),
         Prepared::Zero => out.fill(0.0),
         Prepared::Magnitude { threshold, equal_budget, scale } => {
-            // No budgets: every entry equal to the threshold is kept.
-            let mut budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
+            let (t, s) = (*threshold, *scale);
+            // Entries above the threshold, in a loop that vectorizes; then
+            // those equal to it, in index order while the chunk's budget
+            // lasts (no budgets: all of them).
+            let mut equal = 0usize;
             for (o, v) in out.iter_mut().zip(x) {
                 let m = v.abs();
-                let keep = m > *threshold
-                    || (m == *threshold && budget > 0 && {
-                        budget -= 1;
-                        true
-                    });
-                *o = if keep { v * scale } else { 0.0 };
+                *o = if m > t { v * s } else { 0.0 };
+                equal += (m == t) as usize;
+            }
+            let budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
+            let mut left = equal.min(budget);
+            for (o, v) in out.iter_mut().zip(x) {
+                if left == 0 {
+                    break;
+                }
+                if v.abs() == t {
+                    left -= 1;
+                    *o = v * s;
+                }
             }
         }
         Prepared::Random { p, key, scale } => {
-            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-                *o = if uniform(*key, (start + j) as u64) < *p { v * scale } else { 0.0 };
+            // Without branches: a random keep mispredicts often. The mask
+            // gives `v * scale` or +0, as a select would.
+            let mut keep = vec![false; x.len()];
+            crate::rng::draws_below(*key, start as u64, crate::rng::threshold(*p), &mut keep);
+            for ((o, v), &k) in out.iter_mut().zip(x).zip(&keep) {
+                let mask = 0u32.wrapping_sub(k as u32);
+                *o = f32::from_bits((v * scale).to_bits() & mask);
             }
         }
         other => unreachable!("{other:?} is not a sparsify"),
@@ -198,44 +301,43 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
 /// their bits, so a histogram of the high 16 bits finds the bucket and one
 /// of the low 16 bits inside it the value: two passes, no sort, no copy.
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
-    select(src, k).map(|(t, _, _)| t)
+    Ok(select(src, &[0], &[k])?[0].threshold)
 }
 
-/// The k-th largest magnitude, with how many entries lie strictly above it
-/// and how many equal it (both read off the histograms).
-fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
-    let bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
+/// What the radix selection learns about the k-th largest magnitude.
+struct Selection {
+    threshold: f32,
+    /// Entries whose magnitude's bits lie strictly above the threshold's.
+    above: usize,
+    /// Entries equal to it.
+    equal: usize,
+    /// Per chunk, how many entries equal it, when every entry was finite
+    /// and the candidates fitted [`MAX_CANDIDATES`]; else `None` and a
+    /// counting pass finds them.
+    equal_per_chunk: Option<Vec<usize>>,
+}
+
+/// Bound on the (value, count) pairs the second selection pass keeps per
+/// tensor to count, chunk by chunk, the entries equal to the threshold
+/// (8 bytes each).
+const MAX_CANDIDATES: usize = 1 << 19;
+
+/// For each input `members[j]` of `src`, its `ks[j]`-th largest magnitude,
+/// with how many entries lie strictly above it and how many equal it (both
+/// read off the histograms). Every pass reads all members' chunk `c` in a
+/// row.
+fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selection>, String> {
     let n = src.len();
+    let m = members.len();
+    if m == 0 {
+        return Ok(Vec::new());
+    }
     let chunks = n.div_ceil(CHUNK);
-    // A fixed number of blocks of chunks, each with one histogram: memory per
-    // thread stays the same whatever the tensor size. Integer counts add up
-    // the same in any order.
+    // A fixed number of blocks of chunks, each with one histogram per member:
+    // memory per thread stays the same whatever the tensor size. Integer
+    // counts add up the same in any order.
     let blocks = (rayon::current_num_threads() * 4).max(1);
     let per_block = chunks.div_ceil(blocks).max(1);
-    let histogram = |select: &(dyn Fn(u32) -> Option<usize> + Sync)| -> Result<Vec<usize>, String> {
-        let parts = (0..chunks.div_ceil(per_block))
-            .into_par_iter()
-            .map(|blk| {
-                let mut h = vec![0u32; 1 << 16];
-                let mut buf = vec![0f32; CHUNK];
-                for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
-                    let len = CHUNK.min(n - c * CHUNK);
-                    src.fill(0, c * CHUNK, &mut buf[..len])?;
-                    for v in &buf[..len] {
-                        if let Some(i) = select(bits(v)) {
-                            h[i] += 1;
-                        }
-                    }
-                }
-                Ok(h)
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let mut total = vec![0usize; 1 << 16];
-        for h in parts {
-            total.iter_mut().zip(h).for_each(|(t, c)| *t += c as usize);
-        }
-        Ok(total)
-    };
     // Walk buckets from the top until k elements are covered.
     let find = |h: &[usize], mut k: usize| -> (usize, usize) {
         for b in (0..h.len()).rev() {
@@ -246,12 +348,172 @@ fn select(src: &dyn Source, k: usize) -> Result<(f32, usize, usize), String> {
         }
         (0, k)
     };
-    let high = histogram(&|b| Some((b >> 16) as usize))?;
-    let (hb, k_in) = find(&high, k);
-    let low = histogram(&|b| ((b >> 16) as usize == hb).then_some((b & 0xffff) as usize))?;
-    let (lb, _) = find(&low, k_in);
-    let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
-    Ok((f32::from_bits(((hb as u32) << 16) | lb as u32), above, low[lb]))
+    // Each block's histograms are added to the totals as it finishes, so at
+    // most about one block per thread is held at a time.
+    let add = |total: &mut Vec<usize>, h: &[u32]| {
+        if total.is_empty() {
+            *total = vec![0usize; 1 << 16];
+        }
+        total.iter_mut().zip(h).for_each(|(t, &c)| *t += c as usize);
+    };
+    // Pass 1: the high 16 bits of every magnitude.
+    let highs = std::sync::Mutex::new(vec![Vec::new(); m]);
+    blocks_of(
+        src,
+        members,
+        chunks,
+        per_block,
+        |j, _, vals, h: &mut Vec<Vec<u32>>| {
+            if h.is_empty() {
+                *h = vec![vec![0u32; 1 << 16]; m];
+            }
+            let h: &mut [u32; 1 << 16] = (&mut h[j][..]).try_into().expect("65536 buckets");
+            for v in vals {
+                h[((v.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+            }
+        },
+        |h| {
+            let mut totals = highs.lock().unwrap();
+            for (total, h) in totals.iter_mut().zip(&h) {
+                add(total, h);
+            }
+        },
+    )?;
+    let highs = highs.into_inner().unwrap();
+    let found: Vec<(usize, usize)> = highs.iter().zip(ks).map(|(h, &k)| find(h, k)).collect();
+    // Pass 2: the low 16 bits inside each member's bucket, and per chunk the
+    // distinct low halves seen there with their counts, from which the
+    // entries equal to the threshold are counted per chunk without a third
+    // pass (unless there are too many, or entries that are not finite).
+    let used = std::sync::atomic::AtomicUsize::new(0);
+    let full: Vec<std::sync::atomic::AtomicBool> =
+        highs.iter().map(|h| std::sync::atomic::AtomicBool::new(h[0x7f80..].iter().any(|&c| c > 0))).collect();
+    let lows = std::sync::Mutex::new(vec![(Vec::new(), Vec::new()); m]);
+    blocks_of(
+        src,
+        members,
+        chunks,
+        per_block,
+        |j, c, vals, parts: &mut Vec<LowPart>| {
+            if parts.is_empty() {
+                parts.resize_with(m, LowPart::default);
+            }
+            let (hb, part) = (found[j].0, &mut parts[j]);
+            if part.hist.is_empty() {
+                part.hist = vec![0u32; 1 << 16];
+            }
+            part.lows.clear();
+            for v in vals {
+                let b = v.to_bits() & 0x7fff_ffff;
+                if (b >> 16) as usize == hb {
+                    part.lows.push(b as u16);
+                }
+            }
+            for &l in &part.lows {
+                part.hist[l as usize] += 1;
+            }
+            if full[j].load(Relaxed) {
+                part.pairs = Vec::new();
+                return;
+            }
+            let before = part.pairs.len();
+            distinct_counts(&mut part.lows, &mut part.pairs);
+            let added = part.pairs.len() - before;
+            if used.fetch_add(added, Relaxed) + added > MAX_CANDIDATES {
+                full[j].store(true, Relaxed);
+            }
+            part.chunk_ends.push((c, part.pairs.len()));
+        },
+        |parts| {
+            let mut totals = lows.lock().unwrap();
+            for (j, (p, (total, lists))) in parts.into_iter().zip(totals.iter_mut()).enumerate() {
+                add(total, &p.hist);
+                if !full[j].load(Relaxed) {
+                    lists.push((p.pairs, p.chunk_ends));
+                }
+            }
+        },
+    )?;
+    let lows = lows.into_inner().unwrap();
+    let mut out = Vec::with_capacity(m);
+    for (j, (low, lists)) in lows.into_iter().enumerate() {
+        let (hb, k_in) = found[j];
+        let high = &highs[j];
+        let (lb, _) = find(&low, k_in);
+        let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
+        let equal_per_chunk = (!full[j].load(Relaxed)).then(|| {
+            let mut per_chunk = vec![0usize; chunks];
+            for (pairs, ends) in &lists {
+                let mut from = 0;
+                for &(c, end) in ends {
+                    per_chunk[c] = pairs[from..end].iter().find(|p| p.0 as usize == lb).map_or(0, |p| p.1 as usize);
+                    from = end;
+                }
+            }
+            per_chunk
+        });
+        out.push(Selection {
+            threshold: f32::from_bits(((hb as u32) << 16) | lb as u32),
+            above,
+            equal: low[lb],
+            equal_per_chunk,
+        });
+    }
+    Ok(out)
+}
+
+/// One block's share of the second selection pass.
+#[derive(Default)]
+struct LowPart {
+    hist: Vec<u32>,
+    /// The low halves in the bucket, of the chunk being read.
+    lows: Vec<u16>,
+    /// (low half, count) for each chunk in turn; `chunk_ends` says where each
+    /// chunk's pairs end.
+    pairs: Vec<(u16, u32)>,
+    chunk_ends: Vec<(usize, usize)>,
+}
+
+/// Appends to `pairs` the distinct values of `lows` with their counts
+/// (reordering `lows`).
+fn distinct_counts(lows: &mut [u16], pairs: &mut Vec<(u16, u32)>) {
+    let Some(&first) = lows.first() else { return };
+    if lows.iter().all(|&l| l == first) {
+        pairs.push((first, lows.len() as u32));
+        return;
+    }
+    lows.sort_unstable();
+    for run in lows.chunk_by(|a, b| a == b) {
+        pairs.push((run[0], run.len() as u32));
+    }
+}
+
+/// Visits inputs `members` of `src` chunk by chunk (all members' chunk `c`
+/// in a row), `per_block` chunks to a block (blocks in parallel), each block
+/// folding its chunks into its own state, `f(member, chunk, values, state)`,
+/// and handing it to `done` when finished.
+fn blocks_of<T: Default + Send>(
+    src: &dyn Source,
+    members: &[usize],
+    chunks: usize,
+    per_block: usize,
+    f: impl Fn(usize, usize, &[f32], &mut T) + Sync,
+    done: impl Fn(T) + Sync,
+) -> Result<(), String> {
+    let n = src.len();
+    (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| {
+        let mut state = T::default();
+        let mut buf = vec![0f32; CHUNK];
+        for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
+            let len = CHUNK.min(n - c * CHUNK);
+            for (j, &input) in members.iter().enumerate() {
+                src.fill(input, c * CHUNK, &mut buf[..len])?;
+                f(j, c, &buf[..len], &mut state);
+            }
+        }
+        done(state);
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -262,7 +524,7 @@ mod tests {
     fn magnitude(x: &[f32], density: f64) -> Vec<f32> {
         let owned = vec![x.to_vec()];
         let src = Slices(&owned);
-        let prep = prepare_magnitude(&src, density, false).unwrap();
+        let prep = prepare_magnitudes(&src, &[(density, false)]).unwrap().remove(0);
         let mut out = vec![0f32; x.len()];
         apply(&prep, 0, x, &mut out);
         out
@@ -273,6 +535,79 @@ mod tests {
         assert_eq!(magnitude(&[0.1, -3.0, 2.0, 0.5, -0.5, 1.0], 0.5), vec![0.0, -3.0, 2.0, 0.0, 0.0, 1.0]);
         assert_eq!(magnitude(&[1.0, -1.0, 1.0, 1.0], 0.5), vec![1.0, -1.0, 0.0, 0.0]);
         assert_eq!(magnitude(&[1.0, 2.0], 0.0), vec![0.0, 0.0]);
+    }
+
+    /// Magnitude trimming by a sort: the k largest magnitudes, ties kept in
+    /// index order.
+    fn trimmed_by_sort(x: &[f32], density: f64) -> Vec<f32> {
+        let k = ((density * x.len() as f64) as usize).clamp(1, x.len());
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        order.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
+        let mut out = vec![0f32; x.len()];
+        for &i in &order[..k] {
+            out[i] = x[i];
+        }
+        out
+    }
+
+    /// Applies prepared trims chunk by chunk, as the streaming engine does.
+    fn apply_chunks(prep: &Prepared, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for (c, o) in out.chunks_mut(CHUNK).enumerate() {
+            apply(prep, c * CHUNK, &x[c * CHUNK..c * CHUNK + o.len()], o);
+        }
+        out
+    }
+
+    #[test]
+    fn trims_side_by_side_keep_exactly_k_across_chunks() {
+        // Several chunks of coarse values (many equal to each threshold, as
+        // task vectors of bf16 checkpoints are), one continuous input, and
+        // one holding a NaN and an infinity (which takes the counting pass).
+        let n = 3 * CHUNK + 1234;
+        let coarse: Vec<f32> = (0..n).map(|i| ((i * 7919 % 23) as f32 - 11.0) * 0.125).collect();
+        let fine: Vec<f32> = (0..n).map(|i| (i as f32 * 0.618).sin() * 3.0).collect();
+        let mut odd = coarse.clone();
+        odd[5] = f32::INFINITY;
+        odd[CHUNK + 7] = f32::NAN;
+        let inputs = vec![coarse, fine, odd];
+        let members = [(0.3, false), (0.55, false), (0.4, false)];
+        let preps = prepare_magnitudes(&Slices(&inputs), &members).unwrap();
+        for (j, ((x, prep), &(density, _))) in inputs.iter().zip(&preps).zip(&members).enumerate() {
+            let ours = apply_chunks(prep, x);
+            let expected = trimmed_by_sort(x, density);
+            let same =
+                ours.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+            // A NaN is never kept (it compares with nothing), so the input
+            // holding one keeps k - 1 entries; the others keep the sort's.
+            if j < 2 {
+                assert!(same, "input {j}");
+            } else {
+                let kept = ours.iter().filter(|v| **v != 0.0).count();
+                let k = (density * n as f64) as usize;
+                assert!(kept == k - 1 || kept == k, "input {j}: {kept} kept of {k}");
+            }
+            // Prepared alone, each gives the same statistics.
+            let alone = prepare_magnitudes(&Slices(std::slice::from_ref(x)), &[members[j]]).unwrap().remove(0);
+            assert_eq!(format!("{alone:?}"), format!("{prep:?}"), "input {j}");
+        }
+    }
+
+    #[test]
+    fn random_drops_follow_the_uniform_stream() {
+        let n = 2 * CHUNK + 77;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).cos()).collect();
+        let key = crate::rng::stream_key(3, "w", 1);
+        let prep = prepare_randoms(&Slices(std::slice::from_ref(&x)), &[(0.3, true, key)]).unwrap().remove(0);
+        let Prepared::Random { scale, .. } = prep else { panic!("{prep:?}") };
+        let kept: Vec<bool> = (0..n).map(|i| uniform(key, i as u64) < 0.3).collect();
+        let l1: f64 = x.iter().map(|v| v.abs() as f64).sum();
+        let l1_kept: f64 = x.iter().zip(&kept).filter(|(_, k)| **k).map(|(v, _)| v.abs() as f64).sum();
+        assert!((scale as f64 - l1 / l1_kept).abs() < 1e-5 * scale as f64, "{scale}");
+        let ours = apply_chunks(&prep, &x);
+        for i in 0..n {
+            assert_eq!(ours[i], if kept[i] { x[i] * scale } else { 0.0 }, "entry {i}");
+        }
     }
 
     #[test]
