@@ -1,6 +1,6 @@
-//! SVD-based task-vector methods (Iso-C, TSV-M) on row-major `[rows, cols]`
-//! f32 slices, through faer's thin SVD. Tensors that are not matrices get the
-//! plain mean of their task vectors, as FusionBench does.
+//! SVD-based methods (Iso-C, Iso-CTS, TSV-M, CART) on row-major
+//! `[rows, cols]` f32 slices, through faer's thin SVD. Tensors that are not
+//! matrices get the plain mean of their inputs, as FusionBench does.
 
 use faer::{Mat, MatRef};
 
@@ -89,6 +89,103 @@ pub fn tsv_m(deltas: &[Vec<f32>], lambda: f32, shape: &[usize]) -> Result<Vec<f3
         pu.col_mut(j).iter_mut().for_each(|x| *x *= s);
     }
     Ok(row_major((&pu * pv.transpose()).as_ref(), lambda))
+}
+
+/// Python's `round` (half to even), which FusionBench's Iso-CTS uses to
+/// split the rank between tasks.
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+/// How Iso-CTS splits the rank `r` of a matrix between the common subspace
+/// and `tasks` task-specific blocks, as FusionBench does: the common part is
+/// `int(r * common)`, then moved so that the rest divides evenly, rounding
+/// the per-task share half to even. Returns (common, per task). Where that
+/// rounding asks for more than `r` (only for tiny `common`), each task gets
+/// one direction fewer.
+pub fn iso_cts_split(r: usize, common: f64, tasks: usize) -> (usize, usize) {
+    let c0 = (r as f64 * common).floor().clamp(0.0, r as f64) as usize;
+    let mut per_task = round_half_even((r - c0) as f64 / tasks as f64) as usize;
+    while per_task * tasks > r {
+        per_task -= 1;
+    }
+    (r - per_task * tasks, per_task)
+}
+
+/// Iso-CTS (Marczak et al., ICML 2025), as FusionBench's `iso_cts`: the top
+/// singular directions of the summed task vector span the common subspace;
+/// each task vector, with that (left) subspace projected out, adds its own
+/// top directions; the side-by-side left and right singular vectors are
+/// replaced by their polar factors, every singular value by the mean of the
+/// kept ones, times `lambda`.
+pub fn iso_cts(deltas: &[Vec<f32>], lambda: f32, common: f64, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
+    let r = rows.min(cols);
+    let (c, k) = iso_cts_split(r, common, deltas.len());
+    let mut sum = matrix(&deltas[0], rows, cols);
+    for d in &deltas[1..] {
+        sum += matrix(d, rows, cols);
+    }
+    let (u, s, v) = thin_svd(sum.as_ref())?;
+    let (mut us, mut vs, mut ss) = (Mat::<f32>::zeros(rows, r), Mat::<f32>::zeros(cols, r), vec![0f32; r]);
+    let uc = u.subcols(0, c);
+    for (t, d) in deltas.iter().enumerate().filter(|_| k > 0) {
+        let w = matrix(d, rows, cols);
+        let residual = &w - uc * (uc.transpose() * &w);
+        let (ut, st, vt) = thin_svd(residual.as_ref())?;
+        for j in 0..k {
+            us.col_mut(t * k + j).copy_from(ut.col(j));
+            vs.col_mut(t * k + j).copy_from(vt.col(j));
+            ss[t * k + j] = st[j];
+        }
+    }
+    let at = k * deltas.len();
+    for j in 0..c {
+        us.col_mut(at + j).copy_from(u.col(j));
+        vs.col_mut(at + j).copy_from(v.col(j));
+        ss[at + j] = s[j];
+    }
+    let s_mean = ss.iter().map(|&x| x as f64).sum::<f64>() / r.max(1) as f64;
+    let pu = polar(us.as_ref())?;
+    let pv = polar(vs.as_ref())?;
+    Ok(row_major((&pu * pv.transpose()).as_ref(), lambda * s_mean as f32))
+}
+
+/// The rank CART keeps of an `r`-rank matrix: `floor(rank * r)`.
+pub fn cart_rank(r: usize, rank: f64) -> usize {
+    ((rank * r as f64).floor().max(0.0) as usize).min(r)
+}
+
+/// CART (Choi et al., "Revisiting Weight Averaging for Model Merging"): the
+/// mean of the models plus `lambda` times the sum of each model's deviation
+/// from that mean, truncated to its top `floor(rank * min(rows, cols))`
+/// singular triplets. Full-rank deviations sum to zero, so other tensors
+/// (and `rank` 0) get the mean.
+pub fn cart(models: &[Vec<f32>], rank: f64, lambda: f32, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let avg = mean(models, 1.0);
+    let [rows, cols] = *shape else { return Ok(avg) };
+    let k = cart_rank(rows.min(cols), rank);
+    if k == 0 {
+        return Ok(avg);
+    }
+    let center = matrix(&avg, rows, cols);
+    let mut acc = Mat::<f32>::zeros(rows, cols);
+    for m in models {
+        let dev = matrix(m, rows, cols) - &center;
+        let (mut u, s, v) = thin_svd(dev.as_ref())?;
+        for (j, s) in s.iter().enumerate().take(k) {
+            u.col_mut(j).iter_mut().for_each(|x| *x *= s);
+        }
+        acc += u.subcols(0, k) * v.subcols(0, k).transpose();
+    }
+    let mut out = row_major(acc.as_ref(), lambda);
+    out.iter_mut().zip(&avg).for_each(|(o, a)| *o += a);
+    Ok(out)
 }
 
 #[cfg(test)]
