@@ -9,6 +9,7 @@ mod gguf;
 mod goldens;
 mod lsp;
 mod methods;
+mod recent_methods;
 mod outputs;
 mod packaging;
 mod reliability;

@@ -42,7 +42,7 @@ pub enum Kernel<N> {
     NearSwap { t: N },
     /// Base and model: keep the delta where its KL-weighted importance is an outlier.
     ArceeFusion,
-    /// Deltas in: per entry the value of largest magnitude (the first on
+    /// Deltas in: per entry the value of largest magnitude (the last on
     /// ties), times `lambda` (MagMax).
     MagMax { lambda: N },
     /// Deltas in: per matrix, the SVD of their sum with every singular

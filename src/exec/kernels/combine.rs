@@ -38,12 +38,14 @@ pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize
     }
 }
 
-/// Per entry the delta of largest magnitude (the first on ties), times `lambda`.
+/// Per entry the delta of largest magnitude, times `lambda`. On equal
+/// magnitudes the later model wins, as in MagMax's reference code (and
+/// FusionBench's): on real fine-tunes a few entries have `d_1 = -d_2`.
 pub fn magmax(deltas: &[&[f32]], lambda: f32, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         let mut best = 0f32;
         for d in deltas {
-            if d[i].abs() > best.abs() {
+            if d[i].abs() >= best.abs() {
                 best = d[i];
             }
         }

@@ -297,4 +297,27 @@ mod tests {
         apply(&k, &Prepared::None, 0, &d, &mut out);
         assert_eq!(out, vec![2.0, 2.0, -2.0]);
     }
+
+    /// RAM by hand: entry 0 nobody changes, 1 both (mean), 2 only the first
+    /// (kept), 3 only the second but below epsilon (dropped), 4 only the
+    /// second. RAM+ (r 0.1, alpha 0.2): the first model shares 1 entry and
+    /// owns 1, ratio 1, capped at 0.2, boost 1.02; the second shares 1 and
+    /// owns 1 (entry 4), the same boost.
+    #[test]
+    fn ram_by_hand() {
+        let d: Vec<&[f32]> = vec![&[0.0, 2.0, 1.0, 0.0, 0.0], &[0.0, 4.0, 0.0, 1e-6, -3.0]];
+        let src = Slices(&[d[0].to_vec(), d[1].to_vec()]);
+        let info = TensorInfo { name: "x", shape: &[5] };
+        let mut out = vec![0f32; 5];
+        let ram = Kernel::Ram { epsilon: F::new(1e-5) };
+        apply(&ram, &prepare(&ram, &src, &info).unwrap(), 0, &d, &mut out);
+        assert_eq!(out, vec![0.0, 3.0, 1.0, 0.0, -3.0]);
+        let plus = Kernel::RamPlusTl { r: F::new(0.1), alpha: F::new(0.2), epsilon: F::new(1e-5) };
+        apply(&plus, &prepare(&plus, &src, &info).unwrap(), 0, &d, &mut out);
+        assert_eq!(out, vec![0.0, 3.0, 1.02, 0.0, -3.0 * 1.02]);
+        // Below the cap: r 1, alpha 5, so each boost is 1 + 1/1 = 2.
+        let plus = Kernel::RamPlusTl { r: F::new(1.0), alpha: F::new(5.0), epsilon: F::new(1e-5) };
+        apply(&plus, &prepare(&plus, &src, &info).unwrap(), 0, &d, &mut out);
+        assert_eq!(out, vec![0.0, 3.0, 2.0, 0.0, -6.0]);
+    }
 }

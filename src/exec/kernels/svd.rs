@@ -226,6 +226,23 @@ mod tests {
         assert!(svd.1.iter().all(|s| (s - 1.0).abs() < 1e-5), "{:?}", svd.1);
     }
 
+    /// FusionBench's split of the rank (Python's round, half to even): r 10,
+    /// common 0.8, 3 tasks: int(8) = 8, round(2/3) = 1, so 7 common and 1
+    /// each; r 10, 4 tasks: round(0.5) = 0, everything common; r 10, 2
+    /// tasks: round(1.0) = 1; r 6, common 0.25, 4 tasks: int(1.5) = 1,
+    /// round(1.25) = 1, 2 common; r 5, common 0, 3 tasks: round(5/3) = 2
+    /// would ask for 6 > 5 directions, so 1 each.
+    #[test]
+    fn iso_cts_splits_the_rank_as_fusion_bench() {
+        assert_eq!(iso_cts_split(10, 0.8, 3), (7, 1));
+        assert_eq!(iso_cts_split(10, 0.8, 4), (10, 0));
+        assert_eq!(iso_cts_split(10, 0.8, 2), (8, 1));
+        assert_eq!(iso_cts_split(6, 0.25, 4), (2, 1));
+        assert_eq!(iso_cts_split(5, 0.0, 3), (2, 1));
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(3.5), 4.0);
+    }
+
     /// The measurement that picked faer over nalgebra: thin SVD of square
     /// pseudo-random f32 matrices, sizes from `FUSE_SVD_BENCH` (default
     /// "1024"), for example
