@@ -98,7 +98,8 @@ fn cart_reference(models: &[&str], rank: f64, lambda: f64) -> BTreeMap<String, V
     let mut out = BTreeMap::new();
     for (name, shape) in shapes() {
         let n = ws.len() as f64;
-        let avg: Vec<f64> = (0..base[&name].len()).map(|i| ws.iter().map(|w| w[&name][i] as f64).sum::<f64>() / n).collect();
+        let avg: Vec<f64> =
+            (0..base[&name].len()).map(|i| ws.iter().map(|w| w[&name][i] as f64).sum::<f64>() / n).collect();
         let mut res = avg.clone();
         if let [rows, cols] = shape[..] {
             let k = (rank * rows.min(cols) as f64).floor() as usize;

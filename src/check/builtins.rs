@@ -699,7 +699,11 @@ impl Checker<'_> {
     pub(super) fn kernel_ramplus_tl(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
         let r = self.num(m.take("r"), m.native.num_default("r"), ctx)?;
         let alpha = self.num(m.take("alpha"), m.native.num_default("alpha"), ctx)?;
-        Some(Kernel::RamPlusTl { r, alpha, epsilon: self.num(m.take("epsilon"), m.native.num_default("epsilon"), ctx)? })
+        Some(Kernel::RamPlusTl {
+            r,
+            alpha,
+            epsilon: self.num(m.take("epsilon"), m.native.num_default("epsilon"), ctx)?,
+        })
     }
 
     pub(super) fn kernel_arcee_fusion(&mut self, _: &mut MethodCall, _: Ctx) -> Option<Kernel<Sched>> {
