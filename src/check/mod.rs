@@ -55,6 +55,8 @@ pub fn stdlib_fns() -> Vec<StdlibFn> {
         for s in p.stmts {
             if let syntax::StmtKind::Fn { name, params, body } = s.kind {
                 let head = &text[s.span.start..body.span.start];
+                // A parenthesized body's span starts inside its parentheses.
+                let head = head.trim_end_matches(|c: char| c == '(' || c.is_whitespace());
                 let signature = head.trim_start_matches("fn").trim().trim_end_matches('=').trim().to_string();
                 let doc: Vec<&str> = text[..s.span.start].lines().rev().take_while(|l| l.starts_with('#')).collect();
                 let doc: Vec<&str> = doc.into_iter().rev().map(|l| l.trim_start_matches('#').trim()).collect();
