@@ -201,9 +201,10 @@ fn ram_of_one_model_is_its_thresholded_task_vector() {
 #[test]
 fn ramplus_boosts_unique_entries_by_the_shared_ratio() {
     let (a, b) = (task_vector("ft1"), task_vector("ft2"));
-    let eps = 5e-3f32;
-    let (got, _) = delta_of(&format!("base + ramplus_tl(ft1, ft2, epsilon={eps}, r=1, alpha=100)"), "2");
-    let mut boosted = 0;
+    let eps = 1e-3f32;
+    // alpha 2 caps the ratio on some tensors (ratios here run from 0.7 to 3.3).
+    let (got, _) = delta_of(&format!("base + ramplus_tl(ft1, ft2, epsilon={eps}, r=1, alpha=2)"), "2");
+    let (mut boosted, mut capped) = (0, 0);
     for (name, d) in &got {
         let changed = |x: f32| x.abs() > eps;
         let (mut shared, mut unique) = ([0f64; 2], [0f64; 2]);
@@ -218,11 +219,12 @@ fn ramplus_boosts_unique_entries_by_the_shared_ratio() {
                 }
             }
         }
-        let boost: Vec<f64> = (0..2).map(|m| 1.0 + (shared[m] / unique[m].max(eps as f64)).min(100.0)).collect();
+        let boost: Vec<f64> = (0..2).map(|m| 1.0 + (shared[m] / unique[m].max(eps as f64)).min(2.0)).collect();
         // The check means something: boosts well above 1 on unique entries.
         if boost[0].min(boost[1]) > 1.2 && unique[0].min(unique[1]) > 0.0 {
             boosted += 1;
         }
+        capped += usize::from(boost.contains(&3.0));
         for (i, v) in d.iter().enumerate() {
             let (x, y) = (a[name][i], b[name][i]);
             let want = match (changed(x), changed(y)) {
@@ -234,5 +236,5 @@ fn ramplus_boosts_unique_entries_by_the_shared_ratio() {
             assert!((*v as f64 - want).abs() <= 1e-6 + 1e-5 * want.abs(), "{name}[{i}]: {v} vs {want}");
         }
     }
-    assert!(boosted >= 10, "{boosted}");
+    assert!(boosted >= 10 && capped >= 2, "{boosted} boosted, {capped} capped");
 }
