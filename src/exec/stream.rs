@@ -113,13 +113,13 @@ pub fn working_set(plan: &Plan, n: NodeId) -> u64 {
     // The SVD methods hold matrix-sized factors besides their inputs and
     // output: Iso-C the sum, U, V and U V^T; TSV-M each task's SVD, the
     // stacked singular vectors, their polar factors and the product;
-    // Iso-CTS the sum's SVD, one residual's, the stacked vectors, their
-    // polar factors and the product; CART the mean, the accumulated sum and
-    // one deviation's SVD.
+    // Iso-CTS, in f64 (twice the bytes), the sum's SVD, one residual's, the
+    // stacked vectors, their polar factors and the product; CART the mean,
+    // the accumulated sum and one deviation's SVD.
     let factors = match &plan.nodes[n].op {
         Op::Kernel { kernel: crate::ir::Kernel::IsoC { .. }, .. } => 5,
         Op::Kernel { kernel: crate::ir::Kernel::TsvM { .. }, .. } => 8,
-        Op::Kernel { kernel: crate::ir::Kernel::IsoCts { .. }, .. } => 12,
+        Op::Kernel { kernel: crate::ir::Kernel::IsoCts { .. }, .. } => 24,
         Op::Kernel { kernel: crate::ir::Kernel::Cart { .. }, .. } => 6,
         _ => 0,
     };

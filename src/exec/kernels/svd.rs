@@ -4,24 +4,51 @@
 
 use faer::{Mat, MatRef};
 
-/// A row-major slice as a faer matrix.
-fn matrix(x: &[f32], rows: usize, cols: usize) -> Mat<f32> {
-    Mat::from_fn(rows, cols, |i, j| x[i * cols + j])
+/// The float types the SVD runs in: f32, or f64 where f32 loses too much
+/// (Iso-CTS, whose residual subspaces faer's f32 SVD gets visibly less
+/// accurately than LAPACK's f32 SVD: about 50 times FusionBench's f32 error
+/// on MiniLM's output projections, against 1e-14 in f64).
+trait Real: faer::traits::RealField + Copy {
+    fn of(x: f32) -> Self;
+    fn to_f32(self) -> f32;
 }
 
-/// A faer matrix back to row-major order, times `scale`.
-fn row_major(m: MatRef<'_, f32>, scale: f32) -> Vec<f32> {
+impl Real for f32 {
+    fn of(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Real for f64 {
+    fn of(x: f32) -> Self {
+        x as f64
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+
+/// A row-major slice as a faer matrix.
+fn matrix<T: Real>(x: &[f32], rows: usize, cols: usize) -> Mat<T> {
+    Mat::from_fn(rows, cols, |i, j| T::of(x[i * cols + j]))
+}
+
+/// A faer matrix back to row-major f32, times `scale`.
+fn row_major<T: Real>(m: MatRef<'_, T>, scale: T) -> Vec<f32> {
     let mut out = Vec::with_capacity(m.nrows() * m.ncols());
     for i in 0..m.nrows() {
-        out.extend((0..m.ncols()).map(|j| scale * m[(i, j)]));
+        out.extend((0..m.ncols()).map(|j| (scale * m[(i, j)]).to_f32()));
     }
     out
 }
 
 /// A thin SVD `x = U diag(s) V^T`: `min(rows, cols)` triplets, `s` descending.
-type Svd = (Mat<f32>, Vec<f32>, Mat<f32>);
+type Svd<T> = (Mat<T>, Vec<T>, Mat<T>);
 
-fn thin_svd(x: MatRef<'_, f32>) -> Result<Svd, String> {
+fn thin_svd<T: Real>(x: MatRef<'_, T>) -> Result<Svd<T>, String> {
     let svd = x.thin_svd().map_err(|e| format!("SVD of a {}x{} matrix: {e:?}", x.nrows(), x.ncols()))?;
     let s = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
     Ok((svd.U().to_owned(), s, svd.V().to_owned()))
@@ -29,7 +56,7 @@ fn thin_svd(x: MatRef<'_, f32>) -> Result<Svd, String> {
 
 /// The nearest matrix with orthonormal columns (the polar factor `P Q^T` of
 /// `x = P S Q^T`).
-fn polar(x: MatRef<'_, f32>) -> Result<Mat<f32>, String> {
+fn polar<T: Real>(x: MatRef<'_, T>) -> Result<Mat<T>, String> {
     let (p, _, q) = thin_svd(x)?;
     Ok(&p * q.transpose())
 }
@@ -52,9 +79,9 @@ fn mean(deltas: &[Vec<f32>], lambda: f32) -> Vec<f32> {
 /// spectrum sets the scale.
 pub fn iso_c(deltas: &[Vec<f32>], lambda: f32, shape: &[usize]) -> Result<Vec<f32>, String> {
     let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
-    let mut sum = matrix(&deltas[0], rows, cols);
+    let mut sum = matrix::<f32>(&deltas[0], rows, cols);
     for d in &deltas[1..] {
-        sum += matrix(d, rows, cols);
+        sum += matrix::<f32>(d, rows, cols);
     }
     let (u, s, v) = thin_svd(sum.as_ref())?;
     let s_mean = s.iter().map(|&x| x as f64).sum::<f64>() / s.len().max(1) as f64;
@@ -122,20 +149,20 @@ pub fn iso_cts_split(r: usize, common: f64, tasks: usize) -> (usize, usize) {
 /// each task vector, with that (left) subspace projected out, adds its own
 /// top directions; the side-by-side left and right singular vectors are
 /// replaced by their polar factors, every singular value by the mean of the
-/// kept ones, times `lambda`.
+/// kept ones, times `lambda`. Computed in f64 (see [`Real`]).
 pub fn iso_cts(deltas: &[Vec<f32>], lambda: f32, common: f64, shape: &[usize]) -> Result<Vec<f32>, String> {
     let [rows, cols] = *shape else { return Ok(mean(deltas, lambda)) };
     let r = rows.min(cols);
     let (c, k) = iso_cts_split(r, common, deltas.len());
-    let mut sum = matrix(&deltas[0], rows, cols);
+    let mut sum = matrix::<f64>(&deltas[0], rows, cols);
     for d in &deltas[1..] {
-        sum += matrix(d, rows, cols);
+        sum += matrix::<f64>(d, rows, cols);
     }
     let (u, s, v) = thin_svd(sum.as_ref())?;
-    let (mut us, mut vs, mut ss) = (Mat::<f32>::zeros(rows, r), Mat::<f32>::zeros(cols, r), vec![0f32; r]);
+    let (mut us, mut vs, mut ss) = (Mat::<f64>::zeros(rows, r), Mat::<f64>::zeros(cols, r), vec![0f64; r]);
     let uc = u.subcols(0, c);
     for (t, d) in deltas.iter().enumerate().filter(|_| k > 0) {
-        let w = matrix(d, rows, cols);
+        let w = matrix::<f64>(d, rows, cols);
         let residual = &w - uc * (uc.transpose() * &w);
         let (ut, st, vt) = thin_svd(residual.as_ref())?;
         for j in 0..k {
@@ -150,10 +177,10 @@ pub fn iso_cts(deltas: &[Vec<f32>], lambda: f32, common: f64, shape: &[usize]) -
         vs.col_mut(at + j).copy_from(v.col(j));
         ss[at + j] = s[j];
     }
-    let s_mean = ss.iter().map(|&x| x as f64).sum::<f64>() / r.max(1) as f64;
+    let s_mean = ss.iter().sum::<f64>() / r.max(1) as f64;
     let pu = polar(us.as_ref())?;
     let pv = polar(vs.as_ref())?;
-    Ok(row_major((&pu * pv.transpose()).as_ref(), lambda * s_mean as f32))
+    Ok(row_major((&pu * pv.transpose()).as_ref(), lambda as f64 * s_mean))
 }
 
 /// The rank CART keeps of an `r`-rank matrix: `floor(rank * r)`.
@@ -173,10 +200,10 @@ pub fn cart(models: &[Vec<f32>], rank: f64, lambda: f32, shape: &[usize]) -> Res
     if k == 0 {
         return Ok(avg);
     }
-    let center = matrix(&avg, rows, cols);
+    let center = matrix::<f32>(&avg, rows, cols);
     let mut acc = Mat::<f32>::zeros(rows, cols);
     for m in models {
-        let dev = matrix(m, rows, cols) - &center;
+        let dev = matrix::<f32>(m, rows, cols) - &center;
         let (mut u, s, v) = thin_svd(dev.as_ref())?;
         for (j, s) in s.iter().enumerate().take(k) {
             u.col_mut(j).iter_mut().for_each(|x| *x *= s);
@@ -222,7 +249,7 @@ mod tests {
     fn iso_c_spreads_the_spectrum_evenly() {
         let x: Vec<f32> = (0..16).map(|i| if i == 5 { 8.0 } else { 0.0 }).collect();
         let got = iso_c(&[x], 0.5, &[4, 4]).unwrap();
-        let svd = thin_svd(matrix(&got, 4, 4).as_ref()).unwrap();
+        let svd = thin_svd(matrix::<f32>(&got, 4, 4).as_ref()).unwrap();
         assert!(svd.1.iter().all(|s| (s - 1.0).abs() < 1e-5), "{:?}", svd.1);
     }
 
@@ -264,7 +291,7 @@ mod tests {
                 })
                 .collect();
             let t = std::time::Instant::now();
-            let s = thin_svd(matrix(&x, n, n).as_ref()).unwrap().1;
+            let s = thin_svd(matrix::<f32>(&x, n, n).as_ref()).unwrap().1;
             println!("faer     {n}x{n}: {:.2}s (s_max {})", t.elapsed().as_secs_f64(), s[0]);
             if with_nalgebra {
                 let t = std::time::Instant::now();
