@@ -293,6 +293,9 @@ mod tests {
             let t = std::time::Instant::now();
             let s = thin_svd(matrix::<f32>(&x, n, n).as_ref()).unwrap().1;
             println!("faer     {n}x{n}: {:.2}s (s_max {})", t.elapsed().as_secs_f64(), s[0]);
+            let t = std::time::Instant::now();
+            let s = thin_svd(matrix::<f64>(&x, n, n).as_ref()).unwrap().1;
+            println!("faer f64 {n}x{n}: {:.2}s (s_max {}; Iso-CTS runs in f64)", t.elapsed().as_secs_f64(), s[0]);
             if with_nalgebra {
                 let t = std::time::Instant::now();
                 let svd = nalgebra::DMatrix::<f32>::from_row_slice(n, n, &x).svd(true, true);
