@@ -13,6 +13,7 @@ mod methods;
 mod outputs;
 mod packaging;
 mod real;
+mod recent_methods;
 mod reliability;
 mod repl;
 mod robustness;

@@ -7,10 +7,10 @@
 use crate::common::*;
 use std::collections::BTreeMap;
 
-const MODELS: &str = "tests/fixtures/mergekit/models";
+pub(crate) const MODELS: &str = "tests/fixtures/mergekit/models";
 
 /// Runs a recipe body (after bindings of base, ft0..ft2) and returns `out - base` per tensor.
-fn delta_of(body: &str, threads: &str) -> (BTreeMap<String, Vec<f32>>, Vec<u8>) {
+pub(crate) fn delta_of(body: &str, threads: &str) -> (BTreeMap<String, Vec<f32>>, Vec<u8>) {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = format!(
         "base = model(\"{r}/{MODELS}/base\")\nft0 = model(\"{r}/{MODELS}/ft0\")\nft1 = model(\"{r}/{MODELS}/ft1\")\nft2 = model(\"{r}/{MODELS}/ft2\")\n{body}\n",
@@ -33,7 +33,7 @@ fn delta_of(body: &str, threads: &str) -> (BTreeMap<String, Vec<f32>>, Vec<u8>) 
     (d, std::fs::read(out.join("model.safetensors")).unwrap())
 }
 
-fn task_vector(name: &str) -> BTreeMap<String, Vec<f32>> {
+pub(crate) fn task_vector(name: &str) -> BTreeMap<String, Vec<f32>> {
     let ft = read_model(&root().join(MODELS).join(name));
     let base = read_model(&root().join(MODELS).join("base"));
     ft.iter().map(|(n, t)| (n.clone(), t.data.iter().zip(&base[n].data).map(|(f, b)| f - b).collect())).collect()
@@ -118,6 +118,8 @@ fn the_whole_stdlib_type_checks() {
         if let fuse::syntax::StmtKind::Fn { name, .. } = &s.kind {
             let call = if name.name == "linear" {
                 "linear(ft0, ft1)".to_string()
+            } else if name.name == "lines" {
+                "base + lines(ft0 - base, alpha=0.5, beta=1)".to_string()
             } else {
                 format!("base + {}(ft0, ft1, density=0.5)", name.name)
             };
@@ -126,7 +128,7 @@ fn the_whole_stdlib_type_checks() {
             calls.push_str(&format!("x_{} = {call}\n", name.name));
         }
     }
-    assert_eq!(calls.lines().count(), 9, "{calls}");
+    assert_eq!(calls.lines().count(), 10, "{calls}");
     let text = format!(
         "base = model(\"{MODELS}/base\")\nft0 = model(\"{MODELS}/ft0\")\nft1 = model(\"{MODELS}/ft1\")\n{calls}save(x_ties, \"unused\")\n"
     );
@@ -161,7 +163,7 @@ fn the_repl_help_comes_from_the_same_table() {
 }
 
 /// MagMax's closed form: per entry the task-vector value of largest
-/// magnitude (the first on ties), times lambda, computed here from the files.
+/// magnitude (the last on ties), times lambda, computed here from the files.
 #[test]
 fn magmax_takes_the_largest_magnitude_per_entry() {
     let tvs = ["ft0", "ft1", "ft2"].map(task_vector);
@@ -171,7 +173,7 @@ fn magmax_takes_the_largest_magnitude_per_entry() {
         for (i, v) in d.iter().enumerate() {
             let mut best = 0f32;
             for tv in &tvs {
-                if tv[name][i].abs() > best.abs() {
+                if tv[name][i].abs() >= best.abs() {
                     best = tv[name][i];
                 }
             }
@@ -186,7 +188,7 @@ fn magmax_takes_the_largest_magnitude_per_entry() {
 
 /// Singular values of a row-major `[rows, cols]` matrix, in f64 (nalgebra:
 /// an SVD independent of the faer one fuse uses).
-fn singular_values(x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+pub(crate) fn singular_values(x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     let m = nalgebra::DMatrix::<f64>::from_row_iterator(rows, cols, x.iter().map(|&v| v as f64));
     m.singular_values().iter().copied().collect()
 }
@@ -247,7 +249,13 @@ fn tsv_m_of_one_model_is_its_task_vector() {
 /// runs on one thread; tensors run in parallel).
 #[test]
 fn svd_methods_are_reproducible_across_threads() {
-    for body in ["base + iso_c(ft0, ft1, ft2)", "base + tsv_m(ft0, ft1, ft2)"] {
+    for body in [
+        "base + iso_c(ft0, ft1, ft2)",
+        "base + tsv_m(ft0, ft1, ft2)",
+        "base + iso_cts(ft0, ft1, ft2)",
+        "cart(ft0, ft1, ft2, rank=0.3)",
+        "base + ramplus_tl(ft0, ft1, ft2)",
+    ] {
         assert!(delta_of(body, "1").1 == delta_of(body, "3").1, "{body}");
     }
 }

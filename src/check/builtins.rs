@@ -667,6 +667,45 @@ impl Checker<'_> {
         Some(Kernel::TsvM { lambda: self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)? })
     }
 
+    /// A parameter that must be a fraction: constants outside [0, 1] are E0106.
+    fn fraction(&mut self, m: &mut MethodCall, name: &str, what: &str, ctx: Ctx) -> Option<Sched> {
+        let x = self.num(m.take(name), m.native.num_default(name), ctx)?;
+        if let Some(c) = x.as_const().filter(|c| !(0.0..=1.0).contains(c)) {
+            self.report(
+                Diagnostic::error(Code::E0106, format!("{name} {} is outside [0, 1]", super::fmt_num(c)))
+                    .with_label(ctx.file, m.span, what)
+                    .with_help(format!("use a value between 0 and 1, e.g. `{name}={}`", m.native.num_default(name))),
+            );
+            return None;
+        }
+        Some(x)
+    }
+
+    pub(super) fn kernel_iso_cts(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let lambda = self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)?;
+        let common = self.fraction(m, "common", "the fraction of the rank given to the common subspace", ctx)?;
+        Some(Kernel::IsoCts { lambda, common })
+    }
+
+    pub(super) fn kernel_cart(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let rank = self.fraction(m, "rank", "the fraction of each deviation's rank kept", ctx)?;
+        Some(Kernel::Cart { rank, lambda: self.num(m.take("lambda"), m.native.num_default("lambda"), ctx)? })
+    }
+
+    pub(super) fn kernel_ram(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        Some(Kernel::Ram { epsilon: self.num(m.take("epsilon"), m.native.num_default("epsilon"), ctx)? })
+    }
+
+    pub(super) fn kernel_ramplus_tl(&mut self, m: &mut MethodCall, ctx: Ctx) -> Option<Kernel<Sched>> {
+        let r = self.num(m.take("r"), m.native.num_default("r"), ctx)?;
+        let alpha = self.num(m.take("alpha"), m.native.num_default("alpha"), ctx)?;
+        Some(Kernel::RamPlusTl {
+            r,
+            alpha,
+            epsilon: self.num(m.take("epsilon"), m.native.num_default("epsilon"), ctx)?,
+        })
+    }
+
     pub(super) fn kernel_arcee_fusion(&mut self, _: &mut MethodCall, _: Ctx) -> Option<Kernel<Sched>> {
         Some(Kernel::ArceeFusion)
     }

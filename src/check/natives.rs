@@ -467,6 +467,50 @@ const METHODS: &[Native] = &[
         example: "base + tsv_m(a, b, c)",
         how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_tsv_m(m, ctx)),
     },
+    Native {
+        name: "iso_cts",
+        rest: Some("models"),
+        params: &[
+            p("lambda", PKind::Num, Default::Num(1.0), "scale of the merged task vector"),
+            p("common", PKind::Num, Default::Num(0.8), "fraction of each matrix's rank given to the common subspace"),
+            BASE,
+        ],
+        doc: "Iso-CTS (Marczak et al., ICML 2025): the summed task vector's top directions plus each task's own, orthogonalized, with a flat spectrum.",
+        example: "base + iso_cts(a, b, c, common=0.8)",
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_iso_cts(m, ctx)),
+    },
+    Native {
+        name: "cart",
+        rest: Some("models"),
+        params: &[
+            p("rank", PKind::Num, Default::Num(0.08), "fraction of each deviation's singular triplets kept"),
+            p("lambda", PKind::Num, Default::Num(1.0), "scale of the summed low-rank deviations"),
+        ],
+        doc: "CART (Choi et al., 2024): the models' mean plus the sum of their low-rank deviations from it.",
+        example: "cart(a, b, c, rank=0.08)",
+        how: method(Arity::AtLeast(2), BaseUse::Never, false, |c, m, ctx| c.kernel_cart(m, ctx)),
+    },
+    Native {
+        name: "ram",
+        rest: Some("models"),
+        params: &[p("epsilon", PKind::Num, Default::Num(1e-5), "a task-vector entry counts as changed above this magnitude"), BASE],
+        doc: "RAM (mergekit): entries one task vector changes keep its value; entries several change take their mean.",
+        example: "base + ram(a, b, c)",
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_ram(m, ctx)),
+    },
+    Native {
+        name: "ramplus_tl",
+        rest: Some("models"),
+        params: &[
+            p("r", PKind::Num, Default::Num(0.1), "strength of the boost of unique entries"),
+            p("alpha", PKind::Num, Default::Num(0.2), "cap on the shared-to-unique ratio"),
+            p("epsilon", PKind::Num, Default::Num(1e-5), "a task-vector entry counts as changed above this magnitude"),
+            BASE,
+        ],
+        doc: "RAM+ tensor-local (mergekit): RAM with each model's unique entries boosted by how much it shares.",
+        example: "base + ramplus_tl(a, b, c, r=0.1, alpha=0.2)",
+        how: method(Arity::AtLeast(1), BaseUse::Required, true, |c, m, ctx| c.kernel_ramplus_tl(m, ctx)),
+    },
 ];
 
 /// Every native, in the order people read them: builtins, primitives, methods.

@@ -7,7 +7,7 @@
 //! whole-tensor statistics (magnitude thresholds, norms, cosines) get them
 //! in extra streaming passes first; only the few that need the whole tensor
 //! at once (outliers, DELLA, the multi-model spheres, arcee_fusion, sce,
-//! iso_c, tsv_m) are
+//! iso_c, iso_cts, tsv_m, cart) are
 //! materialized, under the memory budget.
 
 use super::kernels::{self, Prepared, Source, TensorInfo, CHUNK};
@@ -176,10 +176,15 @@ pub fn working_set(plan: &Plan, n: NodeId) -> u64 {
     let inputs = super::children(&plan.nodes[n].op).len() as u64;
     // The SVD methods hold matrix-sized factors besides their inputs and
     // output: Iso-C the sum, U, V and U V^T; TSV-M each task's SVD, the
-    // stacked singular vectors, their polar factors and the product.
+    // stacked singular vectors, their polar factors and the product;
+    // Iso-CTS, in f64 (twice the bytes), the sum's SVD, one residual's, the
+    // stacked vectors, their polar factors and the product; CART the mean,
+    // the accumulated sum and one deviation's SVD.
     let factors = match &plan.nodes[n].op {
         Op::Kernel { kernel: crate::ir::Kernel::IsoC { .. }, .. } => 5,
         Op::Kernel { kernel: crate::ir::Kernel::TsvM { .. }, .. } => 8,
+        Op::Kernel { kernel: crate::ir::Kernel::IsoCts { .. }, .. } => 24,
+        Op::Kernel { kernel: crate::ir::Kernel::Cart { .. }, .. } => 6,
         _ => 0,
     };
     (inputs + 1 + factors) * numel * 4

@@ -42,7 +42,7 @@ pub enum Kernel<N> {
     NearSwap { t: N },
     /// Base and model: keep the delta where its KL-weighted importance is an outlier.
     ArceeFusion,
-    /// Deltas in: per entry the value of largest magnitude (the first on
+    /// Deltas in: per entry the value of largest magnitude (the last on
     /// ties), times `lambda` (MagMax).
     MagMax { lambda: N },
     /// Deltas in: per matrix, the SVD of their sum with every singular
@@ -52,6 +52,22 @@ pub enum Kernel<N> {
     /// the stacked singular vectors orthogonalized, times `lambda` (TSV-M);
     /// other tensors averaged.
     TsvM { lambda: N },
+    /// Deltas in: per matrix, the summed task vector's top `common` fraction
+    /// of singular directions plus each delta's own top directions outside
+    /// them, orthogonalized, with a flat spectrum, times `lambda` (Iso-CTS);
+    /// other tensors averaged.
+    IsoCts { lambda: N, common: N },
+    /// Models in: their mean plus `lambda` times the sum of each model's
+    /// deviation from it truncated to the top `rank` fraction of its
+    /// singular triplets (CART); other tensors averaged.
+    Cart { rank: N, lambda: N },
+    /// Deltas in: entries changed (beyond `epsilon`) by one task vector keep
+    /// its value, entries changed by several take their mean (RAM).
+    Ram { epsilon: N },
+    /// RAM with each task vector's unique entries boosted by
+    /// `1 + r * clamp(shared / unique, 0, alpha)`, counted over the tensor
+    /// (RAM+, tensor-local).
+    RamPlusTl { r: N, alpha: N, epsilon: N },
     /// Deltas in: keep high-variance positions, elect signs, weight by energy.
     Sce { select_topk: N },
     /// A LoRA adapter's delta: inputs B [out, r] and A [r, in], result
@@ -94,6 +110,12 @@ impl<N> Kernel<N> {
             Kernel::MagMax { lambda } => Kernel::MagMax { lambda: f(lambda) },
             Kernel::IsoC { lambda } => Kernel::IsoC { lambda: f(lambda) },
             Kernel::TsvM { lambda } => Kernel::TsvM { lambda: f(lambda) },
+            Kernel::IsoCts { lambda, common } => Kernel::IsoCts { lambda: f(lambda), common: f(common) },
+            Kernel::Cart { rank, lambda } => Kernel::Cart { rank: f(rank), lambda: f(lambda) },
+            Kernel::Ram { epsilon } => Kernel::Ram { epsilon: f(epsilon) },
+            Kernel::RamPlusTl { r, alpha, epsilon } => {
+                Kernel::RamPlusTl { r: f(r), alpha: f(alpha), epsilon: f(epsilon) }
+            }
             Kernel::Sce { select_topk } => Kernel::Sce { select_topk: f(select_topk) },
             Kernel::LoraProduct { scale } => Kernel::LoraProduct { scale: f(scale) },
             Kernel::ResizeRows { from } => Kernel::ResizeRows { from: *from },

@@ -1,6 +1,7 @@
 //! Combining task vectors and base-relative methods: sign consensus (TIES,
 //! DARE-TIES, ...), SCE, Model Stock, NearSwap and Arcee Fusion, as mergekit
-//! 0.1.5 computes them.
+//! 0.1.5 computes them; RAM and RAM+ (tensor-local), as mergekit's newer
+//! `ram.py` does.
 
 use super::{dot, partials, row_len, Prepared, Source};
 
@@ -65,17 +66,72 @@ pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize
     }
 }
 
-/// Per entry the delta of largest magnitude (the first on ties), times `lambda`.
+/// Per entry the delta of largest magnitude, times `lambda`. On equal
+/// magnitudes the later model wins, as in MagMax's reference code (and
+/// FusionBench's): on real fine-tunes a few entries have `d_1 = -d_2`.
 pub fn magmax(deltas: &[&[f32]], lambda: f32, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         let mut best = 0f32;
         for d in deltas {
-            if d[i].abs() > best.abs() {
+            if d[i].abs() >= best.abs() {
                 best = d[i];
             }
         }
         *o = lambda * best;
     }
+}
+
+/// RAM (Reinforced Agent Merging), per entry: the task vectors whose
+/// magnitude exceeds `epsilon` contribute; an entry only one of them changes
+/// takes that value times its model's `boost`; one that several change takes
+/// their mean. `boost` is 1 for plain RAM.
+pub fn ram(deltas: &[&[f32]], epsilon: f32, boost: &[f32], out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let changed = |d: &[f32]| d[i].abs() > epsilon;
+        *o = match deltas.iter().filter(|d| changed(d)).count() {
+            0 => 0.0,
+            1 => deltas.iter().zip(boost).find(|(d, _)| changed(d)).map_or(0.0, |(d, b)| d[i] * b),
+            // Each divided, then summed: mergekit's order of operations.
+            n => deltas.iter().filter(|d| changed(d)).map(|d| d[i] / n as f32).sum(),
+        };
+    }
+}
+
+/// RAM+'s per-model boost of the entries only that model changes:
+/// `1 + r * clamp(shared / max(unique, epsilon), 0, alpha)`, where `shared`
+/// counts the model's changed entries that another model changes too and
+/// `unique` those it changes alone, over the whole tensor.
+pub fn prepare_ramplus(src: &dyn Source, r: f64, alpha: f64, epsilon: f64) -> Result<Prepared, String> {
+    let k = src.inputs();
+    let eps = epsilon as f32;
+    let parts = partials(src, k, |_, b| {
+        let (mut shared, mut unique) = (vec![0u64; k], vec![0u64; k]);
+        for i in 0..b[0].len() {
+            let count = b.iter().filter(|d| d[i].abs() > eps).count();
+            for (m, d) in b.iter().enumerate() {
+                if d[i].abs() > eps {
+                    if count > 1 {
+                        shared[m] += 1;
+                    } else {
+                        unique[m] += 1;
+                    }
+                }
+            }
+        }
+        (shared, unique)
+    })?;
+    let (mut shared, mut unique) = (vec![0u64; k], vec![0u64; k]);
+    for (s, u) in parts {
+        shared.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        unique.iter_mut().zip(u).for_each(|(a, b)| *a += b);
+    }
+    let boost = shared
+        .iter()
+        .zip(&unique)
+        // torch's clamp: max then min, so a negative alpha gives alpha.
+        .map(|(&s, &u)| (1.0 + r * (s as f64 / (u as f64).max(epsilon)).max(0.0).min(alpha)) as f32)
+        .collect();
+    Ok(Prepared::Ram { boost })
 }
 
 /// `w b + (1 - w) a` with `w = clamp(t / max(|a - b|, 1e-6), 0, 1)`.

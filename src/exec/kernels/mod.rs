@@ -1,9 +1,9 @@
 //! The kernels on f32 data. Loads and linear combinations go through
 //! candle-core tensors (the candle engine); the native merge kernels work on
 //! flat slices, shared by both engines: `sparsify.rs` (trimming and
-//! dropping), `combine.rs` (sign consensus and the base-relative methods),
-//! `sphere.rs` (the spherical interpolations), `svd.rs` (the SVD-based
-//! task-vector methods).
+//! dropping), `combine.rs` (sign consensus, RAM and the base-relative
+//! methods), `sphere.rs` (the spherical interpolations), `svd.rs` (the
+//! SVD-based methods).
 
 mod combine;
 mod sparsify;
@@ -107,6 +107,8 @@ pub enum Prepared {
     Mix { s0: f32, s1: f32 },
     /// `t mean(models) + (1 - t) base`.
     Stock { t: f32 },
+    /// RAM's factor on each task vector's unique entries.
+    Ram { boost: Vec<f32> },
 }
 
 /// Kernels that can stream: elementwise ones, and those that need only
@@ -115,6 +117,7 @@ pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
     use crate::ir::Sparsify as S;
     match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } | Kernel::MagMax { .. } => true,
+        Kernel::Ram { .. } | Kernel::RamPlusTl { .. } => true,
         Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. }, .. } => true,
         Kernel::NuSlerp { flatten, .. } => *flatten || shape.len() < 2,
         Kernel::ModelStock { filter_wise } => !filter_wise,
@@ -137,6 +140,8 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
         Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
         Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
         Kernel::ModelStock { .. } => combine::prepare_stock(src)?,
+        Kernel::Ram { .. } => Prepared::Ram { boost: vec![1.0; src.inputs()] },
+        Kernel::RamPlusTl { r, alpha, epsilon } => combine::prepare_ramplus(src, r.get(), alpha.get(), epsilon.get())?,
         other => return Err(format!("{other:?} does not stream")),
     })
 }
@@ -198,6 +203,9 @@ pub fn apply(kernel: &Kernel<F>, prep: &Prepared, start: usize, inputs: &[&[f32]
         (Kernel::NearSwap { t }, _) => combine::nearswap(inputs[0], inputs[1], t.get(), out),
         (Kernel::MagMax { lambda }, _) => combine::magmax(inputs, lambda.get() as f32, out),
         (Kernel::Sparsify { .. }, p) => sparsify::apply(p, start, inputs[0], out),
+        (Kernel::Ram { epsilon } | Kernel::RamPlusTl { epsilon, .. }, Prepared::Ram { boost }) => {
+            combine::ram(inputs, epsilon.get() as f32, boost, out)
+        }
         (_, Prepared::Mix { s0, s1 }) => {
             for ((o, a), b) in out.iter_mut().zip(inputs[0]).zip(inputs[1]) {
                 *o = s0 * a + s1 * b;
@@ -240,6 +248,8 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
         Kernel::IsoC { lambda } => svd::iso_c(&inputs, lambda.get() as f32, t.shape)?,
         Kernel::TsvM { lambda } => svd::tsv_m(&inputs, lambda.get() as f32, t.shape)?,
+        Kernel::IsoCts { lambda, common } => svd::iso_cts(&inputs, lambda.get() as f32, common.get(), t.shape)?,
+        Kernel::Cart { rank, lambda } => svd::cart(&inputs, rank.get(), lambda.get() as f32, t.shape)?,
         Kernel::LoraProduct { scale } => lora_product(&inputs[0], &inputs[1], scale.get() as f32, t.shape),
         Kernel::ResizeRows { from } => resize_rows(&inputs[0], *from as usize, t.shape),
         other => unreachable!("{other:?} streams"),
@@ -334,5 +344,28 @@ mod tests {
         let mut out = vec![0f32; 3];
         apply(&k, &Prepared::None, 0, &d, &mut out);
         assert_eq!(out, vec![2.0, 2.0, -2.0]);
+    }
+
+    /// RAM by hand: entry 0 nobody changes, 1 both (mean), 2 only the first
+    /// (kept), 3 only the second but below epsilon (dropped), 4 only the
+    /// second. RAM+ (r 0.1, alpha 0.2): the first model shares 1 entry and
+    /// owns 1, ratio 1, capped at 0.2, boost 1.02; the second shares 1 and
+    /// owns 1 (entry 4), the same boost.
+    #[test]
+    fn ram_by_hand() {
+        let d: Vec<&[f32]> = vec![&[0.0, 2.0, 1.0, 0.0, 0.0], &[0.0, 4.0, 0.0, 1e-6, -3.0]];
+        let src = Slices(&[d[0].to_vec(), d[1].to_vec()]);
+        let info = TensorInfo { name: "x", shape: &[5] };
+        let mut out = vec![0f32; 5];
+        let ram = Kernel::Ram { epsilon: F::new(1e-5) };
+        apply(&ram, &prepare(&ram, &src, &info).unwrap(), 0, &d, &mut out);
+        assert_eq!(out, vec![0.0, 3.0, 1.0, 0.0, -3.0]);
+        let plus = Kernel::RamPlusTl { r: F::new(0.1), alpha: F::new(0.2), epsilon: F::new(1e-5) };
+        apply(&plus, &prepare(&plus, &src, &info).unwrap(), 0, &d, &mut out);
+        assert_eq!(out, vec![0.0, 3.0, 1.02, 0.0, -3.0 * 1.02]);
+        // Below the cap: r 1, alpha 5, so each boost is 1 + 1/1 = 2.
+        let plus = Kernel::RamPlusTl { r: F::new(1.0), alpha: F::new(5.0), epsilon: F::new(1e-5) };
+        apply(&plus, &prepare(&plus, &src, &info).unwrap(), 0, &d, &mut out);
+        assert_eq!(out, vec![0.0, 3.0, 2.0, 0.0, -6.0]);
     }
 }
