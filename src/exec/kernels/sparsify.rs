@@ -438,13 +438,18 @@ fn l1(x: &[f32]) -> f64 {
 /// DELLA: within each row, keep probability rises linearly with the
 /// magnitude's rank from `density - eps` to `density + eps`.
 fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
-    x.par_chunks_mut(row.max(1)).enumerate().for_each(|(r, row_vals)| {
+    let scratch = || (Vec::<u64>::new(), Vec::<usize>::new());
+    x.par_chunks_mut(row.max(1)).enumerate().for_each_init(scratch, |(order, rank), (r, row_vals)| {
         let c = row_vals.len();
-        let mut order: Vec<u32> = (0..c as u32).collect();
-        order.sort_by(|&a, &b| row_vals[a as usize].abs().total_cmp(&row_vals[b as usize].abs()).then(a.cmp(&b)));
-        let mut rank = vec![0usize; c];
-        for (pos, &i) in order.iter().enumerate() {
-            rank[i as usize] = pos;
+        // Ranks by magnitude, equal ones in index order: magnitudes order as
+        // their bits do (as `total_cmp` orders them), so one sort of
+        // (bits, index) keys, all distinct, gives the stable order.
+        order.clear();
+        order.extend(row_vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64));
+        order.sort_unstable();
+        rank.resize(c, 0);
+        for (pos, &key) in order.iter().enumerate() {
+            rank[(key & 0xffff_ffff) as usize] = pos;
         }
         for (j, v) in row_vals.iter_mut().enumerate() {
             let frac = if c > 1 { rank[j] as f64 / (c - 1) as f64 } else { 0.5 };
@@ -878,6 +883,44 @@ mod tests {
             assert_eq!(format!("{alone:?}"), format!("{prep:?}"), "input {j}");
             let (density, gamma, rescale) = members[j];
             assert!(same_bits(&apply_chunks(prep, x), &outliers_by_sort(x, density, gamma, rescale)), "input {j}");
+        }
+    }
+
+    /// DELLA as fuse computed it before ranking by one sort of keys.
+    fn della_by_sort(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
+        for (r, row_vals) in x.chunks_mut(row).enumerate() {
+            let c = row_vals.len();
+            let mut order: Vec<usize> = (0..c).collect();
+            order.sort_by(|&a, &b| row_vals[a].abs().total_cmp(&row_vals[b].abs()).then(a.cmp(&b)));
+            let mut rank = vec![0usize; c];
+            for (pos, &i) in order.iter().enumerate() {
+                rank[i] = pos;
+            }
+            for (j, v) in row_vals.iter_mut().enumerate() {
+                let frac = if c > 1 { rank[j] as f64 / (c - 1) as f64 } else { 0.5 };
+                if uniform(key, (r * c + j) as u64) >= density - eps + 2.0 * eps * frac {
+                    *v = 0.0;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn della_ranks_like_a_stable_sort() {
+        // Rows of coarse values (many equal magnitudes, both signs, -0),
+        // NaN and infinities, and a row of one entry.
+        let mut x: Vec<f32> = (0..40 * 97).map(|i| ((i * 7919 % 13) as f32 - 6.0) * 0.25).collect();
+        x[3] = -0.0;
+        x[100] = f32::NAN;
+        x[101] = f32::NEG_INFINITY;
+        x[500] = -f32::NAN;
+        let key = crate::rng::stream_key(5, "w", 2);
+        for row in [97, 1, 40 * 97] {
+            let (mut ours, mut sorted) = (x.clone(), x.clone());
+            della(&mut ours, 0.4, 0.3, key, row);
+            della_by_sort(&mut sorted, 0.4, 0.3, key, row);
+            assert!(same_bits(&ours, &sorted), "row {row}");
+            assert!(ours.iter().zip(&x).any(|(a, b)| a.to_bits() != b.to_bits()), "row {row}: nothing dropped");
         }
     }
 
