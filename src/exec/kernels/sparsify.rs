@@ -157,8 +157,12 @@ pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Resul
                 let counts = mask_window(lo, hi, skip, allow, &buf[..len], &mut kept[..len]);
                 seen[s] = (seen[s].0 + counts.0, seen[s].1 + counts.1);
                 per[s].push(counts);
-                sums[s].0 = buf[..len].iter().fold(sums[s].0, |a, v| a + v.abs() as f64);
-                sums[s].1 = kept[..len].iter().fold(sums[s].1, |a, v| a + v.abs() as f64);
+                // Both sums in one loop: two independent chains of additions
+                // instead of one after the other (each waits on its adds).
+                sums[s] = buf[..len]
+                    .iter()
+                    .zip(&kept[..len])
+                    .fold(sums[s], |(a, b), (v, k)| (a + v.abs() as f64, b + k.abs() as f64));
             }
         }
         for (s, &j) in summed.iter().enumerate() {
