@@ -108,6 +108,10 @@ pub enum Prepared {
     Outliers { lo: u32, hi: u32, skip: usize, allow: usize, per_chunk: Vec<(usize, usize)>, scale: Option<f32> },
     /// Keep where the element's uniform draw is below `p`; times `scale`.
     Random { p: f64, key: u64, scale: f32 },
+    /// SCE: with `select`, keep entries whose variance across the task
+    /// vectors is above `threshold`, or equal to it while the chunk's budget
+    /// lasts; `weights` per task vector.
+    Sce { select: bool, threshold: f32, budgets: Vec<usize>, weights: Vec<f32> },
     /// `s0 a + s1 b`.
     Mix { s0: f32, s1: f32 },
     /// `t mean(models) + (1 - t) base`.
@@ -122,7 +126,7 @@ pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
     use crate::ir::Sparsify as S;
     match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } | Kernel::MagMax { .. } => true,
-        Kernel::Ram { .. } | Kernel::RamPlusTl { .. } => true,
+        Kernel::Ram { .. } | Kernel::RamPlusTl { .. } | Kernel::Sce { .. } => true,
         Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. } | S::Outliers { .. }, .. } => true,
         Kernel::NuSlerp { flatten, .. } => *flatten || shape.len() < 2,
         Kernel::ModelStock { filter_wise } => !filter_wise,
@@ -148,6 +152,7 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
         Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
         Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
         Kernel::ModelStock { .. } => combine::prepare_stock(src)?,
+        Kernel::Sce { select_topk } => combine::prepare_sce(src, select_topk.get())?,
         Kernel::Ram { .. } => Prepared::Ram { boost: vec![1.0; src.inputs()] },
         Kernel::RamPlusTl { r, alpha, epsilon } => combine::prepare_ramplus(src, r.get(), alpha.get(), epsilon.get())?,
         other => return Err(format!("{other:?} does not stream")),
@@ -226,6 +231,7 @@ pub fn apply(kernel: &Kernel<F>, prep: &Prepared, start: usize, inputs: &[&[f32]
             }
         }
         (_, Prepared::Stock { t }) => combine::apply_stock(*t, inputs, out),
+        (Kernel::Sce { .. }, p) => combine::apply_sce(p, start, inputs, out),
         (k, p) => unreachable!("{k:?} with {p:?}"),
     }
 }
@@ -259,7 +265,6 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         Kernel::Karcher { max_iter, tol } => sphere::karcher(&inputs, *max_iter as usize, tol.get()),
         Kernel::ModelStock { .. } => combine::model_stock_rows(&inputs[0], &inputs[1..], t.shape),
         Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
-        Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
         Kernel::IsoC { lambda } => svd::iso_c(&inputs, lambda.get() as f32, t.shape)?,
         Kernel::TsvM { lambda } => svd::tsv_m(&inputs, lambda.get() as f32, t.shape)?,
         Kernel::IsoCts { lambda, common } => svd::iso_cts(&inputs, lambda.get() as f32, common.get(), t.shape)?,

@@ -472,6 +472,13 @@ pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> 
     Ok(select(src, &[0], &[k])?[0].threshold)
 }
 
+/// The k-th largest |x| (1-based) of input 0, and how many entries' magnitude
+/// bits lie strictly above it (NaN above infinity).
+pub(super) fn kth_largest_and_above(src: &dyn Source, k: usize) -> Result<(f32, usize), String> {
+    let sel = select(src, &[0], &[k])?.remove(0);
+    Ok((sel.threshold, sel.above))
+}
+
 /// What the radix selection learns about the k-th largest magnitude.
 struct Selection {
     threshold: f32,
