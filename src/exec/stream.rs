@@ -6,7 +6,7 @@
 //! size, and large tensors are split across threads. Kernels that need
 //! whole-tensor statistics (magnitude thresholds, norms, cosines) get them
 //! in extra streaming passes first; only the few that need the whole tensor
-//! at once (outliers, DELLA, the multi-model spheres, arcee_fusion, sce,
+//! at once (DELLA, the multi-model spheres, arcee_fusion,
 //! iso_c, iso_cts, tsv_m, cart) are
 //! materialized, under the memory budget.
 
@@ -50,7 +50,8 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
     let mut st = State::default();
     let mut rest = &special[..];
     while let Some(&n) = rest.first() {
-        // Sparsifies side by side (TIES's or DARE's, one per task vector)
+        // Sparsifies side by side (TIES's, Breadcrumbs' or DARE's, one per
+        // task vector)
         // share their passes, so what their inputs share is read once a pass.
         let group = side_by_side(plan, rest);
         if group.len() > 1 {

@@ -3,7 +3,7 @@
 //! 0.1.5 computes them; RAM and RAM+ (tensor-local), as mergekit's newer
 //! `ram.py` does.
 
-use super::{dot, partials, row_len, Prepared, Source};
+use super::{dot, partials, row_len, Prepared, Source, CHUNK};
 
 /// Per entry: `sum_i w_i d_i` over all inputs, or with `elect_sign` over the
 /// inputs whose weighted sign matches the sign of that sum (zeros never
@@ -145,61 +145,135 @@ pub fn nearswap(a: &[f32], b: &[f32], t: f64, out: &mut [f32]) {
 
 /// SCE on deltas: keep the `select_topk` fraction of positions with the
 /// highest variance across deltas, elect signs (unweighted sum), weight each
-/// delta by its mean square, and average the agreeing entries.
-pub fn sce(deltas: &[Vec<f32>], select_topk: f64) -> Vec<f32> {
-    let n = deltas[0].len();
-    let m = deltas.len() as f64;
-    let mut ds: Vec<Vec<f32>> = deltas.to_vec();
-    if select_topk < 1.0 {
-        let var: Vec<f32> = (0..n)
-            .map(|i| {
-                let mean = ds.iter().map(|d| d[i] as f64).sum::<f64>() / m;
-                (ds.iter().map(|d| (d[i] as f64 - mean).powi(2)).sum::<f64>() / m) as f32
-            })
-            .collect();
-        let nonzero = var.iter().filter(|v| **v != 0.0).count();
+/// delta by its mean square, and average the agreeing entries. Its
+/// statistics: the variances' threshold (a radix selection over variances
+/// computed chunk by chunk), and the weights.
+pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, String> {
+    let n = src.len();
+    let m = src.inputs();
+    let chunks = n.div_ceil(CHUNK);
+    // The threshold on the variances, and how many entries equal to it may
+    // be kept in all (in index order).
+    let (mut threshold, mut budget) = (f32::INFINITY, 0usize);
+    let select = select_topk < 1.0;
+    if select {
+        let vars = Variances(src);
+        let counts = partials(&vars, 1, |_, b| {
+            (b[0].iter().filter(|v| **v != 0.0).count(), b[0].iter().any(|v| !v.is_finite()))
+        })?;
+        let nonzero: usize = counts.iter().map(|c| c.0).sum();
         let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
-        let mut keep = vec![false; n];
         if k > 0 {
-            let threshold =
-                super::kth_largest_magnitude(&super::Slices(std::slice::from_ref(&var)), k).expect("in-memory source");
-            let mut budget = k - var.iter().filter(|v| **v > threshold).count();
-            for (i, v) in var.iter().enumerate() {
-                if *v > threshold
-                    || (*v == threshold && budget > 0 && {
-                        budget -= 1;
-                        true
-                    })
-                {
-                    keep[i] = true;
-                }
-            }
-        }
-        for d in ds.iter_mut() {
-            d.iter_mut().zip(&keep).for_each(|(v, k)| {
-                if !k {
-                    *v = 0.0
-                }
-            });
+            let (t, bits_above) = super::sparsify::kth_largest_and_above(&vars, k)?;
+            // Entries compared as floats: NaN is never above, so with
+            // entries that are not finite they are counted.
+            let above = if counts.iter().any(|c| c.1) {
+                partials(&vars, 1, |_, b| b[0].iter().filter(|v| **v > t).count())?.iter().sum()
+            } else {
+                bits_above
+            };
+            (threshold, budget) = (t, k - above);
         }
     }
-    let energy: Vec<f64> = ds.iter().map(|d| d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64).collect();
+    // One thread, chunks in order: each task vector's energy is the same
+    // f64 additions in the same order as over the whole tensor; the equal
+    // entries' budget left at each chunk's start on the way.
+    let mut energy = vec![-0f64; m];
+    let mut budgets = Vec::with_capacity(chunks);
+    let mut bufs = vec![vec![0f32; CHUNK]; m];
+    let mut var = vec![0f32; CHUNK];
+    for c in 0..chunks {
+        let len = CHUNK.min(n - c * CHUNK);
+        for (i, b) in bufs.iter_mut().enumerate() {
+            src.fill(i, c * CHUNK, &mut b[..len])?;
+        }
+        budgets.push(budget);
+        if select {
+            let mut ds: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..len]).collect();
+            budget = sce_mask(&mut ds, threshold, budget, &mut var[..len]);
+        }
+        for (e, b) in energy.iter_mut().zip(&bufs) {
+            *e = b[..len].iter().fold(*e, |a, v| a + (*v as f64).powi(2));
+        }
+    }
+    let energy: Vec<f64> = energy.iter().map(|e| e / n as f64).collect();
     let total: f64 = energy.iter().sum();
-    let w: Vec<f32> = energy.iter().map(|e| if total.abs() < 1e-6 { 1.0 / m } else { e / total } as f32).collect();
-    (0..n)
-        .map(|i| {
-            let sum: f32 = ds.iter().map(|d| d[i]).sum();
-            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-            let (mut mixed, mut divisor) = (0f32, 0f32);
-            for (d, w) in ds.iter().zip(&w) {
-                if d[i] != 0.0 && d[i].signum() == majority {
-                    mixed += d[i] * w;
-                    divisor += w;
-                }
+    let mf = m as f64;
+    let weights = energy.iter().map(|e| if total.abs() < 1e-6 { 1.0 / mf } else { e / total } as f32).collect();
+    Ok(Prepared::Sce { select, threshold, budgets, weights })
+}
+
+/// Per entry, the variance of the task vectors' values, as SCE selects by.
+fn sce_variances(ds: &[&mut [f32]], out: &mut [f32]) {
+    let m = ds.len() as f64;
+    for (i, o) in out.iter_mut().enumerate() {
+        let mean = ds.iter().map(|d| d[i] as f64).sum::<f64>() / m;
+        *o = (ds.iter().map(|d| (d[i] as f64 - mean).powi(2)).sum::<f64>() / m) as f32;
+    }
+}
+
+/// Zeroes the entries SCE does not select in one chunk of the task
+/// vectors: kept where the variance is above `threshold`, or equal to it
+/// while `budget` lasts (in index order). Returns what is left of the
+/// budget.
+fn sce_mask(ds: &mut [&mut [f32]], threshold: f32, mut budget: usize, var: &mut [f32]) -> usize {
+    sce_variances(ds, var);
+    for (i, v) in var.iter().enumerate() {
+        let keep = *v > threshold
+            || (*v == threshold && budget > 0 && {
+                budget -= 1;
+                true
+            });
+        if !keep {
+            ds.iter_mut().for_each(|d| d[i] = 0.0);
+        }
+    }
+    budget
+}
+
+/// One chunk of SCE: select by variance, then per entry the weighted mean
+/// of the task vectors whose sign matches the majority's.
+pub fn apply_sce(prep: &Prepared, start: usize, inputs: &[&[f32]], out: &mut [f32]) {
+    let Prepared::Sce { select, threshold, budgets, weights } = prep else { unreachable!("{prep:?}") };
+    let mut owned: Vec<Vec<f32>> = inputs.iter().map(|d| d.to_vec()).collect();
+    let mut ds: Vec<&mut [f32]> = owned.iter_mut().map(|d| &mut d[..]).collect();
+    if *select {
+        let mut var = vec![0f32; out.len()];
+        sce_mask(&mut ds, *threshold, budgets[start / CHUNK], &mut var);
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let sum: f32 = ds.iter().map(|d| d[i]).sum();
+        let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+        let (mut mixed, mut divisor) = (0f32, 0f32);
+        for (d, w) in ds.iter().zip(weights) {
+            if d[i] != 0.0 && d[i].signum() == majority {
+                mixed += d[i] * w;
+                divisor += w;
             }
-            mixed / divisor.max(1e-6)
-        })
-        .collect()
+        }
+        *o = mixed / divisor.max(1e-6);
+    }
+}
+
+/// Per-entry variances of a source's inputs, as a source of one input.
+struct Variances<'a>(&'a dyn Source);
+
+impl Source for Variances<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn inputs(&self) -> usize {
+        1
+    }
+    fn fill(&self, _: usize, start: usize, out: &mut [f32]) -> Result<(), String> {
+        let mut bufs = vec![vec![0f32; out.len()]; self.0.inputs()];
+        for (i, b) in bufs.iter_mut().enumerate() {
+            self.0.fill(i, start, b)?;
+        }
+        let ds: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        sce_variances(&ds, out);
+        Ok(())
+    }
 }
 
 /// Model Stock's interpolation factor from the mean pairwise cosine of N
@@ -307,7 +381,103 @@ fn softmax(x: &[f32]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+    /// SCE on whole deltas, as fuse computed it before it streamed: keep the `select_topk` fraction of positions with the
+    /// highest variance across deltas, elect signs (unweighted sum), weight each
+    /// delta by its mean square, and average the agreeing entries.
+    fn sce_whole(deltas: &[Vec<f32>], select_topk: f64) -> Vec<f32> {
+        let n = deltas[0].len();
+        let m = deltas.len() as f64;
+        let mut ds: Vec<Vec<f32>> = deltas.to_vec();
+        if select_topk < 1.0 {
+            let var: Vec<f32> = (0..n)
+                .map(|i| {
+                    let mean = ds.iter().map(|d| d[i] as f64).sum::<f64>() / m;
+                    (ds.iter().map(|d| (d[i] as f64 - mean).powi(2)).sum::<f64>() / m) as f32
+                })
+                .collect();
+            let nonzero = var.iter().filter(|v| **v != 0.0).count();
+            let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
+            let mut keep = vec![false; n];
+            if k > 0 {
+                let threshold = crate::exec::kernels::kth_largest_magnitude(
+                    &crate::exec::kernels::Slices(std::slice::from_ref(&var)),
+                    k,
+                )
+                .expect("in-memory source");
+                let mut budget = k - var.iter().filter(|v| **v > threshold).count();
+                for (i, v) in var.iter().enumerate() {
+                    if *v > threshold
+                        || (*v == threshold && budget > 0 && {
+                            budget -= 1;
+                            true
+                        })
+                    {
+                        keep[i] = true;
+                    }
+                }
+            }
+            for d in ds.iter_mut() {
+                d.iter_mut().zip(&keep).for_each(|(v, k)| {
+                    if !k {
+                        *v = 0.0
+                    }
+                });
+            }
+        }
+        let energy: Vec<f64> =
+            ds.iter().map(|d| d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64).collect();
+        let total: f64 = energy.iter().sum();
+        let w: Vec<f32> = energy.iter().map(|e| if total.abs() < 1e-6 { 1.0 / m } else { e / total } as f32).collect();
+        (0..n)
+            .map(|i| {
+                let sum: f32 = ds.iter().map(|d| d[i]).sum();
+                let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+                let (mut mixed, mut divisor) = (0f32, 0f32);
+                for (d, w) in ds.iter().zip(&w) {
+                    if d[i] != 0.0 && d[i].signum() == majority {
+                        mixed += d[i] * w;
+                        divisor += w;
+                    }
+                }
+                mixed / divisor.max(1e-6)
+            })
+            .collect()
+    }
+
     use super::*;
+
+    /// SCE streamed (statistics in passes, then chunk by chunk) against the
+    /// whole-tensor computation: many entries share the threshold's
+    /// variance across chunk boundaries; one input set holds NaN and
+    /// infinities (compared as floats, they take the counting pass).
+    #[test]
+    fn streamed_sce_matches_the_whole_tensor() {
+        let n = 3 * CHUNK + 321;
+        let coarse = |seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919 + seed * 104729) % 7) as f32 * 0.25 - if i % 5 == seed { 1.0 } else { 0.0 })
+                .collect()
+        };
+        let plain = vec![coarse(0), coarse(1), coarse(2)];
+        let mut odd = plain.clone();
+        odd[0][10] = f32::NAN;
+        odd[1][CHUNK + 3] = f32::INFINITY;
+        odd[2][2 * CHUNK] = -f32::INFINITY;
+        for (name, ds) in [("plain", &plain), ("odd", &odd)] {
+            for topk in [0.3, 0.55, 1e-5, 0.0, 1.0] {
+                let prep = prepare_sce(&super::super::Slices(ds), topk).unwrap();
+                let mut ours = vec![0f32; n];
+                for (c, o) in ours.chunks_mut(CHUNK).enumerate() {
+                    let s = c * CHUNK;
+                    let ins: Vec<&[f32]> = ds.iter().map(|d| &d[s..s + o.len()]).collect();
+                    apply_sce(&prep, s, &ins, o);
+                }
+                let whole = sce_whole(ds, topk);
+                let same = ours.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{name}, select_topk {topk}");
+            }
+        }
+    }
 
     /// Sign consensus entry by entry, as mergekit writes it.
     fn consensus_per_entry(deltas: &[Vec<f32>], w: &[f32], elect_sign: bool, normalize: bool) -> Vec<f32> {

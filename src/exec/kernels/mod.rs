@@ -101,8 +101,17 @@ pub enum Prepared {
     /// Keep `|x| > threshold`, and entries equal to it while the chunk's
     /// budget lasts (so exactly k survive, in index order); times `scale`.
     Magnitude { threshold: f32, equal_budget: Vec<usize>, scale: f32 },
+    /// Keep the entries whose magnitude bits lie strictly between `lo` and
+    /// `hi`, those equal to `lo` after the first `skip`, and those equal to
+    /// `hi` while `allow` lasts (in index order); `per_chunk` holds what is
+    /// left of `skip` and `allow` at each chunk's start. Times `scale`.
+    Outliers { lo: u32, hi: u32, skip: usize, allow: usize, per_chunk: Vec<(usize, usize)>, scale: Option<f32> },
     /// Keep where the element's uniform draw is below `p`; times `scale`.
     Random { p: f64, key: u64, scale: f32 },
+    /// SCE: with `select`, keep entries whose variance across the task
+    /// vectors is above `threshold`, or equal to it while the chunk's budget
+    /// lasts; `weights` per task vector.
+    Sce { select: bool, threshold: f32, budgets: Vec<usize>, weights: Vec<f32> },
     /// `s0 a + s1 b`.
     Mix { s0: f32, s1: f32 },
     /// `t mean(models) + (1 - t) base`.
@@ -117,8 +126,8 @@ pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
     use crate::ir::Sparsify as S;
     match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } | Kernel::MagMax { .. } => true,
-        Kernel::Ram { .. } | Kernel::RamPlusTl { .. } => true,
-        Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. }, .. } => true,
+        Kernel::Ram { .. } | Kernel::RamPlusTl { .. } | Kernel::Sce { .. } => true,
+        Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. } | S::Outliers { .. }, .. } => true,
         Kernel::NuSlerp { flatten, .. } => *flatten || shape.len() < 2,
         Kernel::ModelStock { filter_wise } => !filter_wise,
         _ => false,
@@ -133,6 +142,9 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
         Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
             sparsify::prepare_magnitudes(src, &[(density.get(), *rescale)])?.remove(0)
         }
+        Kernel::Sparsify { how: S::Outliers { density, gamma }, rescale, .. } => {
+            sparsify::prepare_outliers(src, &[(density.get(), gamma.get(), *rescale)])?.remove(0)
+        }
         Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
             let key = crate::rng::stream_key(*seed, t.name, *stream);
             sparsify::prepare_randoms(src, &[(density.get(), *rescale, key)])?.remove(0)
@@ -140,6 +152,7 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
         Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
         Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
         Kernel::ModelStock { .. } => combine::prepare_stock(src)?,
+        Kernel::Sce { select_topk } => combine::prepare_sce(src, select_topk.get())?,
         Kernel::Ram { .. } => Prepared::Ram { boost: vec![1.0; src.inputs()] },
         Kernel::RamPlusTl { r, alpha, epsilon } => combine::prepare_ramplus(src, r.get(), alpha.get(), epsilon.get())?,
         other => return Err(format!("{other:?} does not stream")),
@@ -151,6 +164,7 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Magnitude,
+    Outliers,
     Random,
 }
 
@@ -159,6 +173,7 @@ pub fn family(kernel: &Kernel<F>) -> Option<Family> {
     use crate::ir::Sparsify as S;
     match kernel {
         Kernel::Sparsify { how: S::Magnitude { .. }, .. } => Some(Family::Magnitude),
+        Kernel::Sparsify { how: S::Outliers { .. }, .. } => Some(Family::Outliers),
         Kernel::Sparsify { how: S::Random { .. }, .. } => Some(Family::Random),
         _ => None,
     }
@@ -174,11 +189,14 @@ pub fn prepare_side_by_side(
     src: &dyn Source,
 ) -> std::result::Result<Vec<Prepared>, String> {
     use crate::ir::Sparsify as S;
-    let (mut magnitude, mut random) = (Vec::new(), Vec::new());
+    let (mut magnitude, mut outliers, mut random) = (Vec::new(), Vec::new(), Vec::new());
     for (k, name) in kernels.iter().zip(names) {
         match k {
             Kernel::Sparsify { how: S::Magnitude { density }, rescale, .. } => {
                 magnitude.push((density.get(), *rescale))
+            }
+            Kernel::Sparsify { how: S::Outliers { density, gamma }, rescale, .. } => {
+                outliers.push((density.get(), gamma.get(), *rescale))
             }
             Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
                 random.push((density.get(), *rescale, crate::rng::stream_key(*seed, name, *stream)))
@@ -186,9 +204,10 @@ pub fn prepare_side_by_side(
             other => return Err(format!("{other:?} is not a sparsify of one family")),
         }
     }
-    match (magnitude.is_empty(), random.is_empty()) {
-        (false, true) => sparsify::prepare_magnitudes(src, &magnitude),
-        (true, false) => sparsify::prepare_randoms(src, &random),
+    match (magnitude.len(), outliers.len(), random.len()) {
+        (_, 0, 0) => sparsify::prepare_magnitudes(src, &magnitude),
+        (0, _, 0) => sparsify::prepare_outliers(src, &outliers),
+        (0, 0, _) => sparsify::prepare_randoms(src, &random),
         _ => Err("sparsifies of different families".to_string()),
     }
 }
@@ -212,6 +231,7 @@ pub fn apply(kernel: &Kernel<F>, prep: &Prepared, start: usize, inputs: &[&[f32]
             }
         }
         (_, Prepared::Stock { t }) => combine::apply_stock(*t, inputs, out),
+        (Kernel::Sce { .. }, p) => combine::apply_sce(p, start, inputs, out),
         (k, p) => unreachable!("{k:?} with {p:?}"),
     }
 }
@@ -245,7 +265,6 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         Kernel::Karcher { max_iter, tol } => sphere::karcher(&inputs, *max_iter as usize, tol.get()),
         Kernel::ModelStock { .. } => combine::model_stock_rows(&inputs[0], &inputs[1..], t.shape),
         Kernel::ArceeFusion => combine::arcee_fusion(&inputs[0], &inputs[1], t.shape),
-        Kernel::Sce { select_topk } => combine::sce(&inputs, select_topk.get()),
         Kernel::IsoC { lambda } => svd::iso_c(&inputs, lambda.get() as f32, t.shape)?,
         Kernel::TsvM { lambda } => svd::tsv_m(&inputs, lambda.get() as f32, t.shape)?,
         Kernel::IsoCts { lambda, common } => svd::iso_cts(&inputs, lambda.get() as f32, common.get(), t.shape)?,

@@ -52,6 +52,189 @@ impl Source for Input<'_> {
     }
 }
 
+/// Outlier trimming's statistics for each input of `src`, given its
+/// (density, gamma, rescale). Breadcrumbs keeps positions
+/// `[bottom, bottom + keep)` of the magnitudes sorted ascending, equal
+/// magnitudes in index order (`keep = int(density n)`, `top = int(gamma n)`,
+/// `bottom = n - keep - top`, clamped at 0): two radix selections find the
+/// magnitudes at positions `bottom` and `bottom + keep - 1`, and how many
+/// entries equal to each lie before the window's ends, so each chunk is
+/// masked on its own. Magnitudes are ordered by their bits, as a sort by
+/// `total_cmp` orders them (NaN above infinity). The inputs are read
+/// together, chunk by chunk.
+pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Result<Vec<Prepared>, String> {
+    let n = src.len();
+    let chunks = n.div_ceil(CHUNK);
+    let windows: Vec<(usize, usize)> = members
+        .iter()
+        .map(|&(density, gamma, _)| {
+            let keep = ((density * n as f64) as usize).min(n);
+            let top = (gamma * n as f64) as i64;
+            let bottom = (n as i64 - keep as i64 - top).max(0) as usize;
+            (bottom, keep)
+        })
+        .collect();
+    if let Some(&(density, gamma, _)) = members.iter().zip(&windows).find(|(_, w)| w.0 + w.1 > n).map(|(m, _)| m) {
+        return Err(format!(
+            "trim_outliers keeps {density} and drops the top {gamma} of the magnitudes: more than all of them (is gamma negative?)"
+        ));
+    }
+    // Each member that keeps something but not everything as it is: the
+    // (n - bottom)-th and (n - bottom - keep + 1)-th largest, its input
+    // twice in a row (read once a chunk).
+    let selected: Vec<usize> =
+        (0..members.len()).filter(|&j| windows[j].1 > 0 && (windows[j].1 < n || members[j].2)).collect();
+    let inputs: Vec<usize> = selected.iter().flat_map(|&j| [j, j]).collect();
+    let ks: Vec<usize> =
+        selected.iter().flat_map(|&j| [n - windows[j].0, n - windows[j].0 - windows[j].1 + 1]).collect();
+    let mut sels = select(src, &inputs, &ks)?.into_iter();
+    let mut out: Vec<Prepared> = Vec::with_capacity(members.len());
+    // Members whose per-chunk counts of entries at either end are missing
+    // (without rescale: counted in a pass of their own), and those rescaled
+    // (L1 sums in index order, as the sort-based trim summed them, in one
+    // pass that also counts).
+    let (mut counted, mut summed) = (Vec::new(), Vec::new());
+    for (j, &(_, _, rescale)) in members.iter().enumerate() {
+        let (bottom, keep) = windows[j];
+        if keep == 0 {
+            out.push(Prepared::Zero);
+            continue;
+        }
+        if keep == n && !rescale {
+            out.push(Prepared::None);
+            continue;
+        }
+        let (lo, hi) = (sels.next().expect("a selection"), sels.next().expect("a selection"));
+        let key = |s: &Selection| s.threshold.to_bits();
+        // Entries equal to the lower end skipped (those before position
+        // `bottom`), and entries equal to the upper end kept (those before
+        // position `bottom + keep`), in index order.
+        let skip = bottom - (n - lo.above - lo.equal);
+        let allow = bottom + keep - (n - hi.above - hi.equal);
+        let per_chunk = match (&lo.equal_per_chunk, &hi.equal_per_chunk) {
+            (Some(l), Some(h)) if !rescale => Some(l.iter().copied().zip(h.iter().copied()).collect::<Vec<_>>()),
+            _ => None,
+        };
+        out.push(Prepared::Outliers { lo: key(&lo), hi: key(&hi), skip, allow, per_chunk: Vec::new(), scale: None });
+        match per_chunk {
+            Some(counts) => set_window_budgets(&mut out[j], &counts),
+            None if rescale => summed.push(j),
+            None => counted.push(j),
+        }
+    }
+    if !counted.is_empty() {
+        let picked = Picked(src, &counted);
+        let ends: Vec<(u32, u32)> = counted.iter().map(|&j| window_ends(&out[j])).collect();
+        let counts = partials(&picked, counted.len(), |_, b| {
+            b.iter()
+                .zip(&ends)
+                .map(|(vals, &(lo, hi))| {
+                    vals.iter().fold((0usize, 0usize), |(l, h), v| {
+                        let k = v.to_bits() & 0x7fff_ffff;
+                        (l + (k == lo) as usize, h + (k == hi) as usize)
+                    })
+                })
+                .collect::<Vec<_>>()
+        })?;
+        for (s, &j) in counted.iter().enumerate() {
+            let per: Vec<(usize, usize)> = counts.iter().map(|c| c[s]).collect();
+            set_window_budgets(&mut out[j], &per);
+        }
+    }
+    if !summed.is_empty() {
+        // One thread, chunks in order: the sums are the same f64 additions
+        // in the same order as over the whole tensor.
+        let mut per = vec![Vec::with_capacity(chunks); summed.len()];
+        let mut sums = vec![(0f64, 0f64); summed.len()];
+        let mut seen = vec![(0usize, 0usize); summed.len()];
+        let (mut buf, mut kept) = (vec![0f32; CHUNK], vec![0f32; CHUNK]);
+        for c in 0..chunks {
+            let len = CHUNK.min(n - c * CHUNK);
+            for (s, &j) in summed.iter().enumerate() {
+                src.fill(j, c * CHUNK, &mut buf[..len])?;
+                let Prepared::Outliers { lo, hi, skip, allow, .. } = out[j] else { unreachable!() };
+                let (skip, allow) = (skip.saturating_sub(seen[s].0), allow.saturating_sub(seen[s].1));
+                let counts = mask_window(lo, hi, skip, allow, &buf[..len], &mut kept[..len]);
+                seen[s] = (seen[s].0 + counts.0, seen[s].1 + counts.1);
+                per[s].push(counts);
+                // Both sums in one loop: two independent chains of additions
+                // instead of one after the other (each waits on its adds).
+                sums[s] = buf[..len]
+                    .iter()
+                    .zip(&kept[..len])
+                    .fold(sums[s], |(a, b), (v, k)| (a + v.abs() as f64, b + k.abs() as f64));
+            }
+        }
+        for (s, &j) in summed.iter().enumerate() {
+            set_window_budgets(&mut out[j], &per[s]);
+            if let Prepared::Outliers { scale, .. } = &mut out[j] {
+                *scale = Some(l1_ratio(sums[s].0, sums[s].1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn window_ends(p: &Prepared) -> (u32, u32) {
+    match p {
+        Prepared::Outliers { lo, hi, .. } => (*lo, *hi),
+        other => unreachable!("{other:?}"),
+    }
+}
+
+/// Each chunk's share of the window's ends, from how many entries equal to
+/// the lower and the upper end each chunk holds.
+fn set_window_budgets(p: &mut Prepared, counts: &[(usize, usize)]) {
+    let Prepared::Outliers { skip, allow, per_chunk, .. } = p else { unreachable!("{p:?}") };
+    let (mut skip_left, mut allow_left) = (*skip, *allow);
+    per_chunk.clear();
+    for &(l, h) in counts {
+        per_chunk.push((skip_left, allow_left));
+        skip_left = skip_left.saturating_sub(l);
+        allow_left = allow_left.saturating_sub(h);
+    }
+}
+
+/// Masks one chunk to the window `(lo, hi)` of magnitude bits: entries
+/// strictly inside kept, those equal to `lo` kept after the first `skip`,
+/// those equal to `hi` kept while `allow` lasts (an entry equal to both
+/// ends meets both rules). Returns how many entries equal each end.
+fn mask_window(lo: u32, hi: u32, skip: usize, allow: usize, x: &[f32], out: &mut [f32]) -> (usize, usize) {
+    // The inside in a loop that vectorizes; the ends after, in index order.
+    let (mut at_lo, mut at_hi) = (0usize, 0usize);
+    for (o, v) in out.iter_mut().zip(x) {
+        let k = v.to_bits() & 0x7fff_ffff;
+        *o = if k > lo && k < hi { *v } else { 0.0 };
+        at_lo += (k == lo) as usize;
+        at_hi += (k == hi) as usize;
+    }
+    if at_lo + at_hi > 0 {
+        let (mut skip, mut allow) = (skip, allow);
+        for (o, v) in out.iter_mut().zip(x) {
+            let k = v.to_bits() & 0x7fff_ffff;
+            if k != lo && k != hi {
+                continue;
+            }
+            let mut kept = true;
+            if k == lo && skip > 0 {
+                skip -= 1;
+                kept = false;
+            }
+            if k == hi {
+                if allow > 0 {
+                    allow -= 1;
+                } else {
+                    kept = false;
+                }
+            }
+            if kept {
+                *o = *v;
+            }
+        }
+    }
+    (at_lo, at_hi)
+}
+
 /// One member's statistics from its selection, with a counting pass when
 /// the selection could not count the entries equal to the threshold per
 /// chunk, or a rescale needs L1 sums.
@@ -216,15 +399,21 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
                 *o = f32::from_bits((v * scale).to_bits() & mask);
             }
         }
+        Prepared::Outliers { lo, hi, per_chunk, scale, .. } => {
+            let (skip, allow) = per_chunk[start / CHUNK];
+            mask_window(*lo, *hi, skip, allow, x, out);
+            if let Some(s) = scale {
+                out.iter_mut().for_each(|v| *v *= s);
+            }
+        }
         other => unreachable!("{other:?} is not a sparsify"),
     }
 }
 
-/// The sparsifiers that need the whole tensor at once: outliers and DELLA.
+/// The sparsifier that needs the whole tensor at once: DELLA.
 pub fn whole(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &[usize]) -> Result<(), String> {
     let original = rescale.then(|| l1(x));
     match how {
-        Sparsify::Outliers { density, gamma } => outliers(x, density.get(), gamma.get()),
         Sparsify::Della { density, epsilon } => {
             let (d, e) = (density.get(), epsilon.get());
             if d >= 1.0 {
@@ -250,42 +439,21 @@ fn l1(x: &[f32]) -> f64 {
     x.iter().map(|v| v.abs() as f64).sum()
 }
 
-/// Breadcrumbs: sort by magnitude ascending, keep positions
-/// `[bottom, bottom + keep)` where `keep = int(density n)`,
-/// `top = int(gamma n)`, `bottom = n - keep - top`.
-pub fn outliers(x: &mut [f32], density: f64, gamma: f64) {
-    let n = x.len();
-    let keep = ((density * n as f64) as usize).min(n);
-    let mut top = (gamma * n as f64) as i64;
-    let mut bottom = n as i64 - keep as i64 - top;
-    if bottom < 0 {
-        top += bottom;
-        bottom = 0;
-    }
-    let _ = top;
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.par_sort_by(|&a, &b| x[a as usize].abs().total_cmp(&x[b as usize].abs()).then(a.cmp(&b)));
-    let mut kept = vec![false; n];
-    for &i in &order[bottom as usize..bottom as usize + keep] {
-        kept[i as usize] = true;
-    }
-    x.iter_mut().zip(kept).for_each(|(v, k)| {
-        if !k {
-            *v = 0.0
-        }
-    });
-}
-
 /// DELLA: within each row, keep probability rises linearly with the
 /// magnitude's rank from `density - eps` to `density + eps`.
 fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
-    x.par_chunks_mut(row.max(1)).enumerate().for_each(|(r, row_vals)| {
+    let scratch = || (Vec::<u64>::new(), Vec::<usize>::new());
+    x.par_chunks_mut(row.max(1)).enumerate().for_each_init(scratch, |(order, rank), (r, row_vals)| {
         let c = row_vals.len();
-        let mut order: Vec<u32> = (0..c as u32).collect();
-        order.sort_by(|&a, &b| row_vals[a as usize].abs().total_cmp(&row_vals[b as usize].abs()).then(a.cmp(&b)));
-        let mut rank = vec![0usize; c];
-        for (pos, &i) in order.iter().enumerate() {
-            rank[i as usize] = pos;
+        // Ranks by magnitude, equal ones in index order: magnitudes order as
+        // their bits do (as `total_cmp` orders them), so one sort of
+        // (bits, index) keys, all distinct, gives the stable order.
+        order.clear();
+        order.extend(row_vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64));
+        order.sort_unstable();
+        rank.resize(c, 0);
+        for (pos, &key) in order.iter().enumerate() {
+            rank[(key & 0xffff_ffff) as usize] = pos;
         }
         for (j, v) in row_vals.iter_mut().enumerate() {
             let frac = if c > 1 { rank[j] as f64 / (c - 1) as f64 } else { 0.5 };
@@ -302,6 +470,13 @@ fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
 /// of the low 16 bits inside it the value: two passes, no sort, no copy.
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
     Ok(select(src, &[0], &[k])?[0].threshold)
+}
+
+/// The k-th largest |x| (1-based) of input 0, and how many entries' magnitude
+/// bits lie strictly above it (NaN above infinity).
+pub(super) fn kth_largest_and_above(src: &dyn Source, k: usize) -> Result<(f32, usize), String> {
+    let sel = select(src, &[0], &[k])?.remove(0);
+    Ok((sel.threshold, sel.above))
 }
 
 /// What the radix selection learns about the k-th largest magnitude.
@@ -356,7 +531,9 @@ fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selec
         }
         total.iter_mut().zip(h).for_each(|(t, &c)| *t += c as usize);
     };
-    // Pass 1: the high 16 bits of every magnitude.
+    // Pass 1: the high 16 bits of every magnitude, once per input (a
+    // member reading the input before it shares its histogram).
+    let repeat = |j: usize| j > 0 && members[j - 1] == members[j];
     let highs = std::sync::Mutex::new(vec![Vec::new(); m]);
     blocks_of(
         src,
@@ -364,6 +541,9 @@ fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selec
         chunks,
         per_block,
         |j, _, vals, h: &mut Vec<Vec<u32>>| {
+            if repeat(j) {
+                return;
+            }
             if h.is_empty() {
                 *h = vec![vec![0u32; 1 << 16]; m];
             }
@@ -379,7 +559,12 @@ fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selec
             }
         },
     )?;
-    let highs = highs.into_inner().unwrap();
+    let mut highs = highs.into_inner().unwrap();
+    for j in 1..m {
+        if repeat(j) {
+            highs[j] = highs[j - 1].clone();
+        }
+    }
     let found: Vec<(usize, usize)> = highs.iter().zip(ks).map(|(h, &k)| find(h, k)).collect();
     // Pass 2: the low 16 bits inside each member's bucket, and per chunk the
     // distinct low halves seen there with their counts, from which the
@@ -507,7 +692,10 @@ fn blocks_of<T: Default + Send>(
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
             let len = CHUNK.min(n - c * CHUNK);
             for (j, &input) in members.iter().enumerate() {
-                src.fill(input, c * CHUNK, &mut buf[..len])?;
+                // A member reading the input before it reuses its values.
+                if j == 0 || members[j - 1] != input {
+                    src.fill(input, c * CHUNK, &mut buf[..len])?;
+                }
                 f(j, c, &buf[..len], &mut state);
             }
         }
@@ -622,12 +810,136 @@ mod tests {
         }
     }
 
+    /// Breadcrumbs by a sort, as fuse computed it before it streamed: sort
+    /// by magnitude ascending (`total_cmp`, equal ones in index order), keep
+    /// positions `[bottom, bottom + keep)`, then with rescale multiply by the
+    /// ratio of the L1 norms summed in index order.
+    fn outliers_by_sort(x: &[f32], density: f64, gamma: f64, rescale: bool) -> Vec<f32> {
+        let n = x.len();
+        let keep = ((density * n as f64) as usize).min(n);
+        let bottom = (n as i64 - keep as i64 - (gamma * n as f64) as i64).max(0) as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()).then(a.cmp(&b)));
+        let mut out = vec![0f32; n];
+        for &i in &order[bottom..bottom + keep] {
+            out[i] = x[i];
+        }
+        if rescale {
+            let s = l1_ratio(l1(x), l1(&out));
+            out.iter_mut().for_each(|v| *v *= s);
+        }
+        out
+    }
+
+    fn outliers(x: &[f32], density: f64, gamma: f64, rescale: bool) -> Vec<f32> {
+        let owned = vec![x.to_vec()];
+        let prep = prepare_outliers(&Slices(&owned), &[(density, gamma, rescale)]).unwrap().remove(0);
+        apply_chunks(&prep, x)
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
     #[test]
     fn outliers_drop_both_ends() {
-        let mut x: Vec<f32> = (1..=10).map(|v| v as f32).collect();
-        outliers(&mut x, 0.5, 0.2);
+        let x: Vec<f32> = (1..=10).map(|v| v as f32).collect();
         // keep 5, drop the top 2 and the bottom 3.
-        assert_eq!(x, vec![0.0, 0.0, 0.0, 4.0, 5.0, 6.0, 7.0, 8.0, 0.0, 0.0]);
+        assert_eq!(outliers(&x, 0.5, 0.2, false), vec![0.0, 0.0, 0.0, 4.0, 5.0, 6.0, 7.0, 8.0, 0.0, 0.0]);
+        // Equal magnitudes, ordered by index: positions 3..8 of ten ones.
+        let ones: Vec<f32> = (0..10).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let kept = outliers(&ones, 0.5, 0.2, false);
+        assert_eq!(kept, [0.0, 0.0, 0.0, -1.0, 1.0, 1.0, -1.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn streamed_outliers_match_a_sort() {
+        // Several chunks: coarse values (many equal magnitudes at both ends
+        // of the window, across chunk boundaries, both signs, -0 and +0),
+        // continuous values, a constant tensor (both ends one value), and
+        // one holding NaNs and infinities (ordered above every number, as
+        // `total_cmp` orders them; their equal counts take a counting pass).
+        let n = 3 * CHUNK + 1234;
+        let coarse: Vec<f32> = (0..n)
+            .map(|i| match i % 29 {
+                0 => -0.0,
+                r => ((i * 7919 % 23) as f32 - 11.0) * 0.125 * if r % 2 == 0 { 1.0 } else { -1.0 },
+            })
+            .collect();
+        let fine: Vec<f32> = (0..n).map(|i| (i as f32 * 0.618).sin() * 3.0).collect();
+        let constant = vec![-0.5f32; n];
+        let mut odd = coarse.clone();
+        for i in [5, CHUNK + 7, 2 * CHUNK + 9] {
+            odd[i] = f32::INFINITY;
+            odd[i + 1] = -f32::NAN;
+            odd[i + 2] = f32::NEG_INFINITY;
+        }
+        let cases =
+            [(0.3, 0.01), (0.9, 0.05), (0.5, 0.0), (0.0, 0.1), (1.0, 0.01), (0.7, 0.5), (0.2, 0.9), (1e-5, 0.3)];
+        for (name, x) in [("coarse", &coarse), ("fine", &fine), ("constant", &constant), ("odd", &odd)] {
+            for &(density, gamma) in &cases {
+                for rescale in [false, true] {
+                    let ours = outliers(x, density, gamma, rescale);
+                    let sorted = outliers_by_sort(x, density, gamma, rescale);
+                    assert!(same_bits(&ours, &sorted), "{name}, density {density}, gamma {gamma}, rescale {rescale}");
+                }
+            }
+        }
+        // Side by side (each input read once a pass), as alone.
+        let inputs = vec![coarse, fine, constant, odd];
+        let members = [(0.3, 0.01, false), (0.55, 0.1, true), (0.4, 0.0, false), (0.6, 0.02, true)];
+        let preps = prepare_outliers(&Slices(&inputs), &members).unwrap();
+        for (j, (x, prep)) in inputs.iter().zip(&preps).enumerate() {
+            let alone = prepare_outliers(&Slices(std::slice::from_ref(x)), &[members[j]]).unwrap().remove(0);
+            assert_eq!(format!("{alone:?}"), format!("{prep:?}"), "input {j}");
+            let (density, gamma, rescale) = members[j];
+            assert!(same_bits(&apply_chunks(prep, x), &outliers_by_sort(x, density, gamma, rescale)), "input {j}");
+        }
+    }
+
+    /// DELLA as fuse computed it before ranking by one sort of keys.
+    fn della_by_sort(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
+        for (r, row_vals) in x.chunks_mut(row).enumerate() {
+            let c = row_vals.len();
+            let mut order: Vec<usize> = (0..c).collect();
+            order.sort_by(|&a, &b| row_vals[a].abs().total_cmp(&row_vals[b].abs()).then(a.cmp(&b)));
+            let mut rank = vec![0usize; c];
+            for (pos, &i) in order.iter().enumerate() {
+                rank[i] = pos;
+            }
+            for (j, v) in row_vals.iter_mut().enumerate() {
+                let frac = if c > 1 { rank[j] as f64 / (c - 1) as f64 } else { 0.5 };
+                if uniform(key, (r * c + j) as u64) >= density - eps + 2.0 * eps * frac {
+                    *v = 0.0;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn della_ranks_like_a_stable_sort() {
+        // Rows of coarse values (many equal magnitudes, both signs, -0),
+        // NaN and infinities, and a row of one entry.
+        let mut x: Vec<f32> = (0..40 * 97).map(|i| ((i * 7919 % 13) as f32 - 6.0) * 0.25).collect();
+        x[3] = -0.0;
+        x[100] = f32::NAN;
+        x[101] = f32::NEG_INFINITY;
+        x[500] = -f32::NAN;
+        let key = crate::rng::stream_key(5, "w", 2);
+        for row in [97, 1, 40 * 97] {
+            let (mut ours, mut sorted) = (x.clone(), x.clone());
+            della(&mut ours, 0.4, 0.3, key, row);
+            della_by_sort(&mut sorted, 0.4, 0.3, key, row);
+            assert!(same_bits(&ours, &sorted), "row {row}");
+            assert!(ours.iter().zip(&x).any(|(a, b)| a.to_bits() != b.to_bits()), "row {row}: nothing dropped");
+        }
+    }
+
+    #[test]
+    fn outliers_that_keep_more_than_everything_are_an_error() {
+        let x = vec![vec![1f32; 10]];
+        let e = prepare_outliers(&Slices(&x), &[(0.5, -0.2, false)]).unwrap_err();
+        assert!(e.contains("gamma"), "{e}");
     }
 
     #[test]
