@@ -300,6 +300,7 @@ impl Checker<'_> {
         let Some(ds) = self.deltas(b.remove("deltas").unwrap(), ctx) else { return Value::Poison };
         let n = ds.len();
         let dspan = b.get("density").map_or(span, |d| d.1);
+        let gspan = b.get("gamma").map_or(span, |g| g.1);
         let Some(density) = self.per_model("density", b.remove("density"), n, native.num_default("density"), ctx)
         else {
             return Value::Poison;
@@ -334,6 +335,15 @@ impl Checker<'_> {
         let Some(extra) = extra else { return Value::Poison };
         let mut out = Vec::new();
         for (i, ((d, density), x)) in ds.iter().zip(density).zip(extra).enumerate() {
+            if let (true, Some(g)) = (name == "trim_outliers", x.as_const()) {
+                if !(0.0..=1.0).contains(&g) {
+                    return self.err(
+                        Diagnostic::error(Code::E0106, format!("gamma {} is outside [0, 1]", super::fmt_num(g)))
+                            .with_label(ctx.file, gspan, "gamma is the fraction of largest magnitudes dropped")
+                            .with_help("use a value between 0 and 1, e.g. `gamma=0.01`"),
+                    );
+                }
+            }
             if name == "drop_della" {
                 if let (Some(dc), Some(e)) = (density.as_const(), x.as_const()) {
                     if dc < 1.0 && (dc - e <= 0.0 || dc + e >= 1.0) {
