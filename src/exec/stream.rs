@@ -6,7 +6,7 @@
 //! size, and large tensors are split across threads. Kernels that need
 //! whole-tensor statistics (magnitude thresholds, norms, cosines) get them
 //! in extra streaming passes first; only the few that need the whole tensor
-//! at once (DELLA, the multi-model spheres, arcee_fusion,
+//! at once (the multi-model spheres, arcee_fusion,
 //! iso_c, iso_cts, tsv_m, cart) are
 //! materialized, under the memory budget.
 

@@ -106,6 +106,9 @@ pub enum Prepared {
     /// `hi` while `allow` lasts (in index order); `per_chunk` holds what is
     /// left of `skip` and `allow` at each chunk's start. Times `scale`.
     Outliers { lo: u32, hi: u32, skip: usize, allow: usize, per_chunk: Vec<(usize, usize)>, scale: Option<f32> },
+    /// DELLA: keep the entries whose bit is set (bit `i % 64` of word
+    /// `i / 64`); times `scale` when rescaled.
+    Della { bits: Vec<u64>, scale: Option<f32> },
     /// Keep where the element's uniform draw is below `p`; times `scale`.
     Random { p: f64, key: u64, scale: f32 },
     /// SCE: with `select`, keep entries whose variance across the task
@@ -123,11 +126,10 @@ pub enum Prepared {
 /// Kernels that can stream: elementwise ones, and those that need only
 /// whole-tensor statistics computed in passes over their inputs.
 pub fn is_streamable(kernel: &Kernel<F>, shape: &[usize]) -> bool {
-    use crate::ir::Sparsify as S;
     match kernel {
         Kernel::Consensus { .. } | Kernel::NearSwap { .. } | Kernel::Slerp { .. } | Kernel::MagMax { .. } => true,
         Kernel::Ram { .. } | Kernel::RamPlusTl { .. } | Kernel::Sce { .. } => true,
-        Kernel::Sparsify { how: S::Magnitude { .. } | S::Random { .. } | S::Outliers { .. }, .. } => true,
+        Kernel::Sparsify { .. } => true,
         Kernel::NuSlerp { flatten, .. } => *flatten || shape.len() < 2,
         Kernel::ModelStock { filter_wise } => !filter_wise,
         _ => false,
@@ -148,6 +150,10 @@ pub fn prepare(kernel: &Kernel<F>, src: &dyn Source, t: &TensorInfo) -> std::res
         Kernel::Sparsify { how: S::Random { density }, rescale, seed, stream } => {
             let key = crate::rng::stream_key(*seed, t.name, *stream);
             sparsify::prepare_randoms(src, &[(density.get(), *rescale, key)])?.remove(0)
+        }
+        Kernel::Sparsify { how: S::Della { density, epsilon }, rescale, seed, stream } => {
+            let key = crate::rng::stream_key(*seed, t.name, *stream);
+            sparsify::prepare_della(src, density.get(), epsilon.get(), key, row_len(t.shape), *rescale)?
         }
         Kernel::Slerp { t: x } => sphere::prepare_slerp(src, x.get(), false)?,
         Kernel::NuSlerp { t: x, .. } => sphere::prepare_slerp(src, x.get(), true)?,
@@ -251,13 +257,7 @@ pub fn whole(kernel: &Kernel<F>, inputs: Vec<Vec<f32>>, t: &TensorInfo) -> std::
         });
         return Ok(out);
     }
-    let mut inputs = inputs;
     Ok(match kernel {
-        Kernel::Sparsify { how, rescale, seed, stream } => {
-            let mut x = inputs.pop().ok_or("sparsify takes one input")?;
-            sparsify::whole(&mut x, how, *rescale, crate::rng::stream_key(*seed, t.name, *stream), t.shape)?;
-            x
-        }
         Kernel::NuSlerp { t: s, row_wise, .. } => {
             sphere::nuslerp_rows(&inputs[0], &inputs[1], s.get(), *row_wise, t.shape)
         }

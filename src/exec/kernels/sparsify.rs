@@ -3,10 +3,9 @@
 //! dropping (DELLA), with mergekit's L1 rescale.
 
 use super::{partials, Prepared, Source, CHUNK};
-use crate::graph::F;
-use crate::ir::Sparsify;
 use crate::rng::uniform;
 use rayon::prelude::*;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Magnitude trimming's statistics for each input of `src`, given its
@@ -406,63 +405,141 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
                 out.iter_mut().for_each(|v| *v *= s);
             }
         }
+        Prepared::Della { bits, scale } => {
+            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                let i = start + j;
+                let kept = if bits[i / 64] >> (i % 64) & 1 == 1 { *v } else { 0.0 };
+                *o = match scale {
+                    Some(s) => kept * s,
+                    None => kept,
+                };
+            }
+        }
         other => unreachable!("{other:?} is not a sparsify"),
     }
 }
 
-/// The sparsifier that needs the whole tensor at once: DELLA.
-pub fn whole(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &[usize]) -> Result<(), String> {
-    let original = rescale.then(|| l1(x));
-    match how {
-        Sparsify::Della { density, epsilon } => {
-            let (d, e) = (density.get(), epsilon.get());
-            if d >= 1.0 {
-                return Ok(());
-            }
-            if d - e <= 0.0 || d + e >= 1.0 {
-                return Err(format!(
-                    "della needs 0 < density - epsilon and density + epsilon < 1 (density {d}, epsilon {e})"
-                ));
-            }
-            della(x, d, e, key, super::row_len(shape));
+/// DELLA's statistics: one keep bit per entry (bit `i % 64` of word
+/// `i / 64`) and, with rescale, the L1 ratio. Each row is ranked on its own
+/// (1-D tensors are one row), by the worker of the chunk where it starts,
+/// which reads the chunks the row spans; rows are independent, so the bits
+/// are the same on any thread count. The L1 sums are then added in index
+/// order, as the whole-tensor code added them, in one pass.
+pub fn prepare_della(
+    src: &dyn Source,
+    density: f64,
+    eps: f64,
+    key: u64,
+    row: usize,
+    rescale: bool,
+) -> Result<Prepared, String> {
+    if density >= 1.0 {
+        return Ok(Prepared::None);
+    }
+    if density - eps <= 0.0 || density + eps >= 1.0 {
+        return Err(format!(
+            "della needs 0 < density - epsilon and density + epsilon < 1 (density {density}, epsilon {eps})"
+        ));
+    }
+    let n = src.len();
+    let row = row.max(1);
+    let words: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    let scratch = || (Vec::<f32>::new(), Vec::<u64>::new(), Vec::<usize>::new());
+    (0..n.div_ceil(CHUNK)).into_par_iter().try_for_each_init(scratch, |(buf, order, rank), c| {
+        // The rows starting in chunk `c`, read from its start to the end of
+        // the last of them, a chunk at a time.
+        let s = c * CHUNK;
+        let (r0, r1) = (s.div_ceil(row), (s + CHUNK).min(n).div_ceil(row));
+        if r0 >= r1 {
+            return Ok(());
         }
-        other => unreachable!("{other:?} streams"),
-    }
-    if let Some(before) = original {
-        let s = l1_ratio(before, l1(x));
-        x.iter_mut().for_each(|v| *v *= s);
-    }
-    Ok(())
+        buf.resize(r1 * row - s, 0.0);
+        for (k, piece) in buf.chunks_mut(CHUNK).enumerate() {
+            src.fill(0, s + k * CHUNK, piece)?;
+        }
+        for r in r0..r1 {
+            della_row(&buf[r * row - s..(r + 1) * row - s], r * row, density, eps, key, order, rank, &words);
+        }
+        Ok::<(), String>(())
+    })?;
+    let bits: Vec<u64> = words.into_iter().map(AtomicU64::into_inner).collect();
+    let scale = if rescale {
+        // Index order, as `||x||_1` and `||masked||_1` were summed over the
+        // whole tensor: chunks read side by side, a batch at a time, and
+        // added one after another. A dropped entry added +0 before, which
+        // leaves the sum as it is.
+        let chunks = n.div_ceil(CHUNK);
+        let batch = (rayon::current_num_threads() * 4).max(1);
+        let (mut before, mut after) = (0f64, 0f64);
+        for b0 in (0..chunks).step_by(batch) {
+            let bufs: Vec<Vec<f32>> = (b0..(b0 + batch).min(chunks))
+                .into_par_iter()
+                .map(|c| {
+                    let mut v = vec![0f32; CHUNK.min(n - c * CHUNK)];
+                    src.fill(0, c * CHUNK, &mut v).map(|_| v)
+                })
+                .collect::<Result<_, _>>()?;
+            for (k, v) in bufs.iter().enumerate() {
+                let s = (b0 + k) * CHUNK;
+                for (j, x) in v.iter().enumerate() {
+                    let (i, m) = (s + j, x.abs() as f64);
+                    before += m;
+                    if bits[i / 64] >> (i % 64) & 1 == 1 {
+                        after += m;
+                    }
+                }
+            }
+        }
+        Some(l1_ratio(before, after))
+    } else {
+        None
+    };
+    Ok(Prepared::Della { bits, scale })
 }
 
-fn l1(x: &[f32]) -> f64 {
-    x.iter().map(|v| v.abs() as f64).sum()
-}
-
-/// DELLA: within each row, keep probability rises linearly with the
-/// magnitude's rank from `density - eps` to `density + eps`.
-fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
-    let scratch = || (Vec::<u64>::new(), Vec::<usize>::new());
-    x.par_chunks_mut(row.max(1)).enumerate().for_each_init(scratch, |(order, rank), (r, row_vals)| {
-        let c = row_vals.len();
-        // Ranks by magnitude, equal ones in index order: magnitudes order as
-        // their bits do (as `total_cmp` orders them), so one sort of
-        // (bits, index) keys, all distinct, gives the stable order.
-        order.clear();
-        order.extend(row_vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64));
-        order.sort_unstable();
-        rank.resize(c, 0);
-        for (pos, &key) in order.iter().enumerate() {
-            rank[(key & 0xffff_ffff) as usize] = pos;
+/// One row of DELLA (its first entry at index `first` of the tensor): keep
+/// probability rises linearly with the magnitude's rank from
+/// `density - eps` to `density + eps`; the kept entries' bits are set in
+/// `words`.
+#[allow(clippy::too_many_arguments)]
+fn della_row(
+    vals: &[f32],
+    first: usize,
+    density: f64,
+    eps: f64,
+    key: u64,
+    order: &mut Vec<u64>,
+    rank: &mut Vec<usize>,
+    words: &[AtomicU64],
+) {
+    let c = vals.len();
+    // Ranks by magnitude, equal ones in index order: magnitudes order as
+    // their bits do (as `total_cmp` orders them), so one sort of
+    // (bits, index) keys, all distinct, gives the stable order.
+    order.clear();
+    order.extend(vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64));
+    order.sort_unstable();
+    rank.resize(c, 0);
+    for (pos, &key) in order.iter().enumerate() {
+        rank[(key & 0xffff_ffff) as usize] = pos;
+    }
+    // Bits gathered a word at a time; a word shared with a row of another
+    // worker gets them by `fetch_or`.
+    let mut word = 0u64;
+    for (j, &rk) in rank.iter().enumerate() {
+        let i = first + j;
+        let frac = if c > 1 { rk as f64 / (c - 1) as f64 } else { 0.5 };
+        let p = density - eps + 2.0 * eps * frac;
+        if uniform(key, i as u64) < p {
+            word |= 1 << (i % 64);
         }
-        for (j, v) in row_vals.iter_mut().enumerate() {
-            let frac = if c > 1 { rank[j] as f64 / (c - 1) as f64 } else { 0.5 };
-            let p = density - eps + 2.0 * eps * frac;
-            if uniform(key, (r * c + j) as u64) >= p {
-                *v = 0.0;
+        if i % 64 == 63 || j + 1 == c {
+            if word != 0 {
+                words[i / 64].fetch_or(word, Relaxed);
             }
+            word = 0;
         }
-    });
+    }
 }
 
 /// The k-th largest |x| (1-based) of input 0. Non-negative floats order like
@@ -708,6 +785,66 @@ fn blocks_of<T: Default + Send>(
 mod tests {
     use super::*;
     use crate::exec::kernels::Slices;
+    use crate::graph::F;
+    use crate::ir::Sparsify;
+
+    /// DELLA as fuse computed it on whole tensors before it streamed: the
+    /// reference the streamed DELLA matches bit for bit.
+    fn whole(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &[usize]) -> Result<(), String> {
+        let original = rescale.then(|| l1(x));
+        match how {
+            Sparsify::Della { density, epsilon } => {
+                let (d, e) = (density.get(), epsilon.get());
+                if d >= 1.0 {
+                    return Ok(());
+                }
+                if d - e <= 0.0 || d + e >= 1.0 {
+                    return Err(format!(
+                        "della needs 0 < density - epsilon and density + epsilon < 1 (density {d}, epsilon {e})"
+                    ));
+                }
+                della(x, d, e, key, crate::exec::kernels::row_len(shape));
+            }
+            other => unreachable!("{other:?} streams"),
+        }
+        if let Some(before) = original {
+            let s = l1_ratio(before, l1(x));
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(())
+    }
+
+    fn l1(x: &[f32]) -> f64 {
+        x.iter().map(|v| v.abs() as f64).sum()
+    }
+
+    /// DELLA: within each row, keep probability rises linearly with the
+    /// magnitude's rank from `density - eps` to `density + eps`.
+    fn della(x: &mut [f32], density: f64, eps: f64, key: u64, row: usize) {
+        let scratch = || (Vec::<u64>::new(), Vec::<usize>::new());
+        x.par_chunks_mut(row.max(1)).enumerate().for_each_init(scratch, |(order, rank), (r, row_vals)| {
+            let c = row_vals.len();
+            // Ranks by magnitude, equal ones in index order: magnitudes order as
+            // their bits do (as `total_cmp` orders them), so one sort of
+            // (bits, index) keys, all distinct, gives the stable order.
+            order.clear();
+            order.extend(
+                row_vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64),
+            );
+            order.sort_unstable();
+            rank.resize(c, 0);
+            for (pos, &key) in order.iter().enumerate() {
+                rank[(key & 0xffff_ffff) as usize] = pos;
+            }
+            for (j, v) in row_vals.iter_mut().enumerate() {
+                let frac = if c > 1 { rank[j] as f64 / (c - 1) as f64 } else { 0.5 };
+                let p = density - eps + 2.0 * eps * frac;
+                if uniform(key, (r * c + j) as u64) >= p {
+                    *v = 0.0;
+                }
+            }
+        });
+    }
 
     fn magnitude(x: &[f32], density: f64) -> Vec<f32> {
         let owned = vec![x.to_vec()];
@@ -933,6 +1070,45 @@ mod tests {
             assert!(same_bits(&ours, &sorted), "row {row}");
             assert!(ours.iter().zip(&x).any(|(a, b)| a.to_bits() != b.to_bits()), "row {row}: nothing dropped");
         }
+    }
+
+    #[test]
+    fn della_streams_as_the_whole_tensor_code_computed_it() {
+        // Rows shorter than a chunk (straddling chunk ends), rows longer
+        // than a chunk, one row (a 1-D tensor) and rows of one entry; coarse
+        // values (equal magnitudes), -0, NaN and infinities; with and
+        // without rescale, on one thread and several.
+        let n = 3 * CHUNK + 1234;
+        let mut x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.125 + (i % 7) as f32 * 1e-3).collect();
+        x[3] = -0.0;
+        x[CHUNK - 1] = f32::NAN;
+        x[CHUNK + 5] = f32::NEG_INFINITY;
+        let key = crate::rng::stream_key(9, "w", 1);
+        let rows = [1000, 1, CHUNK + 4321, n, (n / 2) + 1];
+        for row in rows {
+            let len = n / row * row;
+            let xs = vec![x[..len].to_vec()];
+            let shape = if row == len { vec![len] } else { vec![len / row, row] };
+            for rescale in [false, true] {
+                let mut reference = xs[0].clone();
+                let how = Sparsify::Della { density: F::new(0.45), epsilon: F::new(0.2) };
+                whole(&mut reference, &how, rescale, key, &shape).unwrap();
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let prep = pool
+                        .install(|| {
+                            prepare_della(&Slices(&xs), 0.45, 0.2, key, crate::exec::kernels::row_len(&shape), rescale)
+                        })
+                        .unwrap();
+                    let ours = apply_chunks(&prep, &xs[0]);
+                    assert!(same_bits(&ours, &reference), "row {row}, rescale {rescale}, {threads} threads");
+                }
+                let dropped = reference.iter().zip(&xs[0]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert!(dropped > 0, "row {row}: nothing dropped");
+            }
+        }
+        let e = prepare_della(&Slices(&[x]), 0.5, 0.5, key, 10, false).unwrap_err();
+        assert!(e.contains("epsilon"), "{e}");
     }
 
     #[test]
