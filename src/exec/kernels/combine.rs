@@ -164,7 +164,7 @@ pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, Strin
         let nonzero: usize = counts.iter().map(|c| c.0).sum();
         let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
         if k > 0 {
-            let (t, bits_above) = super::sparsify::kth_largest_and_above(&vars, k)?;
+            let (t, bits_above) = super::select::kth_largest_and_above(&vars, k)?;
             // Entries compared as floats: NaN is never above, so with
             // entries that are not finite they are counted.
             let above = if counts.iter().any(|c| c.1) {

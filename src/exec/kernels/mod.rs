@@ -1,17 +1,18 @@
 //! The kernels on f32 data. Loads and linear combinations go through
 //! candle-core tensors (the candle engine); the native merge kernels work on
 //! flat slices, shared by both engines: `sparsify.rs` (trimming and
-//! dropping), `combine.rs` (sign consensus, RAM and the base-relative
+//! dropping), `select.rs` (the k-th largest magnitude, for the trims), `combine.rs` (sign consensus, RAM and the base-relative
 //! methods), `sphere.rs` (the spherical interpolations), `svd.rs` (the
 //! SVD-based methods).
 
 mod combine;
+mod select;
 mod sparsify;
 mod sphere;
 mod svd;
 
 pub use crate::rng::{stream_key, uniform};
-pub use sparsify::kth_largest_magnitude;
+pub use select::kth_largest_magnitude;
 
 use crate::graph::F;
 use crate::io::DType;

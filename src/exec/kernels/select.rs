@@ -1,0 +1,623 @@
+//! Selecting the k-th largest magnitude of a tensor that is read a chunk
+//! at a time, for magnitude trimming (TIES), outlier trimming (Model
+//! Breadcrumbs) and SCE: what it is, how many entries lie above it, and how
+//! many equal it in each chunk (so each chunk can keep exactly its share of
+//! the entries equal to the threshold, in index order).
+
+use super::{Source, CHUNK};
+use rayon::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// The k-th largest |x| (1-based) of input 0. Non-negative floats order like
+/// their bits, so a histogram of the high 16 bits finds the bucket and one
+/// of the low 16 bits inside it the value: two passes, no sort, no copy.
+pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
+    Ok(select(src, &[0], &[k])?[0].threshold)
+}
+
+/// The k-th largest |x| (1-based) of input 0, and how many entries' magnitude
+/// bits lie strictly above it (NaN above infinity).
+pub(super) fn kth_largest_and_above(src: &dyn Source, k: usize) -> Result<(f32, usize), String> {
+    let sel = select(src, &[0], &[k])?.remove(0);
+    Ok((sel.threshold, sel.above))
+}
+
+/// What the radix selection learns about the k-th largest magnitude.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Selection {
+    pub threshold: f32,
+    /// Entries whose magnitude's bits lie strictly above the threshold's.
+    pub above: usize,
+    /// Entries equal to it.
+    pub equal: usize,
+    /// Per chunk, how many entries equal it, when every entry was finite
+    /// and the candidates fitted [`MAX_CANDIDATES`]; else `None` and a
+    /// counting pass finds them.
+    pub equal_per_chunk: Option<Vec<usize>>,
+}
+
+/// Bound on the (value, count) pairs the second selection pass keeps per
+/// tensor to count, chunk by chunk, the entries equal to the threshold
+/// (8 bytes each).
+const MAX_CANDIDATES: usize = 1 << 19;
+
+/// For each input `members[j]` of `src`, its `ks[j]`-th largest magnitude
+/// (by the bits with the sign cleared, NaN above infinity), how many
+/// entries lie strictly above it and how many equal it, in one pass over the
+/// inputs when a sample predicts where the threshold lies (see
+/// [`select_sampled`]), else in the radix selection's two.
+pub(super) fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selection>, String> {
+    let mut found = select_sampled(src, members, ks, SAMPLE_KEYS)?;
+    let missed: Vec<usize> = (0..members.len()).filter(|&j| found[j].is_none()).collect();
+    if !missed.is_empty() {
+        let again: Vec<usize> = missed.iter().map(|&j| members[j]).collect();
+        let again_ks: Vec<usize> = missed.iter().map(|&j| ks[j]).collect();
+        for (j, sel) in missed.into_iter().zip(select_radix(src, &again, &again_ks)?) {
+            found[j] = Some(sel);
+        }
+    }
+    Ok(found.into_iter().map(|s| s.expect("selected")).collect())
+}
+
+/// Keys of a sample kept per input: bounds the sample's memory (4 bytes a
+/// key) whatever the tensor's size.
+const SAMPLE_KEYS: usize = 1 << 19;
+
+/// Bound on the keys all members keep as candidates in [`select_sampled`]
+/// (4 bytes each); a tensor that would need more takes the radix passes.
+const MAX_SAMPLED_CANDIDATES: usize = 1 << 22;
+
+/// The selection in one pass, guided by a sample. The magnitude keys (bits
+/// with the sign cleared) of chunks spread evenly over the tensor give, for
+/// each member, an interval `[lo, hi]` of keys that holds the `k`-th
+/// largest with a wide margin (six standard deviations of the sample's
+/// rank, and more). One pass then counts the keys above `hi` and keeps the
+/// keys inside the interval, chunk by chunk; when the count above is below
+/// `k` and the kept keys reach it, the threshold is found among them, and
+/// so are the counts equal to it in each chunk. A member whose threshold
+/// falls outside its interval (the sample misled) gets `None`, for the
+/// radix passes. Tensors of at most [`SAMPLE_CHUNKS`] chunks are sampled
+/// whole, so the interval holds every key; sampled chunks whose keys are all
+/// kept (at most `sample_keys` of them an input) are not read again.
+fn select_sampled(
+    src: &dyn Source,
+    members: &[usize],
+    ks: &[usize],
+    sample_keys: usize,
+) -> Result<Vec<Option<Selection>>, String> {
+    let n = src.len();
+    let m = members.len();
+    let chunks = n.div_ceil(CHUNK);
+    if m == 0 || n == 0 {
+        return Ok(vec![None; m]);
+    }
+    // The sampled chunks, spread evenly, and which input each member reads
+    // (a member reading the same input as the one before shares its sample).
+    let sampled: Vec<usize> = if chunks <= SAMPLE_CHUNKS {
+        (0..chunks).collect()
+    } else {
+        let s = (chunks / 32).clamp(SAMPLE_CHUNKS, chunks);
+        (0..s).map(|i| (2 * i + 1) * chunks / (2 * s)).collect()
+    };
+    let whole = sampled.len() == chunks;
+    let sample_len: usize = sampled.iter().map(|&c| CHUNK.min(n - c * CHUNK)).sum();
+    let stride = sample_len.div_ceil(sample_keys).max(1);
+    let first_of = |j: usize| (0..=j).rev().take_while(|&i| members[i] == members[j]).last().unwrap_or(j);
+    let distinct: Vec<usize> = (0..m).filter(|&j| first_of(j) == j).collect();
+    // Per sampled chunk, per distinct input, its keys (every `stride`-th).
+    let samples: Vec<Vec<Vec<u32>>> = sampled
+        .par_iter()
+        .map(|&c| {
+            let len = CHUNK.min(n - c * CHUNK);
+            let mut buf = vec![0f32; len];
+            distinct
+                .iter()
+                .map(|&j| {
+                    src.fill(members[j], c * CHUNK, &mut buf)?;
+                    Ok(buf.iter().step_by(stride).map(|v| v.to_bits() & 0x7fff_ffff).collect())
+                })
+                .collect::<Result<Vec<Vec<u32>>, String>>()
+        })
+        .collect::<Result<_, String>>()?;
+    // Each member's interval of keys.
+    let slot = |j: usize| distinct.iter().position(|&d| d == first_of(j)).expect("a distinct input");
+    let intervals: Vec<(u32, u32)> = (0..m)
+        .map(|j| {
+            if whole && stride == 1 {
+                return (0, u32::MAX);
+            }
+            // The interval comes from a thinner sample (every `every`-th
+            // key): ranking it costs a small part of the pass.
+            let every = (sample_len / stride).div_ceil((n / 32).clamp(4096, 1 << 18)).max(1);
+            let mut keys: Vec<u32> =
+                samples.iter().flat_map(|per| per[slot(j)].iter().copied()).step_by(every).collect();
+            let s = keys.len();
+            // The k-th largest of n sits near rank r (from the top) of the
+            // sample; the interval spans ranks r - d ..= r + d: six
+            // standard deviations of that rank, and a little more for
+            // samples of neighbouring entries that resemble each other.
+            let r = ks[j] as f64 * s as f64 / n as f64;
+            let d = 6.0 * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + 0.001 * s as f64 + 16.0;
+            let mut top = |rank: f64| -> Option<u32> {
+                let rank = rank.round();
+                if rank < 1.0 || rank > s as f64 {
+                    return None;
+                }
+                let i = s - rank as usize; // ascending position
+                Some(*keys.select_nth_unstable(i).1)
+            };
+            let hi = top(r - d).unwrap_or(u32::MAX);
+            let lo = top(r + d).unwrap_or(0);
+            (lo, hi)
+        })
+        .collect();
+    // Sampled chunks whose keys are all at hand are not read again.
+    let kept_sample: std::collections::HashMap<usize, usize> = match stride {
+        1 => sampled.iter().enumerate().map(|(i, &c)| (c, i)).collect(),
+        _ => Default::default(),
+    };
+    // The pass: per block of chunks, per member, the count above `hi`, the
+    // keys inside the interval chunk by chunk, and whether any key was not
+    // finite.
+    let blocks = (rayon::current_num_threads() * 4).max(1);
+    let per_block = chunks.div_ceil(blocks).max(1);
+    let used = std::sync::atomic::AtomicUsize::new(0);
+    let overflow = std::sync::atomic::AtomicBool::new(false);
+    let parts = std::sync::Mutex::new(vec![Vec::new(); m]);
+    (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| -> Result<(), String> {
+        let mut mine: Vec<Candidates> = vec![Candidates::default(); m];
+        let mut buf = vec![0f32; CHUNK];
+        for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
+            if overflow.load(Relaxed) {
+                return Ok(());
+            }
+            let len = CHUNK.min(n - c * CHUNK);
+            let at_hand = kept_sample.get(&c).map(|&i| &samples[i]);
+            for (j, &input) in members.iter().enumerate() {
+                let chunk_keys = match at_hand {
+                    Some(per) => &per[slot(j)][..],
+                    None => {
+                        if j == 0 || members[j - 1] != input {
+                            src.fill(input, c * CHUNK, &mut buf[..len])?;
+                        }
+                        as_bits(&buf[..len])
+                    }
+                };
+                let added = mine[j].scan(c, chunk_keys, intervals[j]);
+                if used.fetch_add(added, Relaxed) + added > MAX_SAMPLED_CANDIDATES {
+                    overflow.store(true, Relaxed);
+                }
+            }
+        }
+        let mut all = parts.lock().unwrap();
+        for (j, part) in mine.into_iter().enumerate() {
+            all[j].push(part);
+        }
+        Ok(())
+    })?;
+    if overflow.load(Relaxed) {
+        return Ok(vec![None; m]);
+    }
+    let parts = parts.into_inner().unwrap();
+    Ok(parts
+        .into_iter()
+        .zip(ks)
+        .map(|(mut parts, &k)| {
+            // Blocks in chunk order, so the kept keys run in index order.
+            parts.sort_by_key(|p| p.ends.first().map_or(usize::MAX, |e| e.0));
+            let above: usize = parts.iter().map(|p| p.above).sum();
+            let kept: usize = parts.iter().map(|p| p.keys.len()).sum();
+            if above >= k || above + kept < k {
+                return None;
+            }
+            let mut all: Vec<u32> = parts.iter().flat_map(|p| p.keys.iter().copied()).collect();
+            let need = k - above; // the need-th largest of the kept keys
+            let t = *all.select_nth_unstable(kept - need).1;
+            let above_t = above + all.iter().filter(|&&x| x > t).count();
+            let equal = all.iter().filter(|&&x| x == t).count();
+            let finite = !parts.iter().any(|p| p.non_finite);
+            let equal_per_chunk = finite.then(|| {
+                let mut per_chunk = vec![0usize; chunks];
+                for p in &parts {
+                    let mut from = 0;
+                    for &(c, end) in &p.ends {
+                        per_chunk[c] = p.keys[from..end].iter().filter(|&&x| x == t).count();
+                        from = end;
+                    }
+                }
+                per_chunk
+            });
+            Some(Selection { threshold: f32::from_bits(t), above: above_t, equal, equal_per_chunk })
+        })
+        .collect())
+}
+
+/// Tensors of at most this many chunks are sampled whole.
+const SAMPLE_CHUNKS: usize = 16;
+
+/// One block's share of [`select_sampled`]'s pass, for one member.
+#[derive(Default, Clone)]
+struct Candidates {
+    /// Keys above the interval.
+    above: usize,
+    /// Keys inside it, chunk after chunk; `ends` says where each chunk's end.
+    keys: Vec<u32>,
+    ends: Vec<(usize, usize)>,
+    /// Whether a key was NaN or infinite.
+    non_finite: bool,
+}
+
+impl Candidates {
+    /// Scans chunk `c`'s magnitude keys (`bits` with the sign cleared)
+    /// against `[lo, hi]`; returns how many it kept.
+    fn scan(&mut self, c: usize, bits: &[u32], (lo, hi): (u32, u32)) -> usize {
+        let before = self.keys.len();
+        let (above, non_finite) = scan_keys(bits, lo, hi, &mut self.keys);
+        self.above += above;
+        self.non_finite |= non_finite;
+        self.ends.push((c, self.keys.len()));
+        self.keys.len() - before
+    }
+}
+
+/// A chunk's values as their bits.
+fn as_bits(vals: &[f32]) -> &[u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit
+    // pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts(vals.as_ptr().cast(), vals.len()) }
+}
+
+/// For magnitude keys (`bits` with the sign cleared): how many lie above
+/// `hi`, and whether any is NaN or infinite; appends those in `[lo, hi]` to
+/// `out`, in order. With AVX-512, sixteen at a time (compare masks and a
+/// compress); else one at a time without branches.
+fn scan_keys(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature the function is compiled for is present.
+        return unsafe { scan_keys_avx512(bits, lo, hi, out) };
+    }
+    scan_keys_generic(bits, lo, hi, out)
+}
+
+fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool) {
+    let width = hi.wrapping_sub(lo);
+    let start = out.len();
+    out.resize(start + bits.len(), 0);
+    let (mut w, mut above, mut non_finite) = (start, 0usize, false);
+    for &b in bits {
+        let k = b & 0x7fff_ffff;
+        out[w] = k;
+        w += (k.wrapping_sub(lo) <= width) as usize;
+        above += (k > hi) as usize;
+        non_finite |= k >= 0x7f80_0000;
+    }
+    out.truncate(w);
+    (above, non_finite)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool) {
+    use std::arch::x86_64::*;
+    let start = out.len();
+    // Each step stores sixteen lanes at the write position: room for them.
+    out.reserve(bits.len() + 16);
+    let dst = out.as_mut_ptr().add(start);
+    let sign = _mm512_set1_epi32(0x7fff_ffff);
+    let (vlo, vhi) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi as i32));
+    let width = _mm512_set1_epi32(hi.wrapping_sub(lo) as i32);
+    let inf = _mm512_set1_epi32(0x7f80_0000);
+    let (mut w, mut above, mut non_finite) = (0usize, 0usize, 0u16);
+    let steps = bits.len() / 16;
+    for i in 0..steps {
+        let k = _mm512_and_si512(_mm512_loadu_si512(bits.as_ptr().add(16 * i).cast()), sign);
+        above += _mm512_cmpgt_epu32_mask(k, vhi).count_ones() as usize;
+        non_finite |= _mm512_cmpge_epu32_mask(k, inf);
+        let inside = _mm512_cmple_epu32_mask(_mm512_sub_epi32(k, vlo), width);
+        _mm512_storeu_si512(dst.add(w).cast(), _mm512_maskz_compress_epi32(inside, k));
+        w += inside.count_ones() as usize;
+    }
+    out.set_len(start + w);
+    let (a, nf) = scan_keys_generic(&bits[16 * steps..], lo, hi, out);
+    (above + a, non_finite != 0 || nf)
+}
+
+/// The radix selection, in two passes: a histogram of the keys' high 16
+/// bits finds the threshold's bucket, and one of the low 16 bits inside it
+/// the threshold.
+fn select_radix(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selection>, String> {
+    let n = src.len();
+    let m = members.len();
+    if m == 0 {
+        return Ok(Vec::new());
+    }
+    let chunks = n.div_ceil(CHUNK);
+    // A fixed number of blocks of chunks, each with one histogram per member:
+    // memory per thread stays the same whatever the tensor size. Integer
+    // counts add up the same in any order.
+    let blocks = (rayon::current_num_threads() * 4).max(1);
+    let per_block = chunks.div_ceil(blocks).max(1);
+    // Walk buckets from the top until k elements are covered.
+    let find = |h: &[usize], mut k: usize| -> (usize, usize) {
+        for b in (0..h.len()).rev() {
+            if h[b] >= k {
+                return (b, k);
+            }
+            k -= h[b];
+        }
+        (0, k)
+    };
+    // Each block's histograms are added to the totals as it finishes, so at
+    // most about one block per thread is held at a time.
+    let add = |total: &mut Vec<usize>, h: &[u32]| {
+        if total.is_empty() {
+            *total = vec![0usize; 1 << 16];
+        }
+        total.iter_mut().zip(h).for_each(|(t, &c)| *t += c as usize);
+    };
+    // Pass 1: the high 16 bits of every magnitude, once per input (a
+    // member reading the input before it shares its histogram).
+    let repeat = |j: usize| j > 0 && members[j - 1] == members[j];
+    let highs = std::sync::Mutex::new(vec![Vec::new(); m]);
+    blocks_of(
+        src,
+        members,
+        chunks,
+        per_block,
+        |j, _, vals, h: &mut Vec<Vec<u32>>| {
+            if repeat(j) {
+                return;
+            }
+            if h.is_empty() {
+                *h = vec![vec![0u32; 1 << 16]; m];
+            }
+            let h: &mut [u32; 1 << 16] = (&mut h[j][..]).try_into().expect("65536 buckets");
+            for v in vals {
+                h[((v.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+            }
+        },
+        |h| {
+            let mut totals = highs.lock().unwrap();
+            for (total, h) in totals.iter_mut().zip(&h) {
+                add(total, h);
+            }
+        },
+    )?;
+    let mut highs = highs.into_inner().unwrap();
+    for j in 1..m {
+        if repeat(j) {
+            highs[j] = highs[j - 1].clone();
+        }
+    }
+    let found: Vec<(usize, usize)> = highs.iter().zip(ks).map(|(h, &k)| find(h, k)).collect();
+    // Pass 2: the low 16 bits inside each member's bucket, and per chunk the
+    // distinct low halves seen there with their counts, from which the
+    // entries equal to the threshold are counted per chunk without a third
+    // pass (unless there are too many, or entries that are not finite).
+    let used = std::sync::atomic::AtomicUsize::new(0);
+    let full: Vec<std::sync::atomic::AtomicBool> =
+        highs.iter().map(|h| std::sync::atomic::AtomicBool::new(h[0x7f80..].iter().any(|&c| c > 0))).collect();
+    let lows = std::sync::Mutex::new(vec![(Vec::new(), Vec::new()); m]);
+    blocks_of(
+        src,
+        members,
+        chunks,
+        per_block,
+        |j, c, vals, parts: &mut Vec<LowPart>| {
+            if parts.is_empty() {
+                parts.resize_with(m, LowPart::default);
+            }
+            let (hb, part) = (found[j].0, &mut parts[j]);
+            if part.hist.is_empty() {
+                part.hist = vec![0u32; 1 << 16];
+            }
+            part.lows.clear();
+            for v in vals {
+                let b = v.to_bits() & 0x7fff_ffff;
+                if (b >> 16) as usize == hb {
+                    part.lows.push(b as u16);
+                }
+            }
+            for &l in &part.lows {
+                part.hist[l as usize] += 1;
+            }
+            if full[j].load(Relaxed) {
+                part.pairs = Vec::new();
+                return;
+            }
+            let before = part.pairs.len();
+            distinct_counts(&mut part.lows, &mut part.pairs);
+            let added = part.pairs.len() - before;
+            if used.fetch_add(added, Relaxed) + added > MAX_CANDIDATES {
+                full[j].store(true, Relaxed);
+            }
+            part.chunk_ends.push((c, part.pairs.len()));
+        },
+        |parts| {
+            let mut totals = lows.lock().unwrap();
+            for (j, (p, (total, lists))) in parts.into_iter().zip(totals.iter_mut()).enumerate() {
+                add(total, &p.hist);
+                if !full[j].load(Relaxed) {
+                    lists.push((p.pairs, p.chunk_ends));
+                }
+            }
+        },
+    )?;
+    let lows = lows.into_inner().unwrap();
+    let mut out = Vec::with_capacity(m);
+    for (j, (low, lists)) in lows.into_iter().enumerate() {
+        let (hb, k_in) = found[j];
+        let high = &highs[j];
+        let (lb, _) = find(&low, k_in);
+        let above = high[hb + 1..].iter().sum::<usize>() + low[lb + 1..].iter().sum::<usize>();
+        let equal_per_chunk = (!full[j].load(Relaxed)).then(|| {
+            let mut per_chunk = vec![0usize; chunks];
+            for (pairs, ends) in &lists {
+                let mut from = 0;
+                for &(c, end) in ends {
+                    per_chunk[c] = pairs[from..end].iter().find(|p| p.0 as usize == lb).map_or(0, |p| p.1 as usize);
+                    from = end;
+                }
+            }
+            per_chunk
+        });
+        out.push(Selection {
+            threshold: f32::from_bits(((hb as u32) << 16) | lb as u32),
+            above,
+            equal: low[lb],
+            equal_per_chunk,
+        });
+    }
+    Ok(out)
+}
+
+/// One block's share of the second selection pass.
+#[derive(Default)]
+struct LowPart {
+    hist: Vec<u32>,
+    /// The low halves in the bucket, of the chunk being read.
+    lows: Vec<u16>,
+    /// (low half, count) for each chunk in turn; `chunk_ends` says where each
+    /// chunk's pairs end.
+    pairs: Vec<(u16, u32)>,
+    chunk_ends: Vec<(usize, usize)>,
+}
+
+/// Appends to `pairs` the distinct values of `lows` with their counts
+/// (reordering `lows`).
+fn distinct_counts(lows: &mut [u16], pairs: &mut Vec<(u16, u32)>) {
+    let Some(&first) = lows.first() else { return };
+    if lows.iter().all(|&l| l == first) {
+        pairs.push((first, lows.len() as u32));
+        return;
+    }
+    lows.sort_unstable();
+    for run in lows.chunk_by(|a, b| a == b) {
+        pairs.push((run[0], run.len() as u32));
+    }
+}
+
+/// Visits inputs `members` of `src` chunk by chunk (all members' chunk `c`
+/// in a row), `per_block` chunks to a block (blocks in parallel), each block
+/// folding its chunks into its own state, `f(member, chunk, values, state)`,
+/// and handing it to `done` when finished.
+fn blocks_of<T: Default + Send>(
+    src: &dyn Source,
+    members: &[usize],
+    chunks: usize,
+    per_block: usize,
+    f: impl Fn(usize, usize, &[f32], &mut T) + Sync,
+    done: impl Fn(T) + Sync,
+) -> Result<(), String> {
+    let n = src.len();
+    (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| {
+        let mut state = T::default();
+        let mut buf = vec![0f32; CHUNK];
+        for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
+            let len = CHUNK.min(n - c * CHUNK);
+            for (j, &input) in members.iter().enumerate() {
+                // A member reading the input before it reuses its values.
+                if j == 0 || members[j - 1] != input {
+                    src.fill(input, c * CHUNK, &mut buf[..len])?;
+                }
+                f(j, c, &buf[..len], &mut state);
+            }
+        }
+        done(state);
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::kernels::Slices;
+
+    #[test]
+    fn radix_select_matches_a_sort() {
+        let x: Vec<f32> =
+            (0..5000).map(|i| ((i * 7919) % 1013) as f32 * if i % 3 == 0 { -0.01 } else { 0.013 }).collect();
+        let mut sorted: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let src = Slices(std::slice::from_ref(&x));
+        for k in [1, 2, 17, 2500, 4999, 5000] {
+            assert_eq!(kth_largest_magnitude(&src, k).unwrap(), sorted[k - 1], "k = {k}");
+        }
+    }
+    /// Values like a bf16 task vector's: coarse, so many entries share a
+    /// magnitude, with rows of different scales.
+    fn task_vector(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let u = crate::rng::uniform(seed, i as u64) as f32 - 0.5;
+                let row_scale = 1.0 + ((i / 1024) % 7) as f32 * 0.3;
+                let v = u * row_scale * 0.01;
+                // bf16 precision
+                f32::from_bits(v.to_bits() & 0xffff_0000)
+            })
+            .collect()
+    }
+
+    /// The sampled selection finds what the radix selection finds, with the
+    /// whole tensor sampled, with sampled chunks kept and skipped, and with
+    /// a sample thinned and re-read; a member whose sample misleads (its
+    /// sampled chunks quieter than the rest) is left to the radix passes.
+    #[test]
+    fn the_sampled_selection_matches_the_radix_selection() {
+        for (chunks, sample_keys) in [(3, 1 << 19), (3, 5000), (40, 1 << 19), (40, 1 << 16), (40, 1000)] {
+            let n = chunks * CHUNK - 321;
+            let a = task_vector(n, 1);
+            let b = task_vector(n, 2);
+            let mut odd = task_vector(n, 3);
+            odd[17] = f32::NAN;
+            odd[CHUNK + 3] = f32::NEG_INFINITY;
+            let mut misled = task_vector(n, 4);
+            if chunks > SAMPLE_CHUNKS {
+                // The sampled chunks near zero: the sample puts the
+                // threshold far below the true one.
+                for i in 0..SAMPLE_CHUNKS {
+                    let c = (2 * i + 1) * chunks / (2 * SAMPLE_CHUNKS);
+                    misled[c * CHUNK..((c + 1) * CHUNK).min(n)].iter_mut().for_each(|v| *v *= 1e-3);
+                }
+            }
+            let inputs = vec![a, b, odd, misled];
+            let src = Slices(&inputs);
+            let members = [0, 0, 1, 2, 3];
+            let ks = [1, n / 5, n / 3, n / 2, n / 10];
+            let radix = select_radix(&src, &members, &ks).unwrap();
+            let sampled = select_sampled(&src, &members, &ks, sample_keys).unwrap();
+            for (j, (r, s)) in radix.iter().zip(&sampled).enumerate() {
+                match s {
+                    Some(s) => assert_eq!(s, r, "member {j}, {chunks} chunks, {sample_keys} keys"),
+                    None => assert!(j == 4 && chunks > SAMPLE_CHUNKS, "member {j} missed, {chunks} chunks"),
+                }
+            }
+            if chunks > SAMPLE_CHUNKS {
+                assert!(sampled[4].is_none(), "the misleading sample was not caught");
+            }
+            assert_eq!(select(&src, &members, &ks).unwrap(), radix);
+        }
+    }
+
+    /// The vector scan keeps and counts what the scalar one does, on every
+    /// length around a step of sixteen and with NaN, infinity and -0.
+    #[test]
+    fn the_vector_scan_matches_the_scalar_scan() {
+        let mut x = task_vector(1000, 9);
+        x[3] = f32::NAN;
+        x[400] = f32::INFINITY;
+        x[401] = -0.0;
+        let bits = as_bits(&x);
+        let mut sorted: Vec<u32> = bits.iter().map(|b| b & 0x7fff_ffff).collect();
+        sorted.sort_unstable();
+        for (lo, hi) in [(0, u32::MAX), (sorted[300], sorted[700]), (sorted[999], sorted[999]), (5, 3)] {
+            for len in [0, 1, 15, 16, 17, 33, 999, 1000] {
+                let (mut a, mut b) = (vec![7u32], vec![7u32]);
+                let got = scan_keys(&bits[..len], lo, hi, &mut a);
+                let want = scan_keys_generic(&bits[..len], lo, hi, &mut b);
+                assert_eq!((got, &a), (want, &b), "len {len}, [{lo}, {hi}]");
+            }
+        }
+    }
+}
