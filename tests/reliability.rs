@@ -153,6 +153,32 @@ fn non_finite_inputs_warn_and_strict_refuses() {
     assert!(!d.join("strict").exists());
 }
 
+/// The TIES threshold's passes read without checking for NaN; the
+/// streaming pass after them still finds it, in the base (read once a
+/// chunk for every task vector) and in a fine-tune.
+#[test]
+fn non_finite_inputs_of_a_trim_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let header = r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    for (name, vals) in
+        [("nan", [1.0f32, f32::NAN, 2.0, 3.0]), ("a", [1.5, 0.5, 2.5, 3.0]), ("b", [0.5, 1.0, 2.0, 4.0])]
+    {
+        let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        checkpoint(d, name, &st_bytes(header, &data));
+    }
+    for recipe in [
+        "base = model(\"nan\")\nbase + ties(model(\"a\"), model(\"b\"), density=0.5)\n",
+        "base = model(\"a\")\nbase + ties(model(\"nan\"), model(\"b\"), density=0.5)\n",
+    ] {
+        write_recipe(d, "r.fuse", recipe);
+        let o = fuse(d, &["run", "r.fuse", "-o", "out", "--force"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        expect_code(&stderr(&o), "E0404");
+        assert!(stderr(&o).contains("tensor `w`") && stderr(&o).contains("nan"), "{}", stderr(&o));
+    }
+}
+
 /// A disk that fills up: a small tmpfs in a private mount namespace.
 #[test]
 fn a_full_disk_fails_cleanly() {

@@ -95,7 +95,7 @@ pub fn compute(plan: &Plan, inputs: &Inputs, budget: &Budget, root: NodeId, sink
             return Err("interrupted".to_string());
         }
         let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
-        let mut buf = vec![0f32; range.len()];
+        let mut buf = Scratch::take(range.len());
         eval(plan, inputs, &st, root, range.start, &mut buf)?;
         sink(range.start, &buf)
     })
@@ -241,21 +241,17 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
     match &plan.nodes[n].op {
         Op::Load { model, tensor } => inputs.read(*model, tensor, start, out),
         Op::Lin(terms) => {
-            let mut scratch = vec![0f32; out.len()];
+            let mut scratch = Scratch::take(out.len());
             for (k, (c, x)) in terms.iter().enumerate() {
                 let c = c.get() as f32;
                 if k == 0 {
                     eval(plan, inputs, st, *x, start, out)?;
                     if c != 1.0 {
-                        out.iter_mut().for_each(|v| *v *= c);
+                        scale(out, c);
                     }
                 } else {
                     eval(plan, inputs, st, *x, start, &mut scratch)?;
-                    if c == 1.0 {
-                        out.iter_mut().zip(&scratch).for_each(|(o, s)| *o += s);
-                    } else {
-                        out.iter_mut().zip(&scratch).for_each(|(o, s)| *o += s * c);
-                    }
+                    add_scaled(out, &scratch, c);
                 }
             }
             Ok(())
@@ -268,13 +264,77 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
         Op::Kernel { kernel, inputs: ins } => {
             let mut bufs = Vec::with_capacity(ins.len());
             for &c in ins {
-                let mut b = vec![0f32; out.len()];
+                let mut b = Scratch::take(out.len());
                 eval(plan, inputs, st, c, start, &mut b)?;
                 bufs.push(b);
             }
-            let refs: Vec<&[f32]> = bufs.iter().map(Vec::as_slice).collect();
+            let refs: Vec<&[f32]> = bufs.iter().map(|b| &b[..]).collect();
             kernels::apply(kernel, st.prepared.get(&n).unwrap_or(&Prepared::None), start, &refs, out);
             Ok(())
         }
+    }
+}
+
+/// `out *= c`.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn scale(out: &mut [f32], c: f32) {
+    out.iter_mut().for_each(|v| *v *= c);
+}
+
+/// `out += c x` (`out += x` when `c` is 1).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn add_scaled(out: &mut [f32], x: &[f32], c: f32) {
+    if c == 1.0 {
+        out.iter_mut().zip(x).for_each(|(o, s)| *o += s);
+    } else {
+        out.iter_mut().zip(x).for_each(|(o, s)| *o += s * c);
+    }
+}
+
+/// A chunk-sized buffer from a per-thread pool, returned to it when
+/// dropped: the streaming pass needs a few per node and chunk, and fresh
+/// ones cost a zeroing (and, at this size, page faults) each time. Its
+/// contents are left over from earlier use: every writer fills it whole.
+struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    fn take(len: usize) -> Scratch {
+        let mut buf = POOL.with_borrow_mut(Vec::pop).unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        Scratch { buf, len }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // A few dozen chunks a thread at most: deep graphs nest one per level.
+        let buf = std::mem::take(&mut self.buf);
+        POOL.with_borrow_mut(|pool| {
+            if pool.len() < 64 {
+                pool.push(buf)
+            }
+        });
     }
 }

@@ -5,6 +5,7 @@
 use super::DType;
 
 /// Little-endian `dtype` bytes to f32.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
 pub fn decode(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<(), String> {
     match dtype {
         DType::F32 => out
@@ -29,6 +30,7 @@ pub fn decode(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<(), String>
 }
 
 /// f32 values to little-endian bytes of `dtype` (round to nearest even).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
 pub fn encode(vals: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = Vec::with_capacity(vals.len() * dtype.size());
     match dtype {

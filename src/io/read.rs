@@ -33,11 +33,37 @@ pub struct Inputs {
 /// row (the base under each task vector) is read and decoded once.
 const RECENT: usize = 4;
 
-/// A decoded chunk: (inputs id, model, tensor, first element), values.
-type Recent = ((u64, usize, String, usize), Vec<f32>);
+/// A decoded chunk: (inputs id, model, tensor, first element), values, and
+/// whether they were checked for NaN and infinity.
+type Recent = ((u64, usize, String, usize), Vec<f32>, bool);
 
 thread_local! {
     static RECENT_CHUNKS: std::cell::RefCell<VecDeque<Recent>> = const { std::cell::RefCell::new(VecDeque::new()) };
+    /// Whether reads on this thread check for NaN and infinity now.
+    static CHECKING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// While alive, reads on this thread skip the check for NaN and infinity:
+/// for passes that gather statistics ahead of the streaming pass, which
+/// reads (and checks) every chunk they read.
+pub struct Unchecked(bool);
+
+impl Unchecked {
+    pub fn new() -> Unchecked {
+        Unchecked(CHECKING.replace(false))
+    }
+}
+
+impl Default for Unchecked {
+    fn default() -> Unchecked {
+        Unchecked::new()
+    }
+}
+
+impl Drop for Unchecked {
+    fn drop(&mut self) {
+        CHECKING.set(self.0);
+    }
 }
 
 /// A tensor of one input model: (model index, tensor name).
@@ -156,11 +182,15 @@ impl Inputs {
         // Avoid allocating a key for the lookup: most runs share nothing.
         let shared = !self.shared.is_empty() && self.shared.contains(&(model, tensor.to_string()));
         let hit = shared.then(|| {
-            RECENT_CHUNKS.with_borrow(|recent| {
-                let (_, v) = recent.iter().find(|((id, m, t, s), v)| {
+            RECENT_CHUNKS.with_borrow_mut(|recent| {
+                let (_, v, checked) = recent.iter_mut().find(|((id, m, t, s), v, _)| {
                     *id == self.id && *m == model && *s == start && v.len() == out.len() && t == tensor
                 })?;
                 out.copy_from_slice(v);
+                if !*checked && CHECKING.get() {
+                    self.check_finite(model, tensor, out);
+                    *checked = true;
+                }
                 Some(())
             })
         });
@@ -177,33 +207,39 @@ impl Inputs {
             self.read_bytes(model, tensor, (start * size) as u64, buf)?;
             decode(buf, dtype, out)
         })?;
-        self.check_finite(model, tensor, out);
+        let checking = CHECKING.get();
+        if checking {
+            self.check_finite(model, tensor, out);
+        }
         if !shared {
             return Ok(());
         }
         RECENT_CHUNKS.with_borrow_mut(|recent| {
             let mut vals = match recent.len() {
-                RECENT => recent.pop_front().map(|(_, v)| v).unwrap_or_default(),
+                RECENT => recent.pop_front().map(|(_, v, _)| v).unwrap_or_default(),
                 _ => Vec::new(),
             };
             vals.clear();
             vals.extend_from_slice(out);
-            recent.push_back(((self.id, model, tensor.to_string(), start), vals));
+            recent.push_back(((self.id, model, tensor.to_string(), start), vals, checking));
         });
         Ok(())
     }
 
     fn check_finite(&self, model: usize, tensor: &str, vals: &[f32]) {
-        // Exponent bits all set means NaN or infinity. An or over blocks
-        // without an early exit vectorizes; `any` stops per element and does not.
-        let non_finite = vals
-            .chunks(64)
-            .any(|block| block.iter().fold(0u32, |acc, v| acc | (!v.to_bits() & 0x7f80_0000 == 0) as u32) != 0);
-        if non_finite {
+        if any_non_finite(vals) {
             let ck = self.models[model].root.display().to_string();
             self.non_finite.lock().unwrap().insert((ck, tensor.to_string()));
         }
     }
+}
+
+/// Whether any value is NaN or infinite.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn any_non_finite(vals: &[f32]) -> bool {
+    // Exponent bits all set means NaN or infinity. An or over blocks
+    // without an early exit vectorizes; `any` stops per element and does not.
+    vals.chunks(64).any(|block| block.iter().fold(0u32, |acc, v| acc | (!v.to_bits() & 0x7f80_0000 == 0) as u32) != 0)
 }
 
 impl Inputs {

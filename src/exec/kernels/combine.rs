@@ -8,6 +8,7 @@ use super::{dot, partials, row_len, Prepared, Source, CHUNK};
 /// Per entry: `sum_i w_i d_i` over all inputs, or with `elect_sign` over the
 /// inputs whose weighted sign matches the sign of that sum (zeros never
 /// match); divided by the summed weights of those inputs when `normalize`.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
 pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize: bool, out: &mut [f32]) {
     let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
     // Blocks of entries, each input's loop over a block at a time, so that

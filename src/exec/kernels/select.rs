@@ -108,6 +108,8 @@ fn select_sampled(
     let samples: Vec<Vec<Vec<u32>>> = sampled
         .par_iter()
         .map(|&c| {
+            // The streaming pass reads (and checks) every chunk read here.
+            let _unchecked = crate::io::read::Unchecked::new();
             let len = CHUNK.min(n - c * CHUNK);
             let mut buf = vec![0f32; len];
             distinct
@@ -165,6 +167,7 @@ fn select_sampled(
     let overflow = std::sync::atomic::AtomicBool::new(false);
     let parts = std::sync::Mutex::new(vec![Vec::new(); m]);
     (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| -> Result<(), String> {
+        let _unchecked = crate::io::read::Unchecked::new();
         let mut mine: Vec<Candidates> = vec![Candidates::default(); m];
         let mut buf = vec![0f32; CHUNK];
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
@@ -512,6 +515,8 @@ fn blocks_of<T: Default + Send>(
 ) -> Result<(), String> {
     let n = src.len();
     (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| {
+        // The streaming pass reads (and checks) every chunk read here.
+        let _unchecked = crate::io::read::Unchecked::new();
         let mut state = T::default();
         let mut buf = vec![0f32; CHUNK];
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {

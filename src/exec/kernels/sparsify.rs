@@ -362,22 +362,40 @@ fn l1_ratio(before: f64, after: f64) -> f32 {
 }
 
 /// One chunk of a streamed sparsify.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
 pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
     match prep {
         Prepared::None => out.copy_from_slice(x),
         Prepared::Zero => out.fill(0.0),
         Prepared::Magnitude { threshold, equal_budget, scale } => {
             let (t, s) = (*threshold, *scale);
+            let c = start / CHUNK;
+            let budget = equal_budget.get(c).copied().unwrap_or(usize::MAX);
+            // Budget left for the next chunk: this one keeps all its
+            // entries equal to the threshold (0 when unknown).
+            let next = match equal_budget.len() {
+                0 => usize::MAX,
+                _ => equal_budget.get(c + 1).copied().unwrap_or(0),
+            };
+            if budget == 0 || next > 0 {
+                // No entry equal to the threshold kept, or all of them: one
+                // loop that vectorizes.
+                let keep_equal = budget > 0;
+                for (o, v) in out.iter_mut().zip(x) {
+                    let m = v.abs();
+                    *o = if m > t || (keep_equal && m == t) { v * s } else { 0.0 };
+                }
+                return;
+            }
             // Entries above the threshold, in a loop that vectorizes; then
             // those equal to it, in index order while the chunk's budget
-            // lasts (no budgets: all of them).
+            // lasts.
             let mut equal = 0usize;
             for (o, v) in out.iter_mut().zip(x) {
                 let m = v.abs();
                 *o = if m > t { v * s } else { 0.0 };
                 equal += (m == t) as usize;
             }
-            let budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
             let mut left = equal.min(budget);
             for (o, v) in out.iter_mut().zip(x) {
                 if left == 0 {
