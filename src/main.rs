@@ -173,10 +173,28 @@ const MAIN_STACK: usize = 1 << 30;
 const WORKER_STACK: usize = 256 << 20;
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK).build_global();
     match std::thread::Builder::new().name("fuse".into()).stack_size(MAIN_STACK).spawn(run_cli) {
         Ok(t) => t.join().unwrap_or(ExitCode::FAILURE),
         Err(_) => run_cli(),
+    }
+}
+
+/// glibc maps each allocation over 128 KiB (a chunk's f32 buffer is
+/// exactly that) on its own and unmaps it when freed, and trims the heap's
+/// top as soon as it is free: a streaming run would then fault in fresh
+/// zeroed pages for buffers it frees and takes again thousands of times a
+/// second. Allocations up to 32 MiB come from the heap instead, and freed
+/// memory stays for reuse (peak memory is unchanged: it is what was in use
+/// at once).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 

@@ -65,7 +65,7 @@ const SAMPLE_KEYS: usize = 1 << 19;
 
 /// Bound on the keys all members keep as candidates in [`select_sampled`]
 /// (4 bytes each); a tensor that would need more takes the radix passes.
-const MAX_SAMPLED_CANDIDATES: usize = 1 << 22;
+const MAX_SAMPLED_CANDIDATES: usize = 1 << 21;
 
 /// The selection in one pass, guided by a sample. The magnitude keys (bits
 /// with the sign cleared) of chunks spread evenly over the tensor give, for
@@ -116,30 +116,31 @@ fn select_sampled(
                 .iter()
                 .map(|&j| {
                     src.fill(members[j], c * CHUNK, &mut buf)?;
-                    Ok(buf.iter().step_by(stride).map(|v| v.to_bits() & 0x7fff_ffff).collect())
+                    Ok(thinned(as_bits(&buf), stride))
                 })
                 .collect::<Result<Vec<Vec<u32>>, String>>()
         })
         .collect::<Result<_, String>>()?;
     // Each member's interval of keys.
     let slot = |j: usize| distinct.iter().position(|&d| d == first_of(j)).expect("a distinct input");
-    let intervals: Vec<(u32, u32)> = (0..m)
+    // Each member's interval, and the share of the sample inside it (to
+    // size the lists of kept keys).
+    let intervals: Vec<((u32, u32), f64)> = (0..m)
         .map(|j| {
             if whole && stride == 1 {
-                return (0, u32::MAX);
+                return ((0, u32::MAX), 1.0);
             }
             // The interval comes from a thinner sample (every `every`-th
             // key): ranking it costs a small part of the pass.
-            let every = (sample_len / stride).div_ceil((n / 32).clamp(4096, 1 << 18)).max(1);
-            let mut keys: Vec<u32> =
-                samples.iter().flat_map(|per| per[slot(j)].iter().copied()).step_by(every).collect();
+            let every = (sample_len / stride).div_ceil((n / 32).clamp(4096, 1 << 19)).max(1);
+            let mut keys: Vec<u32> = samples.iter().flat_map(|per| thinned(&per[slot(j)], every)).collect();
             let s = keys.len();
             // The k-th largest of n sits near rank r (from the top) of the
             // sample; the interval spans ranks r - d ..= r + d: six
             // standard deviations of that rank, and a little more for
             // samples of neighbouring entries that resemble each other.
             let r = ks[j] as f64 * s as f64 / n as f64;
-            let d = 6.0 * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + 0.001 * s as f64 + 16.0;
+            let d = 6.0 * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + 0.0005 * s as f64 + 16.0;
             let mut top = |rank: f64| -> Option<u32> {
                 let rank = rank.round();
                 if rank < 1.0 || rank > s as f64 {
@@ -150,14 +151,17 @@ fn select_sampled(
             };
             let hi = top(r - d).unwrap_or(u32::MAX);
             let lo = top(r + d).unwrap_or(0);
-            (lo, hi)
+            let inside = keys.iter().filter(|&&k| k >= lo && k <= hi).count();
+            ((lo, hi), inside as f64 / s as f64)
         })
         .collect();
-    // Sampled chunks whose keys are all at hand are not read again.
+    // Sampled chunks whose keys are all at hand are not read again; a
+    // thinned sample is done with.
     let kept_sample: std::collections::HashMap<usize, usize> = match stride {
         1 => sampled.iter().enumerate().map(|(i, &c)| (c, i)).collect(),
         _ => Default::default(),
     };
+    let samples = if stride == 1 { samples } else { Vec::new() };
     // The pass: per block of chunks, per member, the count above `hi`, the
     // keys inside the interval chunk by chunk, and whether any key was not
     // finite.
@@ -168,7 +172,15 @@ fn select_sampled(
     let parts = std::sync::Mutex::new(vec![Vec::new(); m]);
     (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| -> Result<(), String> {
         let _unchecked = crate::io::read::Unchecked::new();
-        let mut mine: Vec<Candidates> = vec![Candidates::default(); m];
+        // Room for the keys a block is expected to keep, and a margin.
+        let entries = (per_block * CHUNK).min(n) as f64;
+        let mut mine: Vec<Candidates> = intervals
+            .iter()
+            .map(|&(_, share)| Candidates {
+                keys: Vec::with_capacity(((share * 1.25 * entries) as usize).min(n) + CHUNK),
+                ..Candidates::default()
+            })
+            .collect();
         let mut buf = vec![0f32; CHUNK];
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
             if overflow.load(Relaxed) {
@@ -186,7 +198,7 @@ fn select_sampled(
                         as_bits(&buf[..len])
                     }
                 };
-                let added = mine[j].scan(c, chunk_keys, intervals[j]);
+                let added = mine[j].scan(c, chunk_keys, intervals[j].0);
                 if used.fetch_add(added, Relaxed) + added > MAX_SAMPLED_CANDIDATES {
                     overflow.store(true, Relaxed);
                 }
@@ -213,7 +225,8 @@ fn select_sampled(
             if above >= k || above + kept < k {
                 return None;
             }
-            let mut all: Vec<u32> = parts.iter().flat_map(|p| p.keys.iter().copied()).collect();
+            let mut all: Vec<u32> = Vec::with_capacity(kept);
+            parts.iter().for_each(|p| all.extend_from_slice(&p.keys));
             let need = k - above; // the need-th largest of the kept keys
             let t = *all.select_nth_unstable(kept - need).1;
             let above_t = above + all.iter().filter(|&&x| x > t).count();
@@ -260,6 +273,14 @@ impl Candidates {
         self.non_finite |= non_finite;
         self.ends.push((c, self.keys.len()));
         self.keys.len() - before
+    }
+}
+
+/// Every `every`-th of `bits` (from the first) as a magnitude key.
+fn thinned(bits: &[u32], every: usize) -> Vec<u32> {
+    match every {
+        1 => bits.iter().map(|b| b & 0x7fff_ffff).collect(),
+        _ => (0..bits.len().div_ceil(every)).map(|i| bits[i * every] & 0x7fff_ffff).collect(),
     }
 }
 
