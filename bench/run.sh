@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Benchmark: fuse on generated Llama-layout bf16 checkpoints. Each case is
 # shown next to the I/O floor of its inputs (read every input once, write a
-# file the size of the output with fsync, as fuse does) and next to a linear
-# merge of three models, both measured in the same run: the machine may be
-# shared, so the ratios are the figures to compare. See bench/README.md.
+# file the size of the output with fsync, as fuse does), next to a linear
+# merge of three models (`linear`) and next to a linear merge of the same
+# four models the base-relative cases read (`linear4`), all measured in the
+# same run: the machine may be shared, so the ratios are the figures to
+# compare. See bench/README.md.
 #
 #   bench/run.sh [small|large|all] [runs]
 #
 # small: hidden 1024, 8 layers, vocab 32000 (168M parameters, 322 MB a model)
 # large: hidden 2048, 12 layers, vocab 32000 (748M parameters, 1.5 GB a model)
 # Models go to $BENCH_DIR (default /tmp/fuse-bench): 1.3 GB and 6 GB.
-# BENCH_CASES="ties slerp" runs only those cases (linear always runs first).
+# BENCH_CASES="ties slerp" runs only those cases (linear and linear4 always
+# run first).
 # FUSE=path times that binary instead of building this tree (e.g. an older
 # build, to compare). RAYON_NUM_THREADS sets fuse's thread count.
 set -euo pipefail
@@ -56,8 +59,10 @@ m() { printf 'model("%s")' "$1"; }
 three="$(m ft1), $(m ft2), $(m ft3)"
 declare -A recipes=(
   [linear]="linear($three)"
+  [linear4]="linear(base, $three)"
   [task_arithmetic]="base + task_arithmetic($three, weight=[0.5, 0.3, 0.2])"
   [ties]="base + ties($three, density=0.2)"
+  [ties_mk]="base + ties($three, density=[0.2, 0.3, 0.5])"
   [dare_ties]="base + dare_ties($three, density=0.3, seed=1)"
   [dare_linear]="base + dare_linear($three, density=0.3, seed=1)"
   [breadcrumbs_ties]="base + breadcrumbs_ties($three, density=0.3, gamma=0.01)"
@@ -66,18 +71,18 @@ declare -A recipes=(
   [slerp]="slerp($(m ft1), $(m ft2), t=0.4)"
 )
 declare -A inputs=([linear]="ft1 ft2 ft3" [slerp]="ft1 ft2")
-all="linear task_arithmetic ties dare_ties dare_linear breadcrumbs_ties della sce slerp"
-cases="linear $(printf '%s\n' ${BENCH_CASES:-$all} | grep -vx linear | tr '\n' ' ')"
+all="task_arithmetic ties ties_mk dare_ties dare_linear breadcrumbs_ties della sce slerp"
+cases="linear linear4 $(printf '%s\n' ${BENCH_CASES:-$all} | { grep -vx 'linear4\|linear' || true; } | tr '\n' ' ')"
 
 echo "fuse: $fuse, RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-all}, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-6s %-17s %8s %8s %8s %8s %8s %9s\n' size case "fuse s" "cpu s" "floor s" "x floor" "x linear" "peak RSS"
+printf '%-6s %-17s %8s %8s %8s %8s %8s %8s %9s\n' size case "fuse s" "cpu s" "floor s" "x floor" "x linear" "x lin4" "peak RSS"
 for size in $sizes; do
   gen "$size" base --term 1:0.02
   gen "$size" ft1 --term 1:0.02 --term 11:0.002
   gen "$size" ft2 --term 1:0.02 --term 12:0.002
   gen "$size" ft3 --term 1:0.02 --term 13:0.002
   d="$dir/$size"
-  linear=
+  linear= linear4=
   for case in $cases; do
     printf 'base = model("base")\n%s\n' "${recipes[$case]}" > "$d/$case.fuse"
     files=()
@@ -95,8 +100,10 @@ for size in $sizes; do
     f=$(printf '%s\n' "${floors[@]}" | median)
     r=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
     [ -z "$linear" ] && linear=$w
-    awk -v s="$size" -v k="$case" -v w="$w" -v c="$c" -v f="$f" -v r="$r" -v l="$linear" \
-      'BEGIN {printf "%-6s %-17s %8.2f %8.2f %8.2f %7.1fx %7.2fx %6.1f MB\n", s, k, w, c, f, w / f, w / l, r / 1024}'
+    [ "$case" = linear4 ] && linear4=$w
+    awk -v s="$size" -v k="$case" -v w="$w" -v c="$c" -v f="$f" -v r="$r" -v l="$linear" -v l4="$linear4" \
+      'BEGIN {x4 = l4 == "" ? "-" : sprintf("%.2fx", w / l4)
+        printf "%-6s %-17s %8.2f %8.2f %8.2f %7.1fx %7.2fx %8s %6.1f MB\n", s, k, w, c, f, w / f, w / l, x4, r / 1024}'
     rm -rf "$d/out-$case"
   done
 done

@@ -249,6 +249,9 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
                     if c != 1.0 {
                         scale(out, c);
                     }
+                } else if let (Op::Load { model, tensor }, None) = (&plan.nodes[*x].op, st.whole.get(x)) {
+                    // Added straight from the read chunk.
+                    inputs.read_with(*model, tensor, start, out.len(), |v| add_scaled(out, v, c))?;
                 } else {
                     eval(plan, inputs, st, *x, start, &mut scratch)?;
                     add_scaled(out, &scratch, c);

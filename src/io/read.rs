@@ -174,29 +174,73 @@ impl Inputs {
 
     /// Reads elements `start ..` of a tensor into `out` as f32.
     pub fn read(&self, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
+        if self.is_shared(model, tensor) {
+            return self.read_with(model, tensor, start, out.len(), |v| out.copy_from_slice(v));
+        }
         if let Some(vals) = self.dequantized(model, tensor)? {
             let part = vals.get(start..start + out.len()).ok_or_else(|| format!("read past the end of `{tensor}`"))?;
             out.copy_from_slice(part);
             return Ok(());
         }
-        // Avoid allocating a key for the lookup: most runs share nothing.
-        let shared = !self.shared.is_empty() && self.shared.contains(&(model, tensor.to_string()));
-        let hit = shared.then(|| {
-            RECENT_CHUNKS.with_borrow_mut(|recent| {
-                let (_, v, checked) = recent.iter_mut().find(|((id, m, t, s), v, _)| {
-                    *id == self.id && *m == model && *s == start && v.len() == out.len() && t == tensor
-                })?;
-                out.copy_from_slice(v);
+        self.read_direct(model, tensor, start, out)
+    }
+
+    /// Hands elements `start .. start + len` of a tensor, as f32, to `f`:
+    /// without a copy when they are a chunk read for several nodes.
+    pub fn read_with<R>(
+        &self,
+        model: usize,
+        tensor: &str,
+        start: usize,
+        len: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, String> {
+        if let Some(vals) = self.dequantized(model, tensor)? {
+            let part = vals.get(start..start + len).ok_or_else(|| format!("read past the end of `{tensor}`"))?;
+            return Ok(f(part));
+        }
+        if !self.is_shared(model, tensor) {
+            thread_local! {
+                static VALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            return VALS.with_borrow_mut(|vals| {
+                vals.resize(len, 0.0);
+                self.read_direct(model, tensor, start, vals)?;
+                Ok(f(vals))
+            });
+        }
+        RECENT_CHUNKS.with_borrow_mut(|recent| {
+            let hit = recent.iter().position(|((id, m, t, s), v, _)| {
+                *id == self.id && *m == model && *s == start && v.len() == len && t == tensor
+            });
+            if let Some(i) = hit {
+                let (_, vals, checked) = &mut recent[i];
                 if !*checked && CHECKING.get() {
-                    self.check_finite(model, tensor, out);
+                    self.check_finite(model, tensor, vals);
                     *checked = true;
                 }
-                Some(())
-            })
-        });
-        if hit.flatten().is_some() {
-            return Ok(());
-        }
+                return Ok(f(vals));
+            }
+            let mut vals = match recent.len() {
+                RECENT => recent.pop_front().map(|(_, v, _)| v).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            vals.resize(len, 0.0);
+            self.read_direct(model, tensor, start, &mut vals)?;
+            recent.push_back(((self.id, model, tensor.to_string(), start), vals, CHECKING.get()));
+            Ok(f(&recent.back().expect("just pushed").1))
+        })
+    }
+
+    /// Whether several nodes read this tensor chunk by chunk in a row.
+    fn is_shared(&self, model: usize, tensor: &str) -> bool {
+        // Avoid allocating a key for the lookup: most runs share nothing.
+        !self.shared.is_empty() && self.shared.contains(&(model, tensor.to_string()))
+    }
+
+    /// Reads and decodes elements `start ..` of a tensor stored as bytes,
+    /// checking them for NaN and infinity unless [`Unchecked`].
+    fn read_direct(&self, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
         let dtype = self.models[model].tensors.get(tensor).map_or(DType::F32, |e| e.info.dtype);
         let size = dtype.size();
         thread_local! {
@@ -207,22 +251,9 @@ impl Inputs {
             self.read_bytes(model, tensor, (start * size) as u64, buf)?;
             decode(buf, dtype, out)
         })?;
-        let checking = CHECKING.get();
-        if checking {
+        if CHECKING.get() {
             self.check_finite(model, tensor, out);
         }
-        if !shared {
-            return Ok(());
-        }
-        RECENT_CHUNKS.with_borrow_mut(|recent| {
-            let mut vals = match recent.len() {
-                RECENT => recent.pop_front().map(|(_, v, _)| v).unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            vals.clear();
-            vals.extend_from_slice(out);
-            recent.push_back(((self.id, model, tensor.to_string(), start), vals, checking));
-        });
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! `ram.py` does.
 
 use super::{dot, partials, row_len, Prepared, Source, CHUNK};
+use rayon::prelude::*;
 
 /// Per entry: `sum_i w_i d_i` over all inputs, or with `elect_sign` over the
 /// inputs whose weighted sign matches the sign of that sum (zeros never
@@ -154,8 +155,9 @@ pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, Strin
     let m = src.inputs();
     let chunks = n.div_ceil(CHUNK);
     // The threshold on the variances, and how many entries equal to it may
-    // be kept in all (in index order).
+    // be kept in all (in index order), and in each chunk's share.
     let (mut threshold, mut budget) = (f32::INFINITY, 0usize);
+    let mut equal_per_chunk = None;
     let select = select_topk < 1.0;
     if select {
         let vars = Variances(src);
@@ -165,38 +167,55 @@ pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, Strin
         let nonzero: usize = counts.iter().map(|c| c.0).sum();
         let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
         if k > 0 {
-            let (t, bits_above) = super::select::kth_largest_and_above(&vars, k)?;
+            let sel = super::select::kth_largest_selection(&vars, k)?;
+            let t = sel.threshold;
             // Entries compared as floats: NaN is never above, so with
             // entries that are not finite they are counted.
             let above = if counts.iter().any(|c| c.1) {
                 partials(&vars, 1, |_, b| b[0].iter().filter(|v| **v > t).count())?.iter().sum()
             } else {
-                bits_above
+                equal_per_chunk = sel.equal_per_chunk;
+                sel.above
             };
             (threshold, budget) = (t, k - above);
+            if budget > 0 && equal_per_chunk.is_none() {
+                equal_per_chunk = Some(partials(&vars, 1, |_, b| b[0].iter().filter(|v| **v == t).count())?);
+            }
         }
     }
-    // One thread, chunks in order: each task vector's energy is the same
-    // f64 additions in the same order as over the whole tensor; the equal
-    // entries' budget left at each chunk's start on the way.
-    let mut energy = vec![-0f64; m];
-    let mut budgets = Vec::with_capacity(chunks);
-    let mut bufs = vec![vec![0f32; CHUNK]; m];
-    let mut var = vec![0f32; CHUNK];
-    for c in 0..chunks {
-        let len = CHUNK.min(n - c * CHUNK);
-        for (i, b) in bufs.iter_mut().enumerate() {
-            src.fill(i, c * CHUNK, &mut b[..len])?;
-        }
-        budgets.push(budget);
-        if select {
-            let mut ds: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..len]).collect();
-            budget = sce_mask(&mut ds, threshold, budget, &mut var[..len]);
-        }
-        for (e, b) in energy.iter_mut().zip(&bufs) {
-            *e = b[..len].iter().fold(*e, |a, v| a + (*v as f64).powi(2));
-        }
-    }
+    // The budget of entries equal to the threshold left at each chunk's
+    // start (they are kept in index order).
+    let budgets: Vec<usize> = match equal_per_chunk {
+        Some(equal) => equal
+            .iter()
+            .scan(budget, |left, &e| {
+                let at_start = *left;
+                *left = left.saturating_sub(e);
+                Some(at_start)
+            })
+            .collect(),
+        None => vec![budget; chunks],
+    };
+    // Each task vector's energy, masked: per chunk in parallel (f64 sums in
+    // index order within a chunk), the chunks' sums added in chunk order,
+    // so the same on any thread count.
+    let per_chunk: Vec<Vec<f64>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let len = CHUNK.min(n - c * CHUNK);
+            let mut bufs = vec![vec![0f32; len]; m];
+            for (i, b) in bufs.iter_mut().enumerate() {
+                src.fill(i, c * CHUNK, b)?;
+            }
+            if select {
+                let mut var = vec![0f32; len];
+                let mut ds: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                sce_mask(&mut ds, threshold, budgets[c], &mut var);
+            }
+            Ok(bufs.iter().map(|b| b.iter().fold(-0f64, |a, v| a + (*v as f64).powi(2))).collect())
+        })
+        .collect::<Result<_, String>>()?;
+    let energy: Vec<f64> = (0..m).map(|j| per_chunk.iter().fold(-0f64, |a, c| a + c[j])).collect();
     let energy: Vec<f64> = energy.iter().map(|e| e / n as f64).collect();
     let total: f64 = energy.iter().sum();
     let mf = m as f64;
@@ -205,11 +224,31 @@ pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, Strin
 }
 
 /// Per entry, the variance of the task vectors' values, as SCE selects by.
+/// Blocks of entries, each input's loop over a block at a time so that the
+/// loops vectorize: every entry sees the same operations in the same order
+/// as a loop over the inputs per entry (sums start at -0, as `Sum` does).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
 fn sce_variances(ds: &[&mut [f32]], out: &mut [f32]) {
+    const B: usize = 256;
     let m = ds.len() as f64;
-    for (i, o) in out.iter_mut().enumerate() {
-        let mean = ds.iter().map(|d| d[i] as f64).sum::<f64>() / m;
-        *o = (ds.iter().map(|d| (d[i] as f64 - mean).powi(2)).sum::<f64>() / m) as f32;
+    for (b, out) in out.chunks_mut(B).enumerate() {
+        let (s, len) = (b * B, out.len());
+        let mut mean = [-0f64; B];
+        for d in ds {
+            for (acc, x) in mean[..len].iter_mut().zip(&d[s..s + len]) {
+                *acc += *x as f64;
+            }
+        }
+        mean[..len].iter_mut().for_each(|v| *v /= m);
+        let mut var = [-0f64; B];
+        for d in ds {
+            for ((acc, x), mean) in var[..len].iter_mut().zip(&d[s..s + len]).zip(&mean) {
+                *acc += (*x as f64 - mean).powi(2);
+            }
+        }
+        for (o, v) in out.iter_mut().zip(&var) {
+            *o = (v / m) as f32;
+        }
     }
 }
 
@@ -242,17 +281,38 @@ pub fn apply_sce(prep: &Prepared, start: usize, inputs: &[&[f32]], out: &mut [f3
         let mut var = vec![0f32; out.len()];
         sce_mask(&mut ds, *threshold, budgets[start / CHUNK], &mut var);
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        let sum: f32 = ds.iter().map(|d| d[i]).sum();
-        let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
-        let (mut mixed, mut divisor) = (0f32, 0f32);
-        for (d, w) in ds.iter().zip(weights) {
-            if d[i] != 0.0 && d[i].signum() == majority {
-                mixed += d[i] * w;
-                divisor += w;
+    let ds: Vec<&[f32]> = ds.iter().map(|d| &d[..]).collect();
+    sce_mix(&ds, weights, out);
+}
+
+/// Per entry the weighted mean of the task vectors whose sign matches the
+/// majority's (the sign of their sum), in blocks of entries as
+/// [`consensus`] does: the term added, not the sum, is selected, and adding
+/// +0 leaves the sums as they are (they are never -0).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn sce_mix(ds: &[&[f32]], weights: &[f32], out: &mut [f32]) {
+    const B: usize = 256;
+    for (b, out) in out.chunks_mut(B).enumerate() {
+        let (s, len) = (b * B, out.len());
+        let mut sum = [-0f32; B];
+        for d in ds {
+            for (acc, x) in sum[..len].iter_mut().zip(&d[s..s + len]) {
+                *acc += x;
             }
         }
-        *o = mixed / divisor.max(1e-6);
+        let (mut mixed, mut divisor) = ([0f32; B], [0f32; B]);
+        for (d, &w) in ds.iter().zip(weights) {
+            let entries = mixed[..len].iter_mut().zip(&mut divisor[..len]).zip(&sum[..len]).zip(&d[s..s + len]);
+            for (((m, dv), &sum), &x) in entries {
+                let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+                let agrees = x != 0.0 && x.signum() == majority;
+                *m += if agrees { x * w } else { 0.0 };
+                *dv += if agrees { w } else { 0.0 };
+            }
+        }
+        for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+            *o = m / d.max(1e-6);
+        }
     }
 }
 

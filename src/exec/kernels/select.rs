@@ -15,11 +15,11 @@ pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> 
     Ok(select(src, &[0], &[k])?[0].threshold)
 }
 
-/// The k-th largest |x| (1-based) of input 0, and how many entries' magnitude
-/// bits lie strictly above it (NaN above infinity).
-pub(super) fn kth_largest_and_above(src: &dyn Source, k: usize) -> Result<(f32, usize), String> {
-    let sel = select(src, &[0], &[k])?.remove(0);
-    Ok((sel.threshold, sel.above))
+/// The k-th largest |x| (1-based) of input 0, with how many entries'
+/// magnitude bits lie strictly above it (NaN above infinity) and how many
+/// equal it, in all and per chunk.
+pub(super) fn kth_largest_selection(src: &dyn Source, k: usize) -> Result<Selection, String> {
+    Ok(select(src, &[0], &[k])?.remove(0))
 }
 
 /// What the radix selection learns about the k-th largest magnitude.
@@ -133,7 +133,14 @@ fn select_sampled(
             // The interval comes from a thinner sample (every `every`-th
             // key): ranking it costs a small part of the pass.
             let every = (sample_len / stride).div_ceil((n / 32).clamp(4096, 1 << 19)).max(1);
-            let mut keys: Vec<u32> = samples.iter().flat_map(|per| thinned(&per[slot(j)], every)).collect();
+            let mut keys: Vec<u32> = Vec::with_capacity(sample_len / stride / every + samples.len());
+            for per in &samples {
+                let v = &per[slot(j)];
+                match every {
+                    1 => keys.extend_from_slice(v),
+                    _ => keys.extend((0..v.len()).step_by(every).map(|i| v[i])),
+                }
+            }
             let s = keys.len();
             // The k-th largest of n sits near rank r (from the top) of the
             // sample; the interval spans ranks r - d ..= r + d: six
@@ -280,7 +287,7 @@ impl Candidates {
 fn thinned(bits: &[u32], every: usize) -> Vec<u32> {
     match every {
         1 => bits.iter().map(|b| b & 0x7fff_ffff).collect(),
-        _ => (0..bits.len().div_ceil(every)).map(|i| bits[i * every] & 0x7fff_ffff).collect(),
+        _ => (0..bits.len()).step_by(every).map(|i| bits[i] & 0x7fff_ffff).collect(),
     }
 }
 
