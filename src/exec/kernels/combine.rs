@@ -210,9 +210,9 @@ pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, Strin
             if select {
                 let mut var = vec![0f32; len];
                 let mut ds: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-                sce_mask(&mut ds, threshold, budgets[c], &mut var);
+                sce_mask(&mut ds, threshold, &budgets, c, &mut var);
             }
-            Ok(bufs.iter().map(|b| b.iter().fold(-0f64, |a, v| a + (*v as f64).powi(2))).collect())
+            Ok(energies(&bufs))
         })
         .collect::<Result<_, String>>()?;
     let energy: Vec<f64> = (0..m).map(|j| per_chunk.iter().fold(-0f64, |a, c| a + c[j])).collect();
@@ -252,12 +252,23 @@ fn sce_variances(ds: &[&mut [f32]], out: &mut [f32]) {
     }
 }
 
-/// Zeroes the entries SCE does not select in one chunk of the task
+/// Zeroes the entries SCE does not select in chunk `c` of the task
 /// vectors: kept where the variance is above `threshold`, or equal to it
-/// while `budget` lasts (in index order). Returns what is left of the
-/// budget.
-fn sce_mask(ds: &mut [&mut [f32]], threshold: f32, mut budget: usize, var: &mut [f32]) -> usize {
+/// while the chunk's budget lasts (in index order; `budgets` holds what is
+/// left at each chunk's start).
+fn sce_mask(ds: &mut [&mut [f32]], threshold: f32, budgets: &[usize], c: usize, var: &mut [f32]) {
     sce_variances(ds, var);
+    let budget = budgets[c];
+    // The next chunk's budget is left over: this one keeps all its entries
+    // equal to the threshold.
+    let all_equal = budgets.get(c + 1).is_some_and(|&b| b > 0);
+    if budget == 0 || all_equal {
+        for d in ds.iter_mut() {
+            mask_by_variance(d, var, threshold, budget > 0);
+        }
+        return;
+    }
+    let mut budget = budget;
     for (i, v) in var.iter().enumerate() {
         let keep = *v > threshold
             || (*v == threshold && budget > 0 && {
@@ -268,7 +279,37 @@ fn sce_mask(ds: &mut [&mut [f32]], threshold: f32, mut budget: usize, var: &mut 
             ds.iter_mut().for_each(|d| d[i] = 0.0);
         }
     }
-    budget
+}
+
+/// Zeroes the entries of `d` whose variance is below `threshold` (and those
+/// equal to it unless `keep_equal`).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn mask_by_variance(d: &mut [f32], var: &[f32], threshold: f32, keep_equal: bool) {
+    for (x, v) in d.iter_mut().zip(var) {
+        let keep = *v > threshold || (keep_equal && *v == threshold);
+        *x = if keep { *x } else { 0.0 };
+    }
+}
+
+/// Each task vector's sum of squares in f64, in index order: four
+/// independent chains side by side (each task vector's additions in its
+/// own order), so that one does not wait on another's.
+fn energies(bufs: &[Vec<f32>]) -> Vec<f64> {
+    let len = bufs.first().map_or(0, Vec::len);
+    let zero = vec![0f32; len];
+    let mut out = Vec::with_capacity(bufs.len());
+    for group in bufs.chunks(4) {
+        let s: [&[f32]; 4] = std::array::from_fn(|k| group.get(k).map_or(&zero[..], |b| &b[..]));
+        let mut e = [-0f64; 4];
+        for (((a, b), c), d) in s[0].iter().zip(s[1]).zip(s[2]).zip(s[3]) {
+            e[0] += (*a as f64).powi(2);
+            e[1] += (*b as f64).powi(2);
+            e[2] += (*c as f64).powi(2);
+            e[3] += (*d as f64).powi(2);
+        }
+        out.extend_from_slice(&e[..group.len()]);
+    }
+    out
 }
 
 /// One chunk of SCE: select by variance, then per entry the weighted mean
@@ -279,7 +320,7 @@ pub fn apply_sce(prep: &Prepared, start: usize, inputs: &[&[f32]], out: &mut [f3
     let mut ds: Vec<&mut [f32]> = owned.iter_mut().map(|d| &mut d[..]).collect();
     if *select {
         let mut var = vec![0f32; out.len()];
-        sce_mask(&mut ds, *threshold, budgets[start / CHUNK], &mut var);
+        sce_mask(&mut ds, *threshold, budgets, start / CHUNK, &mut var);
     }
     let ds: Vec<&[f32]> = ds.iter().map(|d| &d[..]).collect();
     sce_mix(&ds, weights, out);
