@@ -195,6 +195,17 @@ fn set_window_budgets(p: &mut Prepared, counts: &[(usize, usize)]) {
     }
 }
 
+/// Masks one chunk to the window `[lo, hi]` of magnitude bits, keeping the
+/// entries equal to `lo` if `keep_lo` and those equal to `hi` if
+/// `keep_hi` (an entry equal to both meets both rules).
+fn mask_window_whole(lo: u32, hi: u32, keep_lo: bool, keep_hi: bool, x: &[f32], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        let k = v.to_bits() & 0x7fff_ffff;
+        let keep = k >= lo && k <= hi && (k != lo || keep_lo) && (k != hi || keep_hi);
+        *o = if keep { *v } else { 0.0 };
+    }
+}
+
 /// Masks one chunk to the window `(lo, hi)` of magnitude bits: entries
 /// strictly inside kept, those equal to `lo` kept after the first `skip`,
 /// those equal to `hi` kept while `allow` lasts (an entry equal to both
@@ -418,8 +429,27 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
             }
         }
         Prepared::Outliers { lo, hi, per_chunk, scale, .. } => {
-            let (skip, allow) = per_chunk[start / CHUNK];
-            mask_window(*lo, *hi, skip, allow, x, out);
+            let c = start / CHUNK;
+            let (skip, allow) = per_chunk[c];
+            let next = per_chunk.get(c + 1).copied();
+            // Whether this chunk keeps all its entries equal to each end, or
+            // none: then one loop that vectorizes.
+            let lo_all = match (skip, next) {
+                (0, _) => Some(true),
+                (_, Some((s, _))) if s > 0 => Some(false),
+                _ => None,
+            };
+            let hi_all = match (allow, next) {
+                (0, _) => Some(false),
+                (_, Some((_, a))) if a > 0 => Some(true),
+                _ => None,
+            };
+            match (lo_all, hi_all) {
+                (Some(keep_lo), Some(keep_hi)) => mask_window_whole(*lo, *hi, keep_lo, keep_hi, x, out),
+                _ => {
+                    mask_window(*lo, *hi, skip, allow, x, out);
+                }
+            }
             if let Some(s) = scale {
                 out.iter_mut().for_each(|v| *v *= s);
             }
