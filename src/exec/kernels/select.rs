@@ -226,33 +226,50 @@ fn select_sampled(
         .zip(ks)
         .map(|(mut parts, &k)| {
             // Blocks in chunk order, so the kept keys run in index order.
-            parts.sort_by_key(|p| p.ends.first().map_or(usize::MAX, |e| e.0));
-            let above: usize = parts.iter().map(|p| p.above).sum();
-            let kept: usize = parts.iter().map(|p| p.keys.len()).sum();
-            if above >= k || above + kept < k {
-                return None;
-            }
-            let mut all: Vec<u32> = Vec::with_capacity(kept);
-            parts.iter().for_each(|p| all.extend_from_slice(&p.keys));
-            let need = k - above; // the need-th largest of the kept keys
-            let t = *all.select_nth_unstable(kept - need).1;
-            let above_t = above + all.iter().filter(|&&x| x > t).count();
-            let equal = all.iter().filter(|&&x| x == t).count();
+            parts.sort_by_key(|p| p.ends.first().map_or(usize::MAX, |e| e.chunk));
+            let sum = |f: fn(&Candidates) -> usize| parts.iter().map(f).sum::<usize>();
+            let (above, at_hi, at_lo) = (sum(|p| p.above), sum(|p| p.at_hi), sum(|p| p.at_lo));
+            let inside = sum(|p| p.keys.len());
             let finite = !parts.iter().any(|p| p.non_finite);
-            let equal_per_chunk = finite.then(|| {
+            // Per chunk, how many entries equal the threshold, from the
+            // per-chunk counts at either end or the kept keys.
+            let per_chunk = |count: &dyn Fn(&Candidates, &ChunkEnd, &[u32]) -> usize| {
                 let mut per_chunk = vec![0usize; chunks];
                 for p in &parts {
                     let mut from = 0;
-                    for &(c, end) in &p.ends {
-                        per_chunk[c] = p.keys[from..end].iter().filter(|&&x| x == t).count();
-                        from = end;
+                    for e in &p.ends {
+                        per_chunk[e.chunk] = count(p, e, &p.keys[from..e.end]);
+                        from = e.end;
                     }
                 }
                 per_chunk
-            });
-            Some(Selection { threshold: f32::from_bits(t), above: above_t, equal, equal_per_chunk })
+            };
+            let (hi, lo) = intervals_of(&parts);
+            let (threshold, above_t, equal, equal_per_chunk) = if above >= k {
+                return None;
+            } else if above + at_hi >= k {
+                (hi, above, at_hi, finite.then(|| per_chunk(&|_, e, _| e.at_hi)))
+            } else if above + at_hi + inside >= k {
+                let mut all: Vec<u32> = Vec::with_capacity(inside);
+                parts.iter().for_each(|p| all.extend_from_slice(&p.keys));
+                let need = k - above - at_hi; // the need-th largest inside
+                let t = *all.select_nth_unstable(inside - need).1;
+                let above_t = above + at_hi + all.iter().filter(|&&x| x > t).count();
+                let equal = all.iter().filter(|&&x| x == t).count();
+                (t, above_t, equal, finite.then(|| per_chunk(&|_, _, keys| keys.iter().filter(|&&x| x == t).count())))
+            } else if above + at_hi + inside + at_lo >= k {
+                (lo, above + at_hi + inside, at_lo, finite.then(|| per_chunk(&|_, e, _| e.at_lo)))
+            } else {
+                return None;
+            };
+            Some(Selection { threshold: f32::from_bits(threshold), above: above_t, equal, equal_per_chunk })
         })
         .collect())
+}
+
+/// The interval a member's parts were scanned against, as (hi, lo).
+fn intervals_of(parts: &[Candidates]) -> (u32, u32) {
+    parts.first().map_or((0, 0), |p| (p.hi, p.lo))
 }
 
 /// Tensors of at most this many chunks are sampled whole.
@@ -261,26 +278,56 @@ const SAMPLE_CHUNKS: usize = 16;
 /// One block's share of [`select_sampled`]'s pass, for one member.
 #[derive(Default, Clone)]
 struct Candidates {
-    /// Keys above the interval.
+    /// The interval `[lo, hi]` of keys scanned against.
+    lo: u32,
+    hi: u32,
+    /// Keys above the interval, equal to its upper end, and equal to its
+    /// lower end (when that is not the upper end too).
     above: usize,
-    /// Keys inside it, chunk after chunk; `ends` says where each chunk's end.
+    at_hi: usize,
+    at_lo: usize,
+    /// Keys strictly inside it, chunk after chunk; `ends` says where each
+    /// chunk's end, with the chunk's counts at either end.
     keys: Vec<u32>,
-    ends: Vec<(usize, usize)>,
+    ends: Vec<ChunkEnd>,
     /// Whether a key was NaN or infinite.
     non_finite: bool,
+}
+
+/// Where a chunk's kept keys end, and how many of its keys equal either
+/// end of the interval.
+#[derive(Clone)]
+struct ChunkEnd {
+    chunk: usize,
+    end: usize,
+    at_lo: usize,
+    at_hi: usize,
 }
 
 impl Candidates {
     /// Scans chunk `c`'s magnitude keys (`bits` with the sign cleared)
     /// against `[lo, hi]`; returns how many it kept.
     fn scan(&mut self, c: usize, bits: &[u32], (lo, hi): (u32, u32)) -> usize {
+        (self.lo, self.hi) = (lo, hi);
         let before = self.keys.len();
-        let (above, non_finite) = scan_keys(bits, lo, hi, &mut self.keys);
-        self.above += above;
-        self.non_finite |= non_finite;
-        self.ends.push((c, self.keys.len()));
+        let n = scan_keys(bits, lo, hi, &mut self.keys);
+        self.above += n.above;
+        self.at_hi += n.at_hi;
+        self.at_lo += n.at_lo;
+        self.non_finite |= n.non_finite;
+        self.ends.push(ChunkEnd { chunk: c, end: self.keys.len(), at_lo: n.at_lo, at_hi: n.at_hi });
         self.keys.len() - before
     }
+}
+
+/// What a scan counts: keys above `hi`, equal to `hi`, equal to `lo` (when
+/// `lo < hi`), and whether any is NaN or infinite.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Counts {
+    above: usize,
+    at_hi: usize,
+    at_lo: usize,
+    non_finite: bool,
 }
 
 /// Every `every`-th of `bits` (from the first) as a magnitude key.
@@ -298,11 +345,13 @@ fn as_bits(vals: &[f32]) -> &[u32] {
     unsafe { std::slice::from_raw_parts(vals.as_ptr().cast(), vals.len()) }
 }
 
-/// For magnitude keys (`bits` with the sign cleared): how many lie above
-/// `hi`, and whether any is NaN or infinite; appends those in `[lo, hi]` to
-/// `out`, in order. With AVX-512, sixteen at a time (compare masks and a
-/// compress); else one at a time without branches.
-fn scan_keys(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool) {
+/// For magnitude keys (`bits` with the sign cleared): the [`Counts`], and
+/// the keys strictly between `lo` and `hi` appended to `out`, in order.
+/// Keys equal to an end are only counted: bf16 task vectors hold many equal
+/// magnitudes, and a tensor left unchanged holds nothing but zeros. With
+/// AVX-512, sixteen at a time (compare masks and a compress); else one at a
+/// time without branches.
+fn scan_keys(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Counts {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature the function is compiled for is present.
@@ -311,25 +360,26 @@ fn scan_keys(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool
     scan_keys_generic(bits, lo, hi, out)
 }
 
-fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool) {
-    let width = hi.wrapping_sub(lo);
+fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Counts {
     let start = out.len();
     out.resize(start + bits.len(), 0);
-    let (mut w, mut above, mut non_finite) = (start, 0usize, false);
+    let (mut w, mut n) = (start, Counts::default());
     for &b in bits {
         let k = b & 0x7fff_ffff;
         out[w] = k;
-        w += (k.wrapping_sub(lo) <= width) as usize;
-        above += (k > hi) as usize;
-        non_finite |= k >= 0x7f80_0000;
+        w += (k > lo && k < hi) as usize;
+        n.above += (k > hi) as usize;
+        n.at_hi += (k == hi) as usize;
+        n.at_lo += (k == lo && lo < hi) as usize;
+        n.non_finite |= k >= 0x7f80_0000;
     }
     out.truncate(w);
-    (above, non_finite)
+    n
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> (usize, bool) {
+unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Counts {
     use std::arch::x86_64::*;
     let start = out.len();
     // Each step stores sixteen lanes at the write position: room for them.
@@ -337,21 +387,30 @@ unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -
     let dst = out.as_mut_ptr().add(start);
     let sign = _mm512_set1_epi32(0x7fff_ffff);
     let (vlo, vhi) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi as i32));
-    let width = _mm512_set1_epi32(hi.wrapping_sub(lo) as i32);
     let inf = _mm512_set1_epi32(0x7f80_0000);
-    let (mut w, mut above, mut non_finite) = (0usize, 0usize, 0u16);
+    let count_lo = lo < hi;
+    let (mut w, mut n, mut non_finite) = (0usize, Counts::default(), 0u16);
     let steps = bits.len() / 16;
     for i in 0..steps {
         let k = _mm512_and_si512(_mm512_loadu_si512(bits.as_ptr().add(16 * i).cast()), sign);
-        above += _mm512_cmpgt_epu32_mask(k, vhi).count_ones() as usize;
+        n.above += _mm512_cmpgt_epu32_mask(k, vhi).count_ones() as usize;
+        n.at_hi += _mm512_cmpeq_epi32_mask(k, vhi).count_ones() as usize;
+        if count_lo {
+            n.at_lo += _mm512_cmpeq_epi32_mask(k, vlo).count_ones() as usize;
+        }
         non_finite |= _mm512_cmpge_epu32_mask(k, inf);
-        let inside = _mm512_cmple_epu32_mask(_mm512_sub_epi32(k, vlo), width);
+        let inside = _mm512_cmpgt_epu32_mask(k, vlo) & _mm512_cmplt_epu32_mask(k, vhi);
         _mm512_storeu_si512(dst.add(w).cast(), _mm512_maskz_compress_epi32(inside, k));
         w += inside.count_ones() as usize;
     }
     out.set_len(start + w);
-    let (a, nf) = scan_keys_generic(&bits[16 * steps..], lo, hi, out);
-    (above + a, non_finite != 0 || nf)
+    let rest = scan_keys_generic(&bits[16 * steps..], lo, hi, out);
+    Counts {
+        above: n.above + rest.above,
+        at_hi: n.at_hi + rest.at_hi,
+        at_lo: n.at_lo + rest.at_lo,
+        non_finite: non_finite != 0 || rest.non_finite,
+    }
 }
 
 /// The radix selection, in two passes: a histogram of the keys' high 16
@@ -614,10 +673,13 @@ mod tests {
                     misled[c * CHUNK..((c + 1) * CHUNK).min(n)].iter_mut().for_each(|v| *v *= 1e-3);
                 }
             }
-            let inputs = vec![a, b, odd, misled];
+            // A tensor the fine-tune left unchanged, and one of two values.
+            let zeros = vec![0f32; n];
+            let two: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.5 } else { -0.25 }).collect();
+            let inputs = vec![a, b, odd, misled, zeros, two];
             let src = Slices(&inputs);
-            let members = [0, 0, 1, 2, 3];
-            let ks = [1, n / 5, n / 3, n / 2, n / 10];
+            let members = [0, 0, 1, 2, 3, 4, 5, 5];
+            let ks = [1, n / 5, n / 3, n / 2, n / 10, n / 5, n / 5, n / 2];
             let radix = select_radix(&src, &members, &ks).unwrap();
             let sampled = select_sampled(&src, &members, &ks, sample_keys).unwrap();
             for (j, (r, s)) in radix.iter().zip(&sampled).enumerate() {
@@ -629,6 +691,8 @@ mod tests {
             if chunks > SAMPLE_CHUNKS {
                 assert!(sampled[4].is_none(), "the misleading sample was not caught");
             }
+            // Ties at the ends are counted, not kept: no fallback for them.
+            assert!(sampled[5..].iter().all(Option::is_some), "{chunks} chunks, {sample_keys} keys");
             assert_eq!(select(&src, &members, &ks).unwrap(), radix);
         }
     }
@@ -644,12 +708,21 @@ mod tests {
         let bits = as_bits(&x);
         let mut sorted: Vec<u32> = bits.iter().map(|b| b & 0x7fff_ffff).collect();
         sorted.sort_unstable();
-        for (lo, hi) in [(0, u32::MAX), (sorted[300], sorted[700]), (sorted[999], sorted[999]), (5, 3)] {
+        for (lo, hi) in [(0, u32::MAX), (sorted[300], sorted[700]), (sorted[999], sorted[999]), (5, 3), (0, 0)] {
             for len in [0, 1, 15, 16, 17, 33, 999, 1000] {
                 let (mut a, mut b) = (vec![7u32], vec![7u32]);
                 let got = scan_keys(&bits[..len], lo, hi, &mut a);
                 let want = scan_keys_generic(&bits[..len], lo, hi, &mut b);
                 assert_eq!((got, &a), (want, &b), "len {len}, [{lo}, {hi}]");
+                // By hand: kept strictly inside, the ends counted.
+                let keys = bits[..len].iter().map(|b| b & 0x7fff_ffff);
+                let inside: Vec<u32> = keys.clone().filter(|&k| k > lo && k < hi).collect();
+                assert_eq!(a[1..], inside[..]);
+                assert_eq!(b[0], 7);
+                let count = |f: &dyn Fn(u32) -> bool| keys.clone().filter(|&k| f(k)).count();
+                assert_eq!(want.above, count(&|k| k > hi));
+                assert_eq!(want.at_hi, count(&|k| k == hi));
+                assert_eq!(want.at_lo, count(&|k| k == lo && lo < hi));
             }
         }
     }
