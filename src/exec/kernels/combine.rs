@@ -161,21 +161,19 @@ pub fn prepare_sce(src: &dyn Source, select_topk: f64) -> Result<Prepared, Strin
     let select = select_topk < 1.0;
     if select {
         let vars = Variances(src);
-        let counts = partials(&vars, 1, |_, b| {
-            (b[0].iter().filter(|v| **v != 0.0).count(), b[0].iter().any(|v| !v.is_finite()))
-        })?;
-        let nonzero: usize = counts.iter().map(|c| c.0).sum();
-        let k = (nonzero as f64 * select_topk.max(0.0)) as usize;
-        if k > 0 {
-            let sel = super::select::kth_largest_selection(&vars, k)?;
+        // k is the `select_topk` share of the nonzero variances, counted by
+        // the selection's own pass.
+        if let Some((k, sel)) = super::select::kth_largest_of_nonzero(&vars, select_topk)? {
             let t = sel.threshold;
             // Entries compared as floats: NaN is never above, so with
-            // entries that are not finite they are counted.
-            let above = if counts.iter().any(|c| c.1) {
-                partials(&vars, 1, |_, b| b[0].iter().filter(|v| **v > t).count())?.iter().sum()
-            } else {
-                equal_per_chunk = sel.equal_per_chunk;
-                sel.above
+            // entries that are not finite (the selection then has no
+            // per-chunk counts) they are counted.
+            let above = match sel.equal_per_chunk {
+                Some(per_chunk) => {
+                    equal_per_chunk = Some(per_chunk);
+                    sel.above
+                }
+                None => partials(&vars, 1, |_, b| b[0].iter().filter(|v| **v > t).count())?.iter().sum(),
             };
             (threshold, budget) = (t, k - above);
             if budget > 0 && equal_per_chunk.is_none() {

@@ -15,11 +15,52 @@ pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> 
     Ok(select(src, &[0], &[k])?[0].threshold)
 }
 
-/// The k-th largest |x| (1-based) of input 0, with how many entries'
-/// magnitude bits lie strictly above it (NaN above infinity) and how many
-/// equal it, in all and per chunk.
-pub(super) fn kth_largest_selection(src: &dyn Source, k: usize) -> Result<Selection, String> {
-    Ok(select(src, &[0], &[k])?.remove(0))
+/// SCE's selection over input 0: the k-th largest magnitude where
+/// `k = int(nonzero * fraction)` counts the entries that are not zero (known
+/// only at the end of the pass that selects); `None` when k is 0. Returns k
+/// with the selection.
+pub(super) fn kth_largest_of_nonzero(src: &dyn Source, fraction: f64) -> Result<Option<(usize, Selection)>, String> {
+    let sampled = select_sampled(src, &[0], &[Rank::OfNonzero(fraction)], SAMPLE_KEYS)?;
+    let k = match &sampled.ks {
+        Some(ks) => ks[0],
+        None => {
+            let nonzero: usize =
+                super::partials(src, 1, |_, b| b[0].iter().filter(|v| **v != 0.0).count())?.iter().sum();
+            k_of(Rank::OfNonzero(fraction), nonzero)
+        }
+    };
+    if k == 0 {
+        return Ok(None);
+    }
+    let sel = match sampled.found.into_iter().next().flatten() {
+        Some(sel) => sel,
+        None => select_radix(src, &[0], &[k])?.remove(0),
+    };
+    Ok(Some((k, sel)))
+}
+
+/// Which largest magnitude a member selects: the k-th, or the k-th with k
+/// a fraction of the entries that are not zero (SCE).
+#[derive(Clone, Copy, Debug)]
+enum Rank {
+    Kth(usize),
+    OfNonzero(f64),
+}
+
+/// The k a rank names, given how many entries are not zero.
+fn k_of(rank: Rank, nonzero: usize) -> usize {
+    match rank {
+        Rank::Kth(k) => k,
+        Rank::OfNonzero(f) => (nonzero as f64 * f.max(0.0)) as usize,
+    }
+}
+
+/// What [`select_sampled`] found: per member a selection (`None` for the
+/// radix passes), and the k each member's rank named (`None` when the pass
+/// stopped early, its counts unknown).
+struct Sampled {
+    found: Vec<Option<Selection>>,
+    ks: Option<Vec<usize>>,
 }
 
 /// What the radix selection learns about the k-th largest magnitude.
@@ -47,7 +88,8 @@ const MAX_CANDIDATES: usize = 1 << 19;
 /// inputs when a sample predicts where the threshold lies (see
 /// [`select_sampled`]), else in the radix selection's two.
 pub(super) fn select(src: &dyn Source, members: &[usize], ks: &[usize]) -> Result<Vec<Selection>, String> {
-    let mut found = select_sampled(src, members, ks, SAMPLE_KEYS)?;
+    let ranks: Vec<Rank> = ks.iter().map(|&k| Rank::Kth(k)).collect();
+    let mut found = select_sampled(src, members, &ranks, SAMPLE_KEYS)?.found;
     let missed: Vec<usize> = (0..members.len()).filter(|&j| found[j].is_none()).collect();
     if !missed.is_empty() {
         let again: Vec<usize> = missed.iter().map(|&j| members[j]).collect();
@@ -79,17 +121,12 @@ const MAX_SAMPLED_CANDIDATES: usize = 1 << 21;
 /// radix passes. Tensors of at most [`SAMPLE_CHUNKS`] chunks are sampled
 /// whole, so the interval holds every key; sampled chunks whose keys are all
 /// kept (at most `sample_keys` of them an input) are not read again.
-fn select_sampled(
-    src: &dyn Source,
-    members: &[usize],
-    ks: &[usize],
-    sample_keys: usize,
-) -> Result<Vec<Option<Selection>>, String> {
+fn select_sampled(src: &dyn Source, members: &[usize], ranks: &[Rank], sample_keys: usize) -> Result<Sampled, String> {
     let n = src.len();
     let m = members.len();
     let chunks = n.div_ceil(CHUNK);
     if m == 0 || n == 0 {
-        return Ok(vec![None; m]);
+        return Ok(Sampled { found: vec![None; m], ks: None });
     }
     // The sampled chunks, spread evenly, and which input each member reads
     // (a member reading the same input as the one before shares its sample).
@@ -146,8 +183,17 @@ fn select_sampled(
             // sample; the interval spans ranks r - d ..= r + d: six
             // standard deviations of that rank, and a little more for
             // samples of neighbouring entries that resemble each other.
-            let r = ks[j] as f64 * s as f64 / n as f64;
-            let d = 6.0 * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + 0.0005 * s as f64 + 16.0;
+            // A rank of the nonzero entries: their share estimated from the
+            // sample too, its uncertainty added to the margin.
+            let (r, extra) = match ranks[j] {
+                Rank::Kth(k) => (k as f64 * s as f64 / n as f64, 0.0),
+                Rank::OfNonzero(f) => {
+                    let z = keys.iter().filter(|&&k| k == 0).count() as f64 / s as f64;
+                    let f = f.clamp(0.0, 1.0);
+                    (f * (1.0 - z) * s as f64, 6.0 * f * (s as f64 * z * (1.0 - z)).sqrt())
+                }
+            };
+            let d = 6.0 * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + extra + 0.0005 * s as f64 + 16.0;
             let mut top = |rank: f64| -> Option<u32> {
                 let rank = rank.round();
                 if rank < 1.0 || rank > s as f64 {
@@ -218,12 +264,17 @@ fn select_sampled(
         Ok(())
     })?;
     if overflow.load(Relaxed) {
-        return Ok(vec![None; m]);
+        return Ok(Sampled { found: vec![None; m], ks: None });
     }
     let parts = parts.into_inner().unwrap();
-    Ok(parts
+    let ks: Vec<usize> = parts
+        .iter()
+        .zip(ranks)
+        .map(|(parts, &rank)| k_of(rank, n - parts.iter().map(|p| p.zeros).sum::<usize>()))
+        .collect();
+    let found = parts
         .into_iter()
-        .zip(ks)
+        .zip(&ks)
         .map(|(mut parts, &k)| {
             // Blocks in chunk order, so the kept keys run in index order.
             parts.sort_by_key(|p| p.ends.first().map_or(usize::MAX, |e| e.chunk));
@@ -245,7 +296,7 @@ fn select_sampled(
                 per_chunk
             };
             let (hi, lo) = intervals_of(&parts);
-            let (threshold, above_t, equal, equal_per_chunk) = if above >= k {
+            let (threshold, above_t, equal, equal_per_chunk) = if k == 0 || above >= k {
                 return None;
             } else if above + at_hi >= k {
                 (hi, above, at_hi, finite.then(|| per_chunk(&|_, e, _| e.at_hi)))
@@ -264,7 +315,8 @@ fn select_sampled(
             };
             Some(Selection { threshold: f32::from_bits(threshold), above: above_t, equal, equal_per_chunk })
         })
-        .collect())
+        .collect();
+    Ok(Sampled { found, ks: Some(ks) })
 }
 
 /// The interval a member's parts were scanned against, as (hi, lo).
@@ -286,6 +338,8 @@ struct Candidates {
     above: usize,
     at_hi: usize,
     at_lo: usize,
+    /// Keys that are zero.
+    zeros: usize,
     /// Keys strictly inside it, chunk after chunk; `ends` says where each
     /// chunk's end, with the chunk's counts at either end.
     keys: Vec<u32>,
@@ -314,6 +368,7 @@ impl Candidates {
         self.above += n.above;
         self.at_hi += n.at_hi;
         self.at_lo += n.at_lo;
+        self.zeros += n.zeros;
         self.non_finite |= n.non_finite;
         self.ends.push(ChunkEnd { chunk: c, end: self.keys.len(), at_lo: n.at_lo, at_hi: n.at_hi });
         self.keys.len() - before
@@ -321,12 +376,13 @@ impl Candidates {
 }
 
 /// What a scan counts: keys above `hi`, equal to `hi`, equal to `lo` (when
-/// `lo < hi`), and whether any is NaN or infinite.
+/// `lo < hi`), equal to zero, and whether any is NaN or infinite.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Counts {
     above: usize,
     at_hi: usize,
     at_lo: usize,
+    zeros: usize,
     non_finite: bool,
 }
 
@@ -371,6 +427,7 @@ fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Coun
         n.above += (k > hi) as usize;
         n.at_hi += (k == hi) as usize;
         n.at_lo += (k == lo && lo < hi) as usize;
+        n.zeros += (k == 0) as usize;
         n.non_finite |= k >= 0x7f80_0000;
     }
     out.truncate(w);
@@ -398,6 +455,7 @@ unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -
         if count_lo {
             n.at_lo += _mm512_cmpeq_epi32_mask(k, vlo).count_ones() as usize;
         }
+        n.zeros += _mm512_cmpeq_epi32_mask(k, _mm512_setzero_si512()).count_ones() as usize;
         non_finite |= _mm512_cmpge_epu32_mask(k, inf);
         let inside = _mm512_cmpgt_epu32_mask(k, vlo) & _mm512_cmplt_epu32_mask(k, vhi);
         _mm512_storeu_si512(dst.add(w).cast(), _mm512_maskz_compress_epi32(inside, k));
@@ -409,6 +467,7 @@ unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -
         above: n.above + rest.above,
         at_hi: n.at_hi + rest.at_hi,
         at_lo: n.at_lo + rest.at_lo,
+        zeros: n.zeros + rest.zeros,
         non_finite: non_finite != 0 || rest.non_finite,
     }
 }
@@ -681,7 +740,8 @@ mod tests {
             let members = [0, 0, 1, 2, 3, 4, 5, 5];
             let ks = [1, n / 5, n / 3, n / 2, n / 10, n / 5, n / 5, n / 2];
             let radix = select_radix(&src, &members, &ks).unwrap();
-            let sampled = select_sampled(&src, &members, &ks, sample_keys).unwrap();
+            let ranks: Vec<Rank> = ks.iter().map(|&k| Rank::Kth(k)).collect();
+            let sampled = select_sampled(&src, &members, &ranks, sample_keys).unwrap().found;
             for (j, (r, s)) in radix.iter().zip(&sampled).enumerate() {
                 match s {
                     Some(s) => assert_eq!(s, r, "member {j}, {chunks} chunks, {sample_keys} keys"),
@@ -723,6 +783,35 @@ mod tests {
                 assert_eq!(want.above, count(&|k| k > hi));
                 assert_eq!(want.at_hi, count(&|k| k == hi));
                 assert_eq!(want.at_lo, count(&|k| k == lo && lo < hi));
+                assert_eq!(want.zeros, count(&|k| k == 0));
+            }
+        }
+    }
+
+    /// SCE's k, a share of the nonzero entries, found by the selecting pass:
+    /// the same k and selection as counting first, with zeros in runs and
+    /// scattered, a NaN, and shares that give k = 0.
+    #[test]
+    fn the_share_of_nonzero_entries_matches_counting_first() {
+        let chunks = 40;
+        let n = chunks * CHUNK - 5;
+        let mut sparse = task_vector(n, 7);
+        sparse.iter_mut().enumerate().filter(|(i, _)| i % 5 != 0 || (i / CHUNK) % 4 == 1).for_each(|(_, v)| *v = 0.0);
+        let mut odd = task_vector(n, 8);
+        odd[99] = f32::NAN;
+        for x in [sparse, odd, task_vector(3 * CHUNK, 9), vec![0f32; 2 * CHUNK]] {
+            let src = Slices(std::slice::from_ref(&x));
+            let nonzero = x.iter().filter(|v| **v != 0.0).count();
+            for fraction in [0.3, 0.9, 1e-9] {
+                let k = (nonzero as f64 * fraction) as usize;
+                let got = kth_largest_of_nonzero(&src, fraction).unwrap();
+                match got {
+                    None => assert_eq!(k, 0),
+                    Some((kk, sel)) => {
+                        assert_eq!(kk, k);
+                        assert_eq!(sel, select_radix(&src, &[0], &[k]).unwrap().remove(0));
+                    }
+                }
             }
         }
     }
