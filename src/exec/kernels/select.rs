@@ -9,8 +9,8 @@ use rayon::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The k-th largest |x| (1-based) of input 0. Non-negative floats order like
-/// their bits, so a histogram of the high 16 bits finds the bucket and one
-/// of the low 16 bits inside it the value: two passes, no sort, no copy.
+/// their bits, so it is found by counting keys (the bits with the sign
+/// cleared), never by sorting: see [`select`].
 pub fn kth_largest_magnitude(src: &dyn Source, k: usize) -> Result<f32, String> {
     Ok(select(src, &[0], &[k])?[0].threshold)
 }
@@ -63,7 +63,7 @@ struct Sampled {
     ks: Option<Vec<usize>>,
 }
 
-/// What the radix selection learns about the k-th largest magnitude.
+/// What a selection learns about the k-th largest magnitude.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Selection {
     pub threshold: f32,
@@ -113,10 +113,11 @@ const MAX_SAMPLED_CANDIDATES: usize = 1 << 21;
 /// with the sign cleared) of chunks spread evenly over the tensor give, for
 /// each member, an interval `[lo, hi]` of keys that holds the `k`-th
 /// largest with a wide margin (six standard deviations of the sample's
-/// rank, and more). One pass then counts the keys above `hi` and keeps the
-/// keys inside the interval, chunk by chunk; when the count above is below
-/// `k` and the kept keys reach it, the threshold is found among them, and
-/// so are the counts equal to it in each chunk. A member whose threshold
+/// rank, and more). One pass then counts the keys above `hi`, counts per
+/// chunk those equal to `hi` and to `lo`, and keeps the keys strictly
+/// between; when the k-th largest lies in `[lo, hi]`, it is `hi`, `lo` or
+/// found among the kept keys, and so are the counts equal to it in each
+/// chunk. A member whose threshold
 /// falls outside its interval (the sample misled) gets `None`, for the
 /// radix passes. Tensors of at most [`SAMPLE_CHUNKS`] chunks are sampled
 /// whole, so the interval holds every key; sampled chunks whose keys are all
