@@ -2,6 +2,8 @@
 //! (Model Breadcrumbs), random dropping (DARE) and magnitude-ranked random
 //! dropping (DELLA), with mergekit's L1 rescale.
 
+mod l1;
+
 use super::select::{select, Selection};
 use super::{partials, Prepared, Source, CHUNK};
 use crate::rng::uniform;
@@ -303,18 +305,17 @@ pub fn prepare_randoms(src: &dyn Source, members: &[(f64, bool, u64)]) -> Result
                 .zip(&summed)
                 .map(|(vals, &j)| {
                     let (density, _, key) = members[j];
-                    let (mut all, mut kept) = (0f64, 0f64);
-                    let mut keep = vec![false; vals.len()];
-                    crate::rng::draws_below(key, (c * CHUNK) as u64, crate::rng::threshold(density), &mut keep);
-                    for (v, &k) in vals.iter().zip(&keep) {
-                        all += v.abs() as f64;
-                        // Adding +0 for a dropped entry leaves the sum as it
-                        // is (it is never -0), without a branch that
-                        // mispredicts.
-                        let mask = 0u64.wrapping_sub(k as u64);
-                        kept += f64::from_bits((v.abs() as f64).to_bits() & mask);
+                    let below = crate::rng::threshold(density);
+                    // The chunk's two sums as one chain each, a block of
+                    // draws at a time.
+                    let mut keep = [false; l1::BLOCK];
+                    let mut sums = (0f64, 0f64);
+                    for (b, x) in vals.chunks(l1::BLOCK).enumerate() {
+                        let keep = &mut keep[..x.len()];
+                        crate::rng::draws_below(key, (c * CHUNK + b * l1::BLOCK) as u64, below, keep);
+                        sums = l1::add(x, keep, sums);
                     }
-                    (all, kept)
+                    sums
                 })
                 .collect::<Vec<_>>()
         })?;
