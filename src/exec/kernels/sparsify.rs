@@ -6,7 +6,6 @@ mod l1;
 
 use super::select::{select, Selection};
 use super::{partials, Prepared, Source, CHUNK};
-use crate::rng::uniform;
 use rayon::prelude::*;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -393,11 +392,15 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
         Prepared::Random { p, key, scale } => {
             // Without branches: a random keep mispredicts often. The mask
             // gives `v * scale` or +0, as a select would.
-            let mut keep = vec![false; x.len()];
-            crate::rng::draws_below(*key, start as u64, crate::rng::threshold(*p), &mut keep);
-            for ((o, v), &k) in out.iter_mut().zip(x).zip(&keep) {
-                let mask = 0u32.wrapping_sub(k as u32);
-                *o = f32::from_bits((v * scale).to_bits() & mask);
+            let below = crate::rng::threshold(*p);
+            let mut keep = [false; l1::BLOCK];
+            for (b, (out, x)) in out.chunks_mut(l1::BLOCK).zip(x.chunks(l1::BLOCK)).enumerate() {
+                let keep = &mut keep[..x.len()];
+                crate::rng::draws_below(*key, (start + b * l1::BLOCK) as u64, below, keep);
+                for ((o, v), &k) in out.iter_mut().zip(x).zip(keep.iter()) {
+                    let mask = 0u32.wrapping_sub(k as u32);
+                    *o = f32::from_bits((v * scale).to_bits() & mask);
+                }
             }
         }
         Prepared::Outliers { lo, hi, per_chunk, scale, .. } => {
@@ -408,13 +411,17 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
             }
         }
         Prepared::Della { bits, scale } => {
-            for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-                let i = start + j;
-                let kept = if bits[i / 64] >> (i % 64) & 1 == 1 { *v } else { 0.0 };
-                *o = match scale {
-                    Some(s) => kept * s,
-                    None => kept,
-                };
+            // `start` is a multiple of 64: a word of bits per 64 entries,
+            // each kept as `v` or +0 by a mask.
+            debug_assert_eq!(start % 64, 0);
+            let words = &bits[start / 64..];
+            for ((out, x), &word) in out.chunks_mut(64).zip(x.chunks(64)).zip(words) {
+                for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                    *o = f32::from_bits(v.to_bits() & 0u32.wrapping_sub((word >> j & 1) as u32));
+                }
+                if let Some(s) = scale {
+                    out.iter_mut().for_each(|o| *o *= s);
+                }
             }
         }
         other => unreachable!("{other:?} is not a sparsify"),
@@ -446,8 +453,8 @@ pub fn prepare_della(
     let n = src.len();
     let row = row.max(1);
     let words: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-    let scratch = || (Vec::<f32>::new(), Vec::<u64>::new(), Vec::<usize>::new());
-    (0..n.div_ceil(CHUNK)).into_par_iter().try_for_each_init(scratch, |(buf, order, rank), c| {
+    let scratch = || (Vec::<f32>::new(), Row::default());
+    (0..n.div_ceil(CHUNK)).into_par_iter().try_for_each_init(scratch, |(buf, scratch), c| {
         // The rows starting in chunk `c`, read from its start to the end of
         // the last of them, a chunk at a time.
         let s = c * CHUNK;
@@ -460,7 +467,7 @@ pub fn prepare_della(
             src.fill(0, s + k * CHUNK, piece)?;
         }
         for r in r0..r1 {
-            della_row(&buf[r * row - s..(r + 1) * row - s], r * row, density, eps, key, order, rank, &words);
+            della_row(&buf[r * row - s..(r + 1) * row - s], r * row, density, eps, key, scratch, &words);
         }
         Ok::<(), String>(())
     })?;
@@ -481,14 +488,16 @@ pub fn prepare_della(
                     src.fill(0, c * CHUNK, &mut v).map(|_| v)
                 })
                 .collect::<Result<_, _>>()?;
+            let mut keep = [false; l1::BLOCK];
             for (k, v) in bufs.iter().enumerate() {
-                let s = (b0 + k) * CHUNK;
-                for (j, x) in v.iter().enumerate() {
-                    let (i, m) = (s + j, x.abs() as f64);
-                    before += m;
-                    if bits[i / 64] >> (i % 64) & 1 == 1 {
-                        after += m;
+                // Chunks start at multiples of 64: whole words of bits.
+                let words = &bits[(b0 + k) * CHUNK / 64..];
+                for (x, words) in v.chunks(l1::BLOCK).zip(words.chunks(l1::BLOCK / 64)) {
+                    let keep = &mut keep[..x.len()];
+                    for (j, k) in keep.iter_mut().enumerate() {
+                        *k = words[j / 64] >> (j % 64) & 1 == 1;
                     }
+                    (before, after) = l1::add(x, keep, (before, after));
                 }
             }
         }
@@ -499,42 +508,68 @@ pub fn prepare_della(
     Ok(Prepared::Della { bits, scale })
 }
 
+/// A worker's scratch for ranking DELLA's rows.
+#[derive(Default)]
+struct Row {
+    /// (magnitude bits, index) keys, sorted.
+    order: Vec<u64>,
+    /// The row's draws.
+    draws: Vec<u64>,
+    /// Whether each entry of the row is kept.
+    keep: Vec<bool>,
+    /// The draw threshold of each rank, for rows of `thresholds.len()`.
+    thresholds: Vec<u64>,
+}
+
+/// Rows up to this long get a table of their ranks' thresholds (rows of a
+/// tensor are one length); longer ones compute them as they go.
+const RANK_TABLE: usize = 1 << 16;
+
 /// One row of DELLA (its first entry at index `first` of the tensor): keep
 /// probability rises linearly with the magnitude's rank from
 /// `density - eps` to `density + eps`; the kept entries' bits are set in
 /// `words`.
-#[allow(clippy::too_many_arguments)]
-fn della_row(
-    vals: &[f32],
-    first: usize,
-    density: f64,
-    eps: f64,
-    key: u64,
-    order: &mut Vec<u64>,
-    rank: &mut Vec<usize>,
-    words: &[AtomicU64],
-) {
+fn della_row(vals: &[f32], first: usize, density: f64, eps: f64, key: u64, row: &mut Row, words: &[AtomicU64]) {
     let c = vals.len();
+    // The probability of rank `rank`, and the draw below which an entry
+    // is kept: `uniform(key, i) < p` is `draw(key, i) < threshold(p)`.
+    let threshold = |rank: usize| {
+        let frac = if c > 1 { rank as f64 / (c - 1) as f64 } else { 0.5 };
+        crate::rng::threshold(density - eps + 2.0 * eps * frac)
+    };
+    if c <= RANK_TABLE && row.thresholds.len() != c {
+        row.thresholds.clear();
+        row.thresholds.extend((0..c).map(threshold));
+    }
     // Ranks by magnitude, equal ones in index order: magnitudes order as
     // their bits do (as `total_cmp` orders them), so one sort of
     // (bits, index) keys, all distinct, gives the stable order.
+    let order = &mut row.order;
     order.clear();
     order.extend(vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64));
     order.sort_unstable();
-    rank.resize(c, 0);
-    for (pos, &key) in order.iter().enumerate() {
-        rank[(key & 0xffff_ffff) as usize] = pos;
+    row.draws.resize(c, 0);
+    crate::rng::draws(key, first as u64, &mut row.draws);
+    row.keep.resize(c, false);
+    // In rank order, without branches (a random keep mispredicts).
+    let (draws, keep) = (&row.draws, &mut row.keep);
+    if c <= RANK_TABLE {
+        for (&k, &t) in order.iter().zip(&row.thresholds) {
+            let j = (k & 0xffff_ffff) as usize;
+            keep[j] = draws[j] < t;
+        }
+    } else {
+        for (rank, &k) in order.iter().enumerate() {
+            let j = (k & 0xffff_ffff) as usize;
+            keep[j] = draws[j] < threshold(rank);
+        }
     }
     // Bits gathered a word at a time; a word shared with a row of another
     // worker gets them by `fetch_or`.
     let mut word = 0u64;
-    for (j, &rk) in rank.iter().enumerate() {
+    for (j, &k) in keep.iter().enumerate() {
         let i = first + j;
-        let frac = if c > 1 { rk as f64 / (c - 1) as f64 } else { 0.5 };
-        let p = density - eps + 2.0 * eps * frac;
-        if uniform(key, i as u64) < p {
-            word |= 1 << (i % 64);
-        }
+        word |= (k as u64) << (i % 64);
         if i % 64 == 63 || j + 1 == c {
             if word != 0 {
                 words[i / 64].fetch_or(word, Relaxed);
@@ -550,6 +585,7 @@ mod tests {
     use crate::exec::kernels::Slices;
     use crate::graph::F;
     use crate::ir::Sparsify;
+    use crate::rng::uniform;
 
     /// DELLA as fuse computed it on whole tensors before it streamed: the
     /// reference the streamed DELLA matches bit for bit.
