@@ -519,6 +519,58 @@ struct Row {
     keep: Vec<bool>,
     /// The draw threshold of each rank, for rows of `thresholds.len()`.
     thresholds: Vec<u64>,
+    /// The radix sort's other buffer and its counts.
+    spare: Vec<u64>,
+    counts: Vec<u32>,
+}
+
+/// Sorts keys whose low halves ascend as they stand: a stable LSD radix
+/// sort by the high halves, which puts equal high halves in the order of
+/// their low halves, as sorting the whole keys does. Only the bits that
+/// vary between the keys' high halves are sorted on (magnitudes in a row
+/// share their top exponent bits, and bf16 task vectors have zeros at the
+/// bottom), in as few passes of at most 11 bits as they need.
+fn radix_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, counts: &mut Vec<u32>) {
+    debug_assert!(keys.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
+    let (all, any) = keys.iter().fold((u32::MAX, 0u32), |(a, o), &k| (a & (k >> 32) as u32, o | (k >> 32) as u32));
+    let varying = all ^ any;
+    if varying == 0 {
+        return;
+    }
+    let low = varying.trailing_zeros();
+    let bits = 32 - varying.leading_zeros() - low;
+    let most = (usize::BITS - keys.len().leading_zeros()).clamp(8, 11);
+    let passes = bits.div_ceil(most);
+    let width = bits.div_ceil(passes);
+    let buckets = 1usize << width;
+    let digit = |k: u64, p: u32| (k >> (32 + low + p * width)) as usize & (buckets - 1);
+    counts.clear();
+    counts.resize(passes as usize * buckets, 0);
+    for &k in keys.iter() {
+        for p in 0..passes {
+            counts[p as usize * buckets + digit(k, p)] += 1;
+        }
+    }
+    spare.resize(keys.len(), 0);
+    let (mut from, mut to) = (keys, spare);
+    let mut swapped = false;
+    for (p, count) in counts.chunks_exact_mut(buckets).enumerate() {
+        // Where each bucket starts, in place of its count.
+        let mut sum = 0;
+        for c in count.iter_mut() {
+            (*c, sum) = (sum, sum + *c);
+        }
+        for &k in from.iter() {
+            let at = &mut count[digit(k, p as u32)];
+            to[*at as usize] = k;
+            *at += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+        swapped = !swapped;
+    }
+    if swapped {
+        to.copy_from_slice(from);
+    }
 }
 
 /// Rows up to this long get a table of their ranks' thresholds (rows of a
@@ -547,7 +599,11 @@ fn della_row(vals: &[f32], first: usize, density: f64, eps: f64, key: u64, row: 
     let order = &mut row.order;
     order.clear();
     order.extend(vals.iter().enumerate().map(|(j, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 32 | j as u64));
-    order.sort_unstable();
+    if (256..=RANK_TABLE).contains(&c) {
+        radix_sort(order, &mut row.spare, &mut row.counts);
+    } else {
+        order.sort_unstable();
+    }
     row.draws.resize(c, 0);
     crate::rng::draws(key, first as u64, &mut row.draws);
     row.keep.resize(c, false);
@@ -896,6 +952,26 @@ mod tests {
         }
         let e = prepare_della(&Slices(&[x]), 0.5, 0.5, key, 10, false).unwrap_err();
         assert!(e.contains("epsilon"), "{e}");
+    }
+
+    #[test]
+    fn radix_sort_sorts_like_a_sort() {
+        // High halves with few distinct values (equal magnitudes), bytes
+        // all alike in some places, and spread over all bits.
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        for len in [0, 1, 2, 255, 256, 1000, 4099] {
+            for spread in [0u64, 0x3, 0xff00, 0x7f00_0ff0, 0x0fff_ff00, 0x7fff_ffff] {
+                let mut keys: Vec<u64> = (0..len as u64).map(|j| (next() & spread) << 32 | j).collect();
+                let mut sorted = keys.clone();
+                sorted.sort_unstable();
+                radix_sort(&mut keys, &mut Vec::new(), &mut Vec::new());
+                assert_eq!(keys, sorted, "len {len}, spread {spread:x}");
+            }
+        }
     }
 
     #[test]
