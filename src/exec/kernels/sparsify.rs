@@ -454,25 +454,43 @@ pub fn prepare_della(
     let row = row.max(1);
     let words: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
     let scratch = || (Vec::<f32>::new(), Row::default());
-    (0..n.div_ceil(CHUNK)).into_par_iter().try_for_each_init(scratch, |(buf, scratch), c| {
-        // The rows starting in chunk `c`, read from its start to the end of
-        // the last of them, a chunk at a time.
-        let s = c * CHUNK;
-        let (r0, r1) = (s.div_ceil(row), (s + CHUNK).min(n).div_ceil(row));
-        if r0 >= r1 {
-            return Ok(());
-        }
-        buf.resize(r1 * row - s, 0.0);
-        for (k, piece) in buf.chunks_mut(CHUNK).enumerate() {
-            src.fill(0, s + k * CHUNK, piece)?;
-        }
-        for r in r0..r1 {
-            della_row(&buf[r * row - s..(r + 1) * row - s], r * row, density, eps, key, scratch, &words);
-        }
-        Ok::<(), String>(())
-    })?;
+    // With rescale, each chunk's rows' L1 sums on the way (each row's in
+    // index order) and their span, for when the sums are exact.
+    let parts = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(scratch, |(buf, scratch), c| {
+            // The rows starting in chunk `c`, read from its start to the end
+            // of the last of them, a chunk at a time.
+            let s = c * CHUNK;
+            let (r0, r1) = (s.div_ceil(row), (s + CHUNK).min(n).div_ceil(row));
+            let mut part = ((0f64, 0f64), (0u32, u32::MAX));
+            if r0 >= r1 {
+                return Ok(part);
+            }
+            buf.resize(r1 * row - s, 0.0);
+            for (k, piece) in buf.chunks_mut(CHUNK).enumerate() {
+                src.fill(0, s + k * CHUNK, piece)?;
+            }
+            for r in r0..r1 {
+                let vals = &buf[r * row - s..(r + 1) * row - s];
+                della_row(vals, r * row, density, eps, key, scratch, &words);
+                if rescale {
+                    let (max, low) = l1::span(vals);
+                    part.0 = l1::add(vals, &scratch.keep, part.0);
+                    part.1 = (part.1 .0.max(max), part.1 .1.min(low));
+                }
+            }
+            Ok::<_, String>(part)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let bits: Vec<u64> = words.into_iter().map(AtomicU64::into_inner).collect();
-    let scale = if rescale {
+    let span = parts.iter().fold((0, u32::MAX), |(m, l), p| (m.max(p.1 .0), l.min(p.1 .1)));
+    let scale = if rescale && l1::exact_from_zero(n, span) {
+        // Every partial sum of these terms is a double: the chain's value,
+        // whatever the grouping, so no pass of its own.
+        let (before, after) = parts.iter().fold((0f64, 0f64), |(b, a), p| (b + p.0 .0, a + p.0 .1));
+        Some(l1_ratio(before, after))
+    } else if rescale {
         // Index order, as `||x||_1` and `||masked||_1` were summed over the
         // whole tensor: chunks read side by side, a batch at a time, and
         // added one after another. A dropped entry added +0 before, which
@@ -922,13 +940,18 @@ mod tests {
         // values (equal magnitudes), -0, NaN and infinities; with and
         // without rescale, on one thread and several.
         let n = 3 * CHUNK + 1234;
-        let mut x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.125 + (i % 7) as f32 * 1e-3).collect();
+        let clean: Vec<f32> = (0..n).map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.125 + (i % 7) as f32 * 1e-3).collect();
+        let mut x = clean.clone();
         x[3] = -0.0;
         x[CHUNK - 1] = f32::NAN;
         x[CHUNK + 5] = f32::NEG_INFINITY;
+        // Rescaled, the clean values' sums are exact (summed with the keep
+        // bits), the others' take the pass in index order.
+        assert!(l1::exact_from_zero(n, l1::span(&clean)));
+        assert!(!l1::exact_from_zero(n, l1::span(&x)));
         let key = crate::rng::stream_key(9, "w", 1);
         let rows = [1000, 1, CHUNK + 4321, n, (n / 2) + 1];
-        for row in rows {
+        for (row, x) in rows.iter().map(|r| (*r, &x)).chain([(1000, &clean), (n, &clean), (1, &clean)]) {
             let len = n / row * row;
             let xs = vec![x[..len].to_vec()];
             let shape = if row == len { vec![len] } else { vec![len / row, row] };

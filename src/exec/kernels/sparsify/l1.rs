@@ -96,22 +96,7 @@ unsafe fn lanes_avx512(x: &[f32], keep: &[bool], (a, b): (f64, f64)) -> (f64, f6
 /// most `acc.0` plus the same terms, and is checked alike).
 #[inline(always)]
 pub fn exact(x: &[f32], acc: (f64, f64)) -> bool {
-    // Per entry, with `a` the magnitude bits and `e` the biased exponent:
-    // the largest `a`, and the smallest `max(e, 1) + 127 + tz(significand)`
-    // (its lowest set bit is `2^(that - 277)`), over the non-zero ones. The
-    // trailing zeros come from the exponent of the isolated lowest bit as
-    // an f32 (exact: at most 2^23), which vectorizes where `trailing_zeros`
-    // may not.
-    let (mut max, mut low) = (0u32, u32::MAX);
-    for v in x {
-        let a = v.to_bits() & 0x7fff_ffff;
-        let e = a >> 23;
-        let sig = (a & 0x7f_ffff) | ((e > 0) as u32) << 23;
-        let iso = sig & sig.wrapping_neg();
-        let key = e.max(1) + ((iso as f32).to_bits() >> 23);
-        max = max.max(a);
-        low = low.min(if a == 0 { u32::MAX } else { key });
-    }
+    let (max, low) = span_generic(x);
     if max >= 0x7f80_0000 || !acc.0.is_finite() || !acc.1.is_finite() {
         return false;
     }
@@ -143,6 +128,58 @@ pub fn exact(x: &[f32], acc: (f64, f64)) -> bool {
         let top = if s == 0.0 { terms } else { terms.max(parts(s).1) + 1 };
         s >= 0.0 && top <= l + 53
     })
+}
+
+/// The largest magnitude bits of `x`, and the smallest
+/// `max(e, 1) + 127 + tz(significand)` of its non-zero entries (`u32::MAX`
+/// when there are none): their lowest set bits are at least
+/// `2^(that - 277)`.
+pub fn span(x: &[f32]) -> (u32, u32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features the function is compiled for are present.
+        return unsafe { span_avx512(x) };
+    }
+    span_generic(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn span_avx512(x: &[f32]) -> (u32, u32) {
+    span_generic(x)
+}
+
+#[inline(always)]
+fn span_generic(x: &[f32]) -> (u32, u32) {
+    // With `a` the magnitude bits and `e` the biased exponent. The
+    // trailing zeros come from the exponent of the isolated lowest bit as
+    // an f32 (exact: at most 2^23), which vectorizes where `trailing_zeros`
+    // may not.
+    let (mut max, mut low) = (0u32, u32::MAX);
+    for v in x {
+        let a = v.to_bits() & 0x7fff_ffff;
+        let e = a >> 23;
+        let sig = (a & 0x7f_ffff) | ((e > 0) as u32) << 23;
+        let iso = sig & sig.wrapping_neg();
+        let key = e.max(1) + ((iso as f32).to_bits() >> 23);
+        max = max.max(a);
+        low = low.min(if a == 0 { u32::MAX } else { key });
+    }
+    (max, low)
+}
+
+/// Whether the L1 sums of `len` magnitudes with `span` (over all of them)
+/// are exact from zero in any grouping: then sums of parts, each summed
+/// in any way, added in any order, give the chain's bits.
+pub fn exact_from_zero(len: usize, (max, low): (u32, u32)) -> bool {
+    if max >= 0x7f80_0000 {
+        return false;
+    }
+    if low == u32::MAX {
+        return true;
+    }
+    let terms = ((max >> 23).max(1) as i32 - 126) + len.next_power_of_two().trailing_zeros() as i32;
+    terms <= low as i32 - 277 + 53
 }
 
 #[cfg(test)]
