@@ -562,26 +562,44 @@ fn radix_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, counts: &mut Vec<u32>) 
     let width = bits.div_ceil(passes);
     let buckets = 1usize << width;
     let digit = |k: u64, p: u32| (k >> (32 + low + p * width)) as usize & (buckets - 1);
-    counts.clear();
-    counts.resize(passes as usize * buckets, 0);
-    for &k in keys.iter() {
-        for p in 0..passes {
-            counts[p as usize * buckets + digit(k, p)] += 1;
-        }
-    }
     spare.resize(keys.len(), 0);
     let (mut from, mut to) = (keys, spare);
     let mut swapped = false;
-    for (p, count) in counts.chunks_exact_mut(buckets).enumerate() {
-        // Where each bucket starts, in place of its count.
-        let mut sum = 0;
-        for c in count.iter_mut() {
-            (*c, sum) = (sum, sum + *c);
+    for p in 0..passes {
+        // The two halves counted and placed side by side, each with its own
+        // counts (the first half's entries of a bucket before the
+        // second's): two chains of increments, not one that stalls when
+        // neighbours share a bucket.
+        let (first, second) = from.split_at(from.len() / 2);
+        let (head, tail) = second.split_at(first.len());
+        counts.clear();
+        counts.resize(2 * buckets, 0);
+        let (a, b) = counts.split_at_mut(buckets);
+        for (x, y) in first.iter().zip(head) {
+            a[digit(*x, p)] += 1;
+            b[digit(*y, p)] += 1;
         }
-        for &k in from.iter() {
-            let at = &mut count[digit(k, p as u32)];
-            to[*at as usize] = k;
-            *at += 1;
+        for y in tail {
+            b[digit(*y, p)] += 1;
+        }
+        // Where each half's share of each bucket starts, in place of counts.
+        let mut sum = 0;
+        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+            let (nx, ny) = (*x, *y);
+            (*x, *y) = (sum, sum + nx);
+            sum += nx + ny;
+        }
+        for (x, y) in first.iter().zip(head) {
+            let (dx, dy) = (digit(*x, p), digit(*y, p));
+            to[a[dx] as usize] = *x;
+            a[dx] += 1;
+            to[b[dy] as usize] = *y;
+            b[dy] += 1;
+        }
+        for y in tail {
+            let dy = digit(*y, p);
+            to[b[dy] as usize] = *y;
+            b[dy] += 1;
         }
         std::mem::swap(&mut from, &mut to);
         swapped = !swapped;
@@ -986,7 +1004,7 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             state >> 33
         };
-        for len in [0, 1, 2, 255, 256, 1000, 4099] {
+        for len in [0, 1, 2, 3, 255, 256, 257, 1000, 4099] {
             for spread in [0u64, 0x3, 0xff00, 0x7f00_0ff0, 0x0fff_ff00, 0x7fff_ffff] {
                 let mut keys: Vec<u64> = (0..len as u64).map(|j| (next() & spread) << 32 | j).collect();
                 let mut sorted = keys.clone();
