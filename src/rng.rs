@@ -53,6 +53,31 @@ unsafe fn draws_below_avx512(key: u64, start: u64, below: u64, keep: &mut [bool]
     draws_below_generic(key, start, below, keep);
 }
 
+/// `out[j] = draw(key, start + j)` for each `j`, eight lanes wide where
+/// AVX-512 has a 64-bit multiply (as `draws_below`).
+pub fn draws(key: u64, start: u64, out: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512vl") {
+        // SAFETY: the features the function is compiled for are present.
+        unsafe { draws_avx512(key, start, out) };
+        return;
+    }
+    draws_generic(key, start, out);
+}
+
+#[inline(always)]
+fn draws_generic(key: u64, start: u64, out: &mut [u64]) {
+    for (j, d) in out.iter_mut().enumerate() {
+        *d = draw(key, start + j as u64);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn draws_avx512(key: u64, start: u64, out: &mut [u64]) {
+    draws_generic(key, start, out);
+}
+
 /// The integer `t` with `draw(key, i) < t` exactly when `uniform(key, i) < p`:
 /// the draw over 2^53 is exact, so comparing with `p 2^53` (also exact) is
 /// the same test, and for an integer that is comparing with its ceiling.
@@ -100,5 +125,15 @@ mod tests {
         assert!(!keep[0]);
         draws_below(key, 7, threshold(f64::from_bits(u.to_bits() + 1)), &mut keep);
         assert!(keep[0]);
+    }
+
+    #[test]
+    fn draws_are_the_stream() {
+        let key = stream_key(5, "t", 2);
+        let mut out = vec![0u64; 1001];
+        draws(key, 12345, &mut out);
+        for (j, d) in out.iter().enumerate() {
+            assert_eq!(*d, draw(key, 12345 + j as u64), "j = {j}");
+        }
     }
 }
