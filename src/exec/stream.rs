@@ -34,7 +34,10 @@ pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
         let bytes = crate::io::codec::encode(vals, dtype);
         out.write_at(slot.shard, slot.offset + start as u64 * size, &bytes)
             .map_err(|e| format!("writing `{}`: {e}", o.name))
-    })
+    })?;
+    let numel: u64 = plan.nodes[o.node].shape.iter().product::<usize>() as u64;
+    out.start_writeback(slot.shard, slot.offset, numel * size);
+    Ok(())
 }
 
 /// Receives computed chunks: (index of the first element, values).

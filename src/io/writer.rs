@@ -209,6 +209,28 @@ impl OutputDir {
         self.files[shard].write_all_at(bytes, offset)
     }
 
+    /// Starts writing a finished range of a shard to disk, without waiting:
+    /// the flush at the end then has only the last tensors left to wait for,
+    /// instead of the whole output after the last byte is computed.
+    pub fn start_writeback(&self, shard: usize, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on an open descriptor; failure only
+            // means the final flush does the work.
+            unsafe {
+                libc::sync_file_range(
+                    self.files[shard].as_raw_fd(),
+                    offset as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (shard, offset, len);
+    }
+
     /// Creates the folders above `path` (a file in the partial directory):
     /// module outputs such as `2_Dense/model.safetensors`.
     fn make_parent(&self, path: &Path) -> Result<(), String> {
