@@ -10,6 +10,7 @@ mod gguf;
 mod goldens;
 mod lsp;
 mod methods;
+mod one_read;
 mod outputs;
 mod packaging;
 mod real;

@@ -112,9 +112,24 @@ pub struct Permit<'a> {
 }
 
 impl Budget {
-    pub fn new(cap: u64) -> Budget {
+    pub const fn new(cap: u64) -> Budget {
         Budget { cap, used: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() }
     }
+    /// The bytes it bounds.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// `bytes` of the budget if they are free now, without waiting.
+    pub fn try_acquire(&self, bytes: u64) -> Option<Permit<'_>> {
+        let mut used = self.used.lock().unwrap();
+        if *used + bytes > self.cap {
+            return None;
+        }
+        *used += bytes;
+        Some(Permit { budget: self, bytes })
+    }
+
     pub fn acquire(&self, bytes: u64) -> Permit<'_> {
         let mut used = self.used.lock().unwrap();
         while bytes > 0 && *used > 0 && *used + bytes > self.cap {

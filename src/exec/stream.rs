@@ -17,6 +17,8 @@ use crate::io::writer::OutputDir;
 use rayon::prelude::*;
 use std::collections::HashMap;
 
+mod one_read;
+
 /// What is known ahead of the streaming pass: whole tensors and statistics.
 #[derive(Default)]
 struct State {
@@ -24,8 +26,19 @@ struct State {
     prepared: HashMap<NodeId, Prepared>,
 }
 
-/// Computes output tensor `i` of the plan and writes it into `out`.
+/// Computes output tensor `i` of the plan and writes it into `out`: TIES
+/// in one read of its inputs (see `one_read.rs`), anything else with the
+/// passes its statistics need, then a streaming pass.
 pub fn write_output(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out: &OutputDir) -> Result<(), String> {
+    if one_read::write(plan, inputs, budget, i, out)? {
+        return Ok(());
+    }
+    write_plain(plan, inputs, budget, i, out)
+}
+
+/// Output tensor `i` the plain way: statistics passes, then the streaming
+/// pass.
+fn write_plain(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out: &OutputDir) -> Result<(), String> {
     let o = &plan.outputs[i];
     let dtype = plan.layout.tensors[i].dtype;
     let slot = plan.layout.slots[i];

@@ -185,6 +185,18 @@ impl Inputs {
         self.read_direct(model, tensor, start, out)
     }
 
+    /// Reads elements `start ..` of a tensor into `out` as f32, past the
+    /// per-thread cache of shared chunks: for a reader that reads each
+    /// chunk once.
+    pub fn read_fresh(&self, model: usize, tensor: &str, start: usize, out: &mut [f32]) -> Result<(), String> {
+        if let Some(vals) = self.dequantized(model, tensor)? {
+            let part = vals.get(start..start + out.len()).ok_or_else(|| format!("read past the end of `{tensor}`"))?;
+            out.copy_from_slice(part);
+            return Ok(());
+        }
+        self.read_direct(model, tensor, start, out)
+    }
+
     /// Hands elements `start .. start + len` of a tensor, as f32, to `f`:
     /// without a copy when they are a chunk read for several nodes.
     pub fn read_with<R>(
@@ -230,6 +242,13 @@ impl Inputs {
             recent.push_back(((self.id, model, tensor.to_string(), start), vals, CHECKING.get()));
             Ok(f(&recent.back().expect("just pushed").1))
         })
+    }
+
+    /// The dtype a tensor's chunks are decoded from (`None` when it is
+    /// missing, or dequantized whole).
+    pub fn read_as(&self, model: usize, tensor: &str) -> Option<DType> {
+        let entry = self.models[model].tensors.get(tensor)?;
+        entry.gguf.is_none().then_some(entry.info.dtype)
     }
 
     /// Whether several nodes read this tensor chunk by chunk in a row.

@@ -193,7 +193,15 @@ impl OutputDir {
         for shard in &layout.shards {
             let path = out.partial.join(&shard.file_name);
             out.make_parent(&path)?;
-            let f = File::create(&path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+            // Read too: a tensor written in one read of its inputs patches
+            // what it wrote (see `exec/stream/one_read.rs`).
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
             reserve(&f, shard.size)
                 .map_err(|e| format!("cannot reserve {} bytes for `{}`: {e}", shard.size, path.display()))?;
             f.write_all_at(&shard.header, 0).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
@@ -207,6 +215,12 @@ impl OutputDir {
     /// threads at once for disjoint ranges.
     pub fn write_at(&self, shard: usize, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
         self.files[shard].write_all_at(bytes, offset)
+    }
+
+    /// Reads bytes back from an absolute offset of a shard.
+    pub fn read_at(&self, shard: usize, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.files[shard].read_exact_at(buf, offset)
     }
 
     /// Starts writing a finished range of a shard to disk, without waiting:

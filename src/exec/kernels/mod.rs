@@ -13,6 +13,8 @@ mod svd;
 
 pub use crate::rng::{stream_key, uniform};
 pub use select::kth_largest_magnitude;
+pub(in crate::exec) use select::{Guide, Tally};
+pub(in crate::exec) use sparsify::magnitude_without_pass;
 
 use crate::graph::F;
 use crate::io::DType;

@@ -6,6 +6,7 @@
 
 use super::{Source, CHUNK};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The k-th largest |x| (1-based) of input 0. Non-negative floats order like
@@ -65,7 +66,7 @@ struct Sampled {
 
 /// What a selection learns about the k-th largest magnitude.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Selection {
+pub(in crate::exec) struct Selection {
     pub threshold: f32,
     /// Entries whose magnitude's bits lie strictly above the threshold's.
     pub above: usize,
@@ -129,93 +130,19 @@ fn select_sampled(src: &dyn Source, members: &[usize], ranks: &[Rank], sample_ke
     if m == 0 || n == 0 {
         return Ok(Sampled { found: vec![None; m], ks: None });
     }
-    // The sampled chunks, spread evenly, and which input each member reads
-    // (a member reading the same input as the one before shares its sample).
+    // The sampled chunks, spread evenly.
     let sampled: Vec<usize> = if chunks <= SAMPLE_CHUNKS {
         (0..chunks).collect()
     } else {
-        let s = (chunks / 32).clamp(SAMPLE_CHUNKS, chunks);
-        (0..s).map(|i| (2 * i + 1) * chunks / (2 * s)).collect()
+        spread(chunks, (chunks / 32).clamp(SAMPLE_CHUNKS, chunks))
     };
-    let whole = sampled.len() == chunks;
-    let sample_len: usize = sampled.iter().map(|&c| CHUNK.min(n - c * CHUNK)).sum();
-    let stride = sample_len.div_ceil(sample_keys).max(1);
-    let first_of = |j: usize| (0..=j).rev().take_while(|&i| members[i] == members[j]).last().unwrap_or(j);
-    let distinct: Vec<usize> = (0..m).filter(|&j| first_of(j) == j).collect();
-    // Per sampled chunk, per distinct input, its keys (every `stride`-th).
-    let samples: Vec<Vec<Vec<u32>>> = sampled
-        .par_iter()
-        .map(|&c| {
-            // The streaming pass reads (and checks) every chunk read here.
-            let _unchecked = crate::io::read::Unchecked::new();
-            let len = CHUNK.min(n - c * CHUNK);
-            let mut buf = vec![0f32; len];
-            distinct
-                .iter()
-                .map(|&j| {
-                    src.fill(members[j], c * CHUNK, &mut buf)?;
-                    Ok(thinned(as_bits(&buf), stride))
-                })
-                .collect::<Result<Vec<Vec<u32>>, String>>()
-        })
-        .collect::<Result<_, String>>()?;
-    // Each member's interval of keys.
-    let slot = |j: usize| distinct.iter().position(|&d| d == first_of(j)).expect("a distinct input");
-    // Each member's interval, and the share of the sample inside it (to
-    // size the lists of kept keys).
-    let intervals: Vec<((u32, u32), f64)> = (0..m)
-        .map(|j| {
-            if whole && stride == 1 {
-                return ((0, u32::MAX), 1.0);
-            }
-            // The interval comes from a thinner sample (every `every`-th
-            // key): ranking it costs a small part of the pass.
-            let every = (sample_len / stride).div_ceil((n / 32).clamp(4096, 1 << 19)).max(1);
-            let mut keys: Vec<u32> = Vec::with_capacity(sample_len / stride / every + samples.len());
-            for per in &samples {
-                let v = &per[slot(j)];
-                match every {
-                    1 => keys.extend_from_slice(v),
-                    _ => keys.extend((0..v.len()).step_by(every).map(|i| v[i])),
-                }
-            }
-            let s = keys.len();
-            // The k-th largest of n sits near rank r (from the top) of the
-            // sample; the interval spans ranks r - d ..= r + d: six
-            // standard deviations of that rank, and a little more for
-            // samples of neighbouring entries that resemble each other.
-            // A rank of the nonzero entries: their share estimated from the
-            // sample too, its uncertainty added to the margin.
-            let (r, extra) = match ranks[j] {
-                Rank::Kth(k) => (k as f64 * s as f64 / n as f64, 0.0),
-                Rank::OfNonzero(f) => {
-                    let z = keys.iter().filter(|&&k| k == 0).count() as f64 / s as f64;
-                    let f = f.clamp(0.0, 1.0);
-                    (f * (1.0 - z) * s as f64, 6.0 * f * (s as f64 * z * (1.0 - z)).sqrt())
-                }
-            };
-            let d = 6.0 * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + extra + 0.0005 * s as f64 + 16.0;
-            let mut top = |rank: f64| -> Option<u32> {
-                let rank = rank.round();
-                if rank < 1.0 || rank > s as f64 {
-                    return None;
-                }
-                let i = s - rank as usize; // ascending position
-                Some(*keys.select_nth_unstable(i).1)
-            };
-            let hi = top(r - d).unwrap_or(u32::MAX);
-            let lo = top(r + d).unwrap_or(0);
-            let inside = keys.iter().filter(|&&k| k >= lo && k <= hi).count();
-            ((lo, hi), inside as f64 / s as f64)
-        })
-        .collect();
-    // Sampled chunks whose keys are all at hand are not read again; a
-    // thinned sample is done with.
-    let kept_sample: std::collections::HashMap<usize, usize> = match stride {
-        1 => sampled.iter().enumerate().map(|(i, &c)| (c, i)).collect(),
-        _ => Default::default(),
+    let ranges: Vec<Range<usize>> = sampled.iter().map(|&c| c * CHUNK..((c + 1) * CHUNK).min(n)).collect();
+    let (guide, samples) = Guide::sample(src, members, ranks, &ranges, sample_keys, true, 6.0)?;
+    // Sampled chunks whose keys are all at hand are not read again.
+    let kept_sample: std::collections::HashMap<usize, usize> = match &samples {
+        Some(_) => sampled.iter().enumerate().map(|(i, &c)| (c, i)).collect(),
+        None => Default::default(),
     };
-    let samples = if stride == 1 { samples } else { Vec::new() };
     // The pass: per block of chunks, per member, the count above `hi`, the
     // keys inside the interval chunk by chunk, and whether any key was not
     // finite.
@@ -223,28 +150,20 @@ fn select_sampled(src: &dyn Source, members: &[usize], ranks: &[Rank], sample_ke
     let per_block = chunks.div_ceil(blocks).max(1);
     let used = std::sync::atomic::AtomicUsize::new(0);
     let overflow = std::sync::atomic::AtomicBool::new(false);
-    let parts = std::sync::Mutex::new(vec![Vec::new(); m]);
+    let parts = std::sync::Mutex::new(Vec::new());
     (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| -> Result<(), String> {
         let _unchecked = crate::io::read::Unchecked::new();
-        // Room for the keys a block is expected to keep, and a margin.
-        let entries = (per_block * CHUNK).min(n) as f64;
-        let mut mine: Vec<Candidates> = intervals
-            .iter()
-            .map(|&(_, share)| Candidates {
-                keys: Vec::with_capacity(((share * 1.25 * entries) as usize).min(n) + CHUNK),
-                ..Candidates::default()
-            })
-            .collect();
+        let mut mine = guide.tally((per_block * CHUNK).min(n));
         let mut buf = vec![0f32; CHUNK];
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
             if overflow.load(Relaxed) {
                 return Ok(());
             }
             let len = CHUNK.min(n - c * CHUNK);
-            let at_hand = kept_sample.get(&c).map(|&i| &samples[i]);
+            let at_hand = kept_sample.get(&c).and_then(|&i| Some(&samples.as_ref()?[i]));
             for (j, &input) in members.iter().enumerate() {
                 let chunk_keys = match at_hand {
-                    Some(per) => &per[slot(j)][..],
+                    Some(per) => &per[guide.slot[j]][..],
                     None => {
                         if j == 0 || members[j - 1] != input {
                             src.fill(input, c * CHUNK, &mut buf[..len])?;
@@ -252,77 +171,278 @@ fn select_sampled(src: &dyn Source, members: &[usize], ranks: &[Rank], sample_ke
                         as_bits(&buf[..len])
                     }
                 };
-                let added = mine[j].scan(c, chunk_keys, intervals[j].0);
+                let added = mine.scan(j, c, chunk_keys);
                 if used.fetch_add(added, Relaxed) + added > MAX_SAMPLED_CANDIDATES {
                     overflow.store(true, Relaxed);
                 }
             }
         }
-        let mut all = parts.lock().unwrap();
-        for (j, part) in mine.into_iter().enumerate() {
-            all[j].push(part);
-        }
+        parts.lock().unwrap().push(mine);
         Ok(())
     })?;
     if overflow.load(Relaxed) {
         return Ok(Sampled { found: vec![None; m], ks: None });
     }
-    let parts = parts.into_inner().unwrap();
-    let ks: Vec<usize> = parts
-        .iter()
-        .zip(ranks)
-        .map(|(parts, &rank)| k_of(rank, n - parts.iter().map(|p| p.zeros).sum::<usize>()))
-        .collect();
-    let found = parts
-        .into_iter()
-        .zip(&ks)
-        .map(|(mut parts, &k)| {
-            // Blocks in chunk order, so the kept keys run in index order.
-            parts.sort_by_key(|p| p.ends.first().map_or(usize::MAX, |e| e.chunk));
-            let sum = |f: fn(&Candidates) -> usize| parts.iter().map(f).sum::<usize>();
-            let (above, at_hi, at_lo) = (sum(|p| p.above), sum(|p| p.at_hi), sum(|p| p.at_lo));
-            let inside = sum(|p| p.keys.len());
-            let finite = !parts.iter().any(|p| p.non_finite);
-            // Per chunk, how many entries equal the threshold, from the
-            // per-chunk counts at either end or the kept keys.
-            let per_chunk = |count: &dyn Fn(&Candidates, &ChunkEnd, &[u32]) -> usize| {
-                let mut per_chunk = vec![0usize; chunks];
-                for p in &parts {
-                    let mut from = 0;
-                    for e in &p.ends {
-                        per_chunk[e.chunk] = count(p, e, &p.keys[from..e.end]);
-                        from = e.end;
-                    }
-                }
-                per_chunk
-            };
-            let (hi, lo) = intervals_of(&parts);
-            let (threshold, above_t, equal, equal_per_chunk) = if k == 0 || above >= k {
-                return None;
-            } else if above + at_hi >= k {
-                (hi, above, at_hi, finite.then(|| per_chunk(&|_, e, _| e.at_hi)))
-            } else if above + at_hi + inside >= k {
-                let mut all: Vec<u32> = Vec::with_capacity(inside);
-                parts.iter().for_each(|p| all.extend_from_slice(&p.keys));
-                let need = k - above - at_hi; // the need-th largest inside
-                let t = *all.select_nth_unstable(inside - need).1;
-                let above_t = above + at_hi + all.iter().filter(|&&x| x > t).count();
-                let equal = all.iter().filter(|&&x| x == t).count();
-                (t, above_t, equal, finite.then(|| per_chunk(&|_, _, keys| keys.iter().filter(|&&x| x == t).count())))
-            } else if above + at_hi + inside + at_lo >= k {
-                (lo, above + at_hi + inside, at_lo, finite.then(|| per_chunk(&|_, e, _| e.at_lo)))
-            } else {
-                return None;
-            };
-            Some(Selection { threshold: f32::from_bits(threshold), above: above_t, equal, equal_per_chunk })
-        })
-        .collect();
-    Ok(Sampled { found, ks: Some(ks) })
+    Ok(guide.finish(parts.into_inner().unwrap()))
 }
 
-/// The interval a member's parts were scanned against, as (hi, lo).
-fn intervals_of(parts: &[Candidates]) -> (u32, u32) {
-    parts.first().map_or((0, 0), |p| (p.hi, p.lo))
+/// `s` of `chunks` chunks, spread evenly (each in the middle of its share).
+fn spread(chunks: usize, s: usize) -> Vec<usize> {
+    let s = s.clamp(1, chunks.max(1));
+    (0..s).map(|i| (2 * i + 1) * chunks / (2 * s)).collect()
+}
+
+/// What a sample says ahead of the pass that selects: for each member, an
+/// interval `[lo, hi]` of magnitude keys that holds its threshold with a
+/// wide margin.
+pub(in crate::exec) struct Guide {
+    n: usize,
+    chunks: usize,
+    ranks: Vec<Rank>,
+    /// Per member: its interval, and the share of the sample inside it.
+    intervals: Vec<((u32, u32), f64)>,
+    /// Per member, which distinct input it reads (a member reading the same
+    /// input as the one before shares its sample).
+    slot: Vec<usize>,
+}
+
+/// Per sampled chunk, per distinct input, its keys.
+type Samples = Vec<Vec<Vec<u32>>>;
+
+impl Guide {
+    /// For members reading inputs `members` of `src` with `ranks`, takes a
+    /// sample of the entries in `sampled` (disjoint ranges; at most
+    /// `sample_keys` keys an input) and sets each member's interval:
+    /// `sigmas` standard deviations of the sample's rank, and more. With `thin`, the
+    /// interval comes from a thinner sample, cheaper to rank. Returns the
+    /// sampled keys too, when every key of the sampled ranges was kept. A
+    /// sample of the whole tensor gives intervals that hold every key.
+    fn sample(
+        src: &dyn Source,
+        members: &[usize],
+        ranks: &[Rank],
+        sampled: &[Range<usize>],
+        sample_keys: usize,
+        thin: bool,
+        sigmas: f64,
+    ) -> Result<(Guide, Option<Samples>), String> {
+        let n = src.len();
+        let m = members.len();
+        let chunks = n.div_ceil(CHUNK);
+        let sample_len: usize = sampled.iter().map(|r| r.len()).sum();
+        let whole = sample_len == n;
+        let stride = sample_len.div_ceil(sample_keys).max(1);
+        let first_of = |j: usize| (0..=j).rev().take_while(|&i| members[i] == members[j]).last().unwrap_or(j);
+        let distinct: Vec<usize> = (0..m).filter(|&j| first_of(j) == j).collect();
+        let slot: Vec<usize> =
+            (0..m).map(|j| distinct.iter().position(|&d| d == first_of(j)).expect("a distinct input")).collect();
+        // Per sampled chunk, per distinct input, its keys (every `stride`-th).
+        let samples: Samples = sampled
+            .par_iter()
+            .map(|r| {
+                // The streaming pass reads (and checks) every chunk read here.
+                let _unchecked = crate::io::read::Unchecked::new();
+                let mut buf = vec![0f32; r.len()];
+                distinct
+                    .iter()
+                    .map(|&j| {
+                        src.fill(members[j], r.start, &mut buf)?;
+                        Ok(thinned(as_bits(&buf), stride))
+                    })
+                    .collect::<Result<Vec<Vec<u32>>, String>>()
+            })
+            .collect::<Result<_, String>>()?;
+        // Each member's interval, and the share of the sample inside it (to
+        // size the lists of kept keys).
+        let intervals: Vec<((u32, u32), f64)> = (0..m)
+            .map(|j| {
+                if whole && stride == 1 {
+                    return ((0, u32::MAX), 1.0);
+                }
+                // The interval comes from a thinner sample (every `every`-th
+                // key): ranking it costs a small part of the pass.
+                let every = match thin {
+                    true => (sample_len / stride).div_ceil((n / 32).clamp(4096, 1 << 19)).max(1),
+                    false => 1,
+                };
+                let mut keys: Vec<u32> = Vec::with_capacity(sample_len / stride / every + samples.len());
+                for per in &samples {
+                    let v = &per[slot[j]];
+                    match every {
+                        1 => keys.extend_from_slice(v),
+                        _ => keys.extend((0..v.len()).step_by(every).map(|i| v[i])),
+                    }
+                }
+                let s = keys.len();
+                // The k-th largest of n sits near rank r (from the top) of the
+                // sample; the interval spans ranks r - d ..= r + d: six
+                // standard deviations of that rank, and a little more for
+                // samples of neighbouring entries that resemble each other.
+                // A rank of the nonzero entries: their share estimated from the
+                // sample too, its uncertainty added to the margin.
+                let (r, extra) = match ranks[j] {
+                    Rank::Kth(k) => (k as f64 * s as f64 / n as f64, 0.0),
+                    Rank::OfNonzero(f) => {
+                        let z = keys.iter().filter(|&&k| k == 0).count() as f64 / s as f64;
+                        let f = f.clamp(0.0, 1.0);
+                        (f * (1.0 - z) * s as f64, 6.0 * f * (s as f64 * z * (1.0 - z)).sqrt())
+                    }
+                };
+                let d = sigmas * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + extra + 0.0005 * s as f64 + 16.0;
+                // Ascending positions of the ranks from the top; `hi` first,
+                // so `lo` is looked for only among the keys below it.
+                let at = |rank: f64| {
+                    let rank = rank.round();
+                    (rank >= 1.0 && rank <= s as f64).then(|| s - rank as usize)
+                };
+                let (i_hi, i_lo) = (at(r - d), at(r + d));
+                let hi = i_hi.map_or(u32::MAX, |i| *keys.select_nth_unstable(i).1);
+                let below = i_hi.unwrap_or(s);
+                let lo = i_lo.map_or(0, |i| match i < below {
+                    true => *keys[..below].select_nth_unstable(i).1,
+                    false => hi,
+                });
+                let inside = keys.iter().filter(|&&k| k >= lo && k <= hi).count();
+                ((lo, hi), inside as f64 / s as f64)
+            })
+            .collect();
+        let guide = Guide { n, chunks, ranks: ranks.to_vec(), intervals, slot };
+        Ok((guide, (stride == 1).then_some(samples)))
+    }
+
+    /// The guide for members reading inputs `members` of `src`, member `j`
+    /// selecting its `ks[j]`-th largest magnitude, from a sample of the
+    /// entries in `sampled`, every one of them ranked, with intervals of
+    /// four standard deviations (a miss costs a pass, not a wrong result).
+    pub(in crate::exec) fn of_kth(
+        src: &dyn Source,
+        members: &[usize],
+        ks: &[usize],
+        sampled: &[Range<usize>],
+    ) -> Result<Guide, String> {
+        let ranks: Vec<Rank> = ks.iter().map(|&k| Rank::Kth(k)).collect();
+        let keys = sampled.iter().map(|r| r.len()).sum();
+        Ok(Guide::sample(src, members, &ranks, sampled, keys, false, 4.0)?.0)
+    }
+
+    /// Member `j`'s interval of keys, `(lo, hi)`.
+    pub(in crate::exec) fn interval(&self, j: usize) -> (u32, u32) {
+        self.intervals[j].0
+    }
+
+    /// The share of member `j`'s sample inside its interval.
+    pub(in crate::exec) fn share(&self, j: usize) -> f64 {
+        self.intervals[j].1
+    }
+
+    /// An empty tally for a block of about `entries` entries, with room for
+    /// the keys it is expected to keep.
+    pub(in crate::exec) fn tally(&self, entries: usize) -> Tally {
+        let members = self
+            .intervals
+            .iter()
+            .map(|&((lo, hi), share)| Candidates {
+                lo,
+                hi,
+                keys: Vec::with_capacity(((share * 1.25 * entries as f64) as usize).min(self.n) + CHUNK),
+                ..Candidates::default()
+            })
+            .collect();
+        Tally { members }
+    }
+
+    /// The selections from the tallies of every chunk (each chunk in one
+    /// tally): per member, `None` when its threshold fell outside its
+    /// interval.
+    fn finish(&self, tallies: Vec<Tally>) -> Sampled {
+        let (n, chunks) = (self.n, self.chunks);
+        let mut parts: Vec<Vec<Candidates>> = vec![Vec::with_capacity(tallies.len()); self.intervals.len()];
+        for t in tallies {
+            for (j, c) in t.members.into_iter().enumerate() {
+                parts[j].push(c);
+            }
+        }
+        let ks: Vec<usize> = parts
+            .iter()
+            .zip(&self.ranks)
+            .map(|(parts, &rank)| k_of(rank, n - parts.iter().map(|p| p.zeros).sum::<usize>()))
+            .collect();
+        let found = parts
+            .into_iter()
+            .zip(&ks)
+            .zip(&self.intervals)
+            .map(|((mut parts, &k), &((lo, hi), _))| {
+                // Blocks in chunk order, so the kept keys run in index order.
+                parts.sort_by_key(|p| p.ends.first().map_or(usize::MAX, |e| e.chunk));
+                let sum = |f: fn(&Candidates) -> usize| parts.iter().map(f).sum::<usize>();
+                let (above, at_hi, at_lo) = (sum(|p| p.above), sum(|p| p.at_hi), sum(|p| p.at_lo));
+                let inside = sum(|p| p.keys.len());
+                let finite = !parts.iter().any(|p| p.non_finite);
+                // Per chunk, how many entries equal the threshold, from the
+                // per-chunk counts at either end or the kept keys.
+                let per_chunk = |count: &dyn Fn(&ChunkEnd, &[u32]) -> usize| {
+                    let mut per_chunk = vec![0usize; chunks];
+                    for p in &parts {
+                        let mut from = 0;
+                        for e in &p.ends {
+                            per_chunk[e.chunk] = count(e, &p.keys[from..e.end]);
+                            from = e.end;
+                        }
+                    }
+                    per_chunk
+                };
+                let (threshold, above_t, equal, equal_per_chunk) = if k == 0 || above >= k {
+                    return None;
+                } else if above + at_hi >= k {
+                    (hi, above, at_hi, finite.then(|| per_chunk(&|e, _| e.at_hi)))
+                } else if above + at_hi + inside >= k {
+                    let mut all: Vec<u32> = Vec::with_capacity(inside);
+                    parts.iter().for_each(|p| all.extend_from_slice(&p.keys));
+                    let need = k - above - at_hi; // the need-th largest inside
+                    let t = *all.select_nth_unstable(inside - need).1;
+                    let above_t = above + at_hi + all.iter().filter(|&&x| x > t).count();
+                    let equal = all.iter().filter(|&&x| x == t).count();
+                    (t, above_t, equal, finite.then(|| per_chunk(&|_, keys| keys.iter().filter(|&&x| x == t).count())))
+                } else if above + at_hi + inside + at_lo >= k {
+                    (lo, above + at_hi + inside, at_lo, finite.then(|| per_chunk(&|e, _| e.at_lo)))
+                } else {
+                    return None;
+                };
+                Some(Selection { threshold: f32::from_bits(threshold), above: above_t, equal, equal_per_chunk })
+            })
+            .collect();
+        Sampled { found, ks: Some(ks) }
+    }
+
+    /// The selections, for members ranked by `Kth` (see [`Guide::finish`]).
+    pub(in crate::exec) fn selections(&self, tallies: Vec<Tally>) -> Vec<Option<Selection>> {
+        self.finish(tallies).found
+    }
+}
+
+/// One block of chunks' share of a guided pass: per member, what its scans
+/// counted and kept.
+pub(in crate::exec) struct Tally {
+    members: Vec<Candidates>,
+}
+
+impl Tally {
+    /// Scans member `j`'s magnitude keys of chunk `c` (its values' bits,
+    /// the sign ignored); returns how many keys it kept.
+    pub(in crate::exec) fn scan(&mut self, j: usize, c: usize, bits: &[u32]) -> usize {
+        let m = &mut self.members[j];
+        let (lo, hi) = (m.lo, m.hi);
+        m.scan(c, bits, (lo, hi), None)
+    }
+
+    /// [`Tally::scan`], also setting bit `i % 16` of `marks[i / 16]` for
+    /// each key `i` inside the member's interval `[lo, hi]` (ends included):
+    /// the entries whose fate the interval leaves open.
+    pub(in crate::exec) fn scan_marking(&mut self, j: usize, c: usize, bits: &[u32], marks: &mut [u16]) -> usize {
+        let m = &mut self.members[j];
+        let (lo, hi) = (m.lo, m.hi);
+        m.scan(c, bits, (lo, hi), Some(marks))
+    }
 }
 
 /// Tensors of at most this many chunks are sampled whole.
@@ -362,10 +482,10 @@ struct ChunkEnd {
 impl Candidates {
     /// Scans chunk `c`'s magnitude keys (`bits` with the sign cleared)
     /// against `[lo, hi]`; returns how many it kept.
-    fn scan(&mut self, c: usize, bits: &[u32], (lo, hi): (u32, u32)) -> usize {
+    fn scan(&mut self, c: usize, bits: &[u32], (lo, hi): (u32, u32), marks: Option<&mut [u16]>) -> usize {
         (self.lo, self.hi) = (lo, hi);
         let before = self.keys.len();
-        let n = scan_keys(bits, lo, hi, &mut self.keys);
+        let n = scan_keys(bits, lo, hi, &mut self.keys, marks);
         self.above += n.above;
         self.at_hi += n.at_hi;
         self.at_lo += n.at_lo;
@@ -408,16 +528,24 @@ fn as_bits(vals: &[f32]) -> &[u32] {
 /// magnitudes, and a tensor left unchanged holds nothing but zeros. With
 /// AVX-512, sixteen at a time (compare masks and a compress); else one at a
 /// time without branches.
-fn scan_keys(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Counts {
+/// With `marks`, also ors bit `i % 16` of `marks[i / 16]` for each key `i`
+/// in `[lo, hi]`.
+fn scan_keys(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>, marks: Option<&mut [u16]>) -> Counts {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature the function is compiled for is present.
-        return unsafe { scan_keys_avx512(bits, lo, hi, out) };
+        return unsafe { scan_keys_avx512(bits, lo, hi, out, marks) };
     }
-    scan_keys_generic(bits, lo, hi, out)
+    scan_keys_generic(bits, lo, hi, out, marks)
 }
 
-fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Counts {
+fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>, marks: Option<&mut [u16]>) -> Counts {
+    if let Some(marks) = marks {
+        for (i, &b) in bits.iter().enumerate() {
+            let k = b & 0x7fff_ffff;
+            marks[i / 16] |= ((k >= lo && k <= hi) as u16) << (i % 16);
+        }
+    }
     let start = out.len();
     out.resize(start + bits.len(), 0);
     let (mut w, mut n) = (start, Counts::default());
@@ -437,8 +565,17 @@ fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Coun
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -> Counts {
+unsafe fn scan_keys_avx512(
+    bits: &[u32],
+    lo: u32,
+    hi: u32,
+    out: &mut Vec<u32>,
+    mut marks: Option<&mut [u16]>,
+) -> Counts {
     use std::arch::x86_64::*;
+    if let Some(m) = &marks {
+        assert!(m.len() >= bits.len().div_ceil(16), "a mark word for every sixteen keys");
+    }
     let start = out.len();
     // Each step stores sixteen lanes at the write position: room for them.
     out.reserve(bits.len() + 16);
@@ -447,23 +584,41 @@ unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>) -
     let (vlo, vhi) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi as i32));
     let inf = _mm512_set1_epi32(0x7f80_0000);
     let count_lo = lo < hi;
-    let (mut w, mut n, mut non_finite) = (0usize, Counts::default(), 0u16);
+    let (mut w, mut non_finite) = (0usize, 0u16);
+    // Counts a lane at a time (a chunk's counts fit in 32 bits), added up
+    // at the end: one instruction a count and step.
+    let zero = _mm512_setzero_si512();
+    let one = _mm512_set1_epi32(1);
+    let (mut above, mut at_hi_n, mut at_lo_n, mut zeros) = (zero, zero, zero, zero);
     let steps = bits.len() / 16;
     for i in 0..steps {
         let k = _mm512_and_si512(_mm512_loadu_si512(bits.as_ptr().add(16 * i).cast()), sign);
-        n.above += _mm512_cmpgt_epu32_mask(k, vhi).count_ones() as usize;
-        n.at_hi += _mm512_cmpeq_epi32_mask(k, vhi).count_ones() as usize;
-        if count_lo {
-            n.at_lo += _mm512_cmpeq_epi32_mask(k, vlo).count_ones() as usize;
-        }
-        n.zeros += _mm512_cmpeq_epi32_mask(k, _mm512_setzero_si512()).count_ones() as usize;
+        above = _mm512_mask_add_epi32(above, _mm512_cmpgt_epu32_mask(k, vhi), above, one);
+        let at_hi = _mm512_cmpeq_epi32_mask(k, vhi);
+        at_hi_n = _mm512_mask_add_epi32(at_hi_n, at_hi, at_hi_n, one);
+        let at_lo = _mm512_cmpeq_epi32_mask(k, vlo);
+        at_lo_n = _mm512_mask_add_epi32(at_lo_n, at_lo, at_lo_n, one);
+        zeros = _mm512_mask_add_epi32(zeros, _mm512_cmpeq_epi32_mask(k, zero), zeros, one);
         non_finite |= _mm512_cmpge_epu32_mask(k, inf);
         let inside = _mm512_cmpgt_epu32_mask(k, vlo) & _mm512_cmplt_epu32_mask(k, vhi);
+        if let Some(marks) = marks.as_deref_mut() {
+            // In [lo, hi]: inside, or at an end.
+            *marks.get_unchecked_mut(i) |= inside | at_hi | at_lo;
+        }
         _mm512_storeu_si512(dst.add(w).cast(), _mm512_maskz_compress_epi32(inside, k));
         w += inside.count_ones() as usize;
     }
+    let sum = |v: __m512i| _mm512_reduce_add_epi32(v) as u32 as usize;
+    let n = Counts {
+        above: sum(above),
+        at_hi: sum(at_hi_n),
+        at_lo: if count_lo { sum(at_lo_n) } else { 0 },
+        zeros: sum(zeros),
+        non_finite: false,
+    };
     out.set_len(start + w);
-    let rest = scan_keys_generic(&bits[16 * steps..], lo, hi, out);
+    // The rest starts at a multiple of 16: its marks are a word's bits.
+    let rest = scan_keys_generic(&bits[16 * steps..], lo, hi, out, marks.map(|m| &mut m[steps..]));
     Counts {
         above: n.above + rest.above,
         at_hi: n.at_hi + rest.at_hi,
@@ -770,11 +925,17 @@ mod tests {
         let mut sorted: Vec<u32> = bits.iter().map(|b| b & 0x7fff_ffff).collect();
         sorted.sort_unstable();
         for (lo, hi) in [(0, u32::MAX), (sorted[300], sorted[700]), (sorted[999], sorted[999]), (5, 3), (0, 0)] {
-            for len in [0, 1, 15, 16, 17, 33, 999, 1000] {
+            for len in [0usize, 1, 15, 16, 17, 33, 999, 1000] {
                 let (mut a, mut b) = (vec![7u32], vec![7u32]);
-                let got = scan_keys(&bits[..len], lo, hi, &mut a);
-                let want = scan_keys_generic(&bits[..len], lo, hi, &mut b);
-                assert_eq!((got, &a), (want, &b), "len {len}, [{lo}, {hi}]");
+                let (mut ma, mut mb) = (vec![0u16; len.div_ceil(16)], vec![0u16; len.div_ceil(16)]);
+                let got = scan_keys(&bits[..len], lo, hi, &mut a, Some(&mut ma));
+                let want = scan_keys_generic(&bits[..len], lo, hi, &mut b, Some(&mut mb));
+                assert_eq!((got, &a, &ma), (want, &b, &mb), "len {len}, [{lo}, {hi}]");
+                // The marks by hand: the keys in [lo, hi], ends included.
+                for (i, b) in bits[..len].iter().enumerate() {
+                    let k = b & 0x7fff_ffff;
+                    assert_eq!(ma[i / 16] >> (i % 16) & 1 == 1, k >= lo && k <= hi, "mark {i}, [{lo}, {hi}]");
+                }
                 // By hand: kept strictly inside, the ends counted.
                 let keys = bits[..len].iter().map(|b| b & 0x7fff_ffff);
                 let inside: Vec<u32> = keys.clone().filter(|&k| k > lo && k < hi).collect();

@@ -247,6 +247,23 @@ fn mask_window(lo: u32, hi: u32, skip: usize, allow: usize, x: &[f32], out: &mut
     (at_lo, at_hi)
 }
 
+/// A trim's statistics from its selection when they need no pass: without
+/// a rescale, and with the entries equal to the threshold counted per chunk
+/// (all inputs finite); `None` otherwise.
+pub(in crate::exec) fn magnitude_without_pass(k: usize, sel: Selection) -> Option<Prepared> {
+    let per_chunk = sel.equal_per_chunk.as_ref()?;
+    if k - sel.above.min(k) >= sel.equal {
+        return Some(Prepared::Magnitude { threshold: sel.threshold, equal_budget: Vec::new(), scale: 1.0 });
+    }
+    let mut remaining = k - sel.above.min(k);
+    let mut equal_budget = Vec::with_capacity(per_chunk.len());
+    for &e in per_chunk {
+        equal_budget.push(remaining);
+        remaining = remaining.saturating_sub(e);
+    }
+    Some(Prepared::Magnitude { threshold: sel.threshold, equal_budget, scale: 1.0 })
+}
+
 /// One member's statistics from its selection, with a counting pass when
 /// the selection could not count the entries equal to the threshold per
 /// chunk, or a rescale needs L1 sums.

@@ -1,0 +1,534 @@
+//! TIES in one read of its inputs.
+//!
+//! A magnitude trim needs its threshold, a whole-tensor statistic, before it
+//! can trim a chunk; read plainly, that costs a pass over the inputs to
+//! select and another to stream. Here one pass does both:
+//!
+//! 1. A sample of chunks gives each trim an interval `[lo, hi]` of
+//!    magnitude keys that holds its threshold (as in the selection's
+//!    guided pass, `kernels::select::Guide`).
+//! 2. One pass reads every chunk once. It tallies the selection, and it
+//!    computes and writes the output as if each trim kept the keys above
+//!    `hi` and dropped those below `lo`, which is what the final threshold
+//!    does to them. The entries where some trim's key lies in `[lo, hi]`
+//!    (a few percent) are undecided: their positions and the input values
+//!    there are kept.
+//! 3. Once the thresholds are known, the undecided entries are computed
+//!    again from the kept values, in index order per chunk (so entries equal
+//!    to a threshold are kept while the chunk's budget lasts, as in the
+//!    plain pass), and written over the provisional ones.
+//!
+//! The bytes are those of the plain two-pass evaluation: every entry goes
+//! through the same operations. When the sample misleads, the kept values
+//! outgrow their bound, or an input is not finite, the tensor is computed
+//! again the plain way.
+
+use super::{add_scaled, kernel_inputs, scale, side_by_side, special_nodes, write_plain, GraphSource, Scratch, State};
+use crate::exec::kernels::{self, Guide, Prepared, Tally, CHUNK};
+use crate::exec::{Budget, Inputs};
+use crate::graph::{NodeId, Op, Plan};
+use crate::io::writer::OutputDir;
+use crate::io::DType;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Bytes of undecided entries' values a tensor may keep (counted against
+/// the run's memory budget, and [`IN_FLIGHT`]); past it, the tensor is
+/// computed the plain way.
+const KEPT_LIMIT: u64 = 16 << 20;
+
+/// What the tensors written in one read at once may hold, kept entries and
+/// held bytes, whatever the run's budget: resident memory stays flat.
+static IN_FLIGHT: Budget = Budget::new(40 << 20);
+
+/// Output bytes of a tensor held in memory until patched, rather than
+/// written and read back.
+const HOLD_LIMIT: u64 = 8 << 20;
+
+/// Tensors of fewer chunks take the plain passes: their sample would be a
+/// large part of them.
+const MIN_CHUNKS: usize = 4;
+
+/// Writes output tensor `i` in one read of its inputs when it is magnitude
+/// trims under elementwise work (TIES); `false` when it is not, for the
+/// plain evaluation. `FUSE_TRACE=1` tells, tensor by tensor, which way each
+/// went.
+pub(super) fn write(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out: &OutputDir) -> Result<bool, String> {
+    let o = &plan.outputs[i];
+    let dtype = plan.layout.tensors[i].dtype;
+    let numel: usize = plan.nodes[o.node].shape.iter().product();
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || numel.div_ceil(CHUNK) < MIN_CHUNKS {
+        return Ok(false);
+    }
+    let Some(shape) = Shape::of(plan, inputs, o.node) else { return Ok(false) };
+    let trace = |what: &str| {
+        if std::env::var_os("FUSE_TRACE").is_some() {
+            eprintln!("one read: `{}`: {what}", o.name);
+        }
+    };
+    match one_read(plan, inputs, budget, i, out, &shape)? {
+        Outcome::Done(undecided) => {
+            trace(&format!("{undecided} of {numel} entries undecided, patched"));
+            Ok(true)
+        }
+        Outcome::Plain(why) => {
+            trace(&format!("plain passes: {why}"));
+            write_plain(plan, inputs, budget, i, out)?;
+            Ok(true)
+        }
+    }
+}
+
+/// How a one-read attempt ended: written, with so many entries patched, or
+/// left to the plain passes (why), whatever it wrote to be written over.
+enum Outcome {
+    Done(usize),
+    Plain(String),
+}
+
+fn one_read(
+    plan: &Plan,
+    inputs: &Inputs,
+    budget: &Budget,
+    i: usize,
+    out: &OutputDir,
+    shape: &Shape,
+) -> Result<Outcome, String> {
+    let o = &plan.outputs[i];
+    let dtype = plan.layout.tensors[i].dtype;
+    let root = o.node;
+    let numel: usize = plan.nodes[root].shape.iter().product();
+    let chunks = numel.div_ceil(CHUNK);
+    let size = dtype.size() as u64;
+    // 1. The sample, and what it predicts the undecided entries will hold.
+    let ks: Vec<usize> = shape.selected.iter().map(|s| s.k(numel)).collect();
+    let xs: Vec<NodeId> = shape.selected.iter().map(|s| s.input).collect();
+    let empty = State::default();
+    let src = GraphSource { plan, inputs, st: &empty, nodes: &xs };
+    let guide = Guide::of_kth(&src, &(0..xs.len()).collect::<Vec<_>>(), &ks, &sample(numel))?;
+    let ends: Vec<(u32, u32)> = (0..xs.len()).map(|j| guide.interval(j)).collect();
+    let decided: f64 = (0..xs.len()).map(|j| 1.0 - guide.share(j)).product();
+    let predicted = (1.0 - decided) * numel as f64 * shape.bytes_per_entry() as f64;
+    // What the undecided entries may hold: what the sample predicts and a
+    // margin, within a share of the run's budget; and the held bytes of a
+    // small tensor.
+    let limit = (predicted * 1.5) as u64 + (64 << 10);
+    if limit > KEPT_LIMIT.min(budget.cap() / 4) {
+        return Ok(Outcome::Plain(format!("about {:.0} KB of undecided entries expected", predicted / 1024.0)));
+    }
+    let bytes = numel as u64 * size;
+    let need = limit + if bytes <= HOLD_LIMIT { bytes } else { 0 };
+    let Some(_permits) = budget.try_acquire(need).zip(IN_FLIGHT.try_acquire(need)) else {
+        return Ok(Outcome::Plain("no memory free for undecided entries".into()));
+    };
+    // A small tensor's provisional bytes are held, and written once patched;
+    // a larger one's are written, and read back to be patched.
+    let slot = plan.layout.slots[i];
+    let at = |c: usize| slot.offset + (c * CHUNK) as u64 * size;
+    let write_bytes = |c: usize, bytes: &[u8]| {
+        out.write_at(slot.shard, at(c), bytes).map_err(|e| format!("writing `{}`: {e}", o.name))
+    };
+    let held: Vec<Mutex<Vec<u8>>> = match numel as u64 * size <= HOLD_LIMIT {
+        true => (0..chunks).map(|_| Mutex::new(Vec::new())).collect(),
+        false => Vec::new(),
+    };
+    let write = |c: usize, vals: &[f32]| {
+        let bytes = crate::io::codec::encode(vals, dtype);
+        match held.get(c) {
+            Some(h) => {
+                *h.lock().unwrap() = bytes;
+                Ok(())
+            }
+            None => write_bytes(c, &bytes),
+        }
+    };
+    // 2. The pass, the trims keeping the keys above `hi` for now.
+    let mut provisional = State::default();
+    provisional.prepared.extend(shape.fixed());
+    for (s, &(_, hi)) in shape.selected.iter().zip(&ends) {
+        let threshold = f32::from_bits(hi);
+        provisional.prepared.insert(s.node, Prepared::Magnitude { threshold, equal_budget: Vec::new(), scale: 1.0 });
+    }
+    let kept_bytes = AtomicU64::new(0);
+    let overflow = AtomicBool::new(false);
+    let blocks = (rayon::current_num_threads() * 4).max(1);
+    let per_block = chunks.div_ceil(blocks).max(1);
+    let results = Mutex::new(Vec::new());
+    (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| -> Result<(), String> {
+        let mut tally = guide.tally((per_block * CHUNK).min(numel));
+        let mut kept = Vec::new();
+        let mut marks = vec![0u16; CHUNK / 16];
+        for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
+            if crate::exec::interrupted() {
+                return Err("interrupted".to_string());
+            }
+            let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
+            let len = range.len();
+            let mut memo = Memo::default();
+            for leaf in &shape.leaves {
+                let mut b = Scratch::take(len);
+                inputs.read_fresh(leaf.model, &leaf.tensor, range.start, &mut b)?;
+                memo.put(leaf.node, b);
+            }
+            let marks = &mut marks[..len.div_ceil(16)];
+            marks.fill(0);
+            for (j, s) in shape.selected.iter().enumerate() {
+                let mut x = Scratch::take(len);
+                eval_memo(plan, &empty, s.input, range.start, &memo, &mut x);
+                tally.scan_marking(j, c, as_bits(&x), marks);
+                memo.put(s.input, x);
+            }
+            let mut vals = Scratch::take(len);
+            eval_memo(plan, &provisional, root, range.start, &memo, &mut vals);
+            write(c, &vals)?;
+            if overflow.load(Relaxed) {
+                continue;
+            }
+            let chunk = Kept::gather(c, marks, shape, &memo);
+            if kept_bytes.fetch_add(chunk.bytes(), Relaxed) + chunk.bytes() > limit {
+                overflow.store(true, Relaxed);
+                kept = Vec::new();
+                continue;
+            }
+            kept.push(chunk);
+        }
+        results.lock().unwrap().push((tally, kept));
+        Ok(())
+    })?;
+    let (tallies, kept): (Vec<Tally>, Vec<Vec<Kept>>) = results.into_inner().unwrap().into_iter().unzip();
+    if overflow.load(Relaxed) {
+        return Ok(Outcome::Plain(format!("undecided entries past {} KB", limit / 1024)));
+    }
+    // 3. The thresholds, and the undecided entries written again.
+    let mut fin = State::default();
+    fin.prepared.extend(shape.fixed());
+    for (s, (sel, &k)) in shape.selected.iter().zip(guide.selections(tallies).into_iter().zip(&ks)) {
+        match sel.and_then(|sel| kernels::magnitude_without_pass(k, sel)) {
+            Some(p) => fin.prepared.insert(s.node, p),
+            None => return Ok(Outcome::Plain("a threshold outside its interval, or an input not finite".into())),
+        };
+    }
+    let mut patched = vec![false; held.len()];
+    for k in kept.iter().flatten() {
+        if let Some(p) = patched.get_mut(k.chunk) {
+            *p = true;
+        }
+    }
+    kept.par_iter().flatten().try_for_each(|k| -> Result<(), String> {
+        let memo = k.memo(shape);
+        let mut vals = Scratch::take(k.pos.len());
+        eval_memo(plan, &fin, root, k.chunk * CHUNK, &memo, &mut vals);
+        let encoded = crate::io::codec::encode(&vals, dtype);
+        let patch = |bytes: &mut [u8]| {
+            let size = size as usize;
+            for (&p, v) in k.pos.iter().zip(encoded.chunks_exact(size)) {
+                bytes[p as usize * size..(p as usize + 1) * size].copy_from_slice(v);
+            }
+        };
+        if let Some(h) = held.get(k.chunk) {
+            let mut bytes = h.lock().unwrap();
+            patch(&mut bytes);
+            return write_bytes(k.chunk, &bytes);
+        }
+        let len = CHUNK.min(numel - k.chunk * CHUNK);
+        let mut bytes = vec![0u8; len * size as usize];
+        out.read_at(slot.shard, at(k.chunk), &mut bytes).map_err(|e| format!("reading back `{}`: {e}", o.name))?;
+        patch(&mut bytes);
+        write_bytes(k.chunk, &bytes)
+    })?;
+    held.par_iter()
+        .enumerate()
+        .filter(|&(c, _)| !patched[c])
+        .try_for_each(|(c, h)| write_bytes(c, &h.lock().unwrap()))?;
+    out.start_writeback(slot.shard, slot.offset, numel as u64 * size);
+    Ok(Outcome::Done(kept.iter().flatten().map(|k| k.pos.len()).sum()))
+}
+
+/// Entries read for the sample: a 16th of the tensor, between 64K and 512K,
+/// in pieces of [`PIECE`] spread evenly (pieces, rather than whole chunks,
+/// so that neighbouring entries that resemble each other weigh less).
+fn sample(n: usize) -> Vec<std::ops::Range<usize>> {
+    let pieces = (n / 32).clamp(1 << 15, 1 << 18).min(n / 8) / PIECE;
+    let pieces = pieces.max(1);
+    (0..pieces).map(|i| (2 * i + 1) * n / (2 * pieces)).map(|s| s..(s + PIECE).min(n)).collect()
+}
+
+/// Entries in a piece of the sample.
+const PIECE: usize = 4096;
+
+/// What an output tensor must be to be written in one read.
+struct Shape {
+    /// The trims that select, in the order of their side-by-side group.
+    selected: Vec<Trim>,
+    /// The trims that keep everything or nothing.
+    others: Vec<(NodeId, Prepared)>,
+    /// The loads under the output, one per tensor read; `leaf_of` maps
+    /// every load node to its index here.
+    leaves: Vec<Leaf>,
+    leaf_of: Vec<(NodeId, usize)>,
+}
+
+/// A tensor the output reads.
+struct Leaf {
+    model: usize,
+    tensor: String,
+    /// The first load node that reads it.
+    node: NodeId,
+    /// Whether it is read from bf16 (so its values' low halves are zero).
+    bf16: bool,
+}
+
+/// A magnitude trim that needs a threshold.
+struct Trim {
+    node: NodeId,
+    input: NodeId,
+    density: f64,
+}
+
+impl Trim {
+    fn k(&self, n: usize) -> usize {
+        ((self.density * n as f64) as usize).clamp(1, n)
+    }
+}
+
+impl Shape {
+    /// The shape of `root` when its only whole-tensor statistics are one
+    /// side-by-side group of magnitude trims without rescale, and
+    /// everything else under it is loads, linear combinations and kernels
+    /// that work entry by entry whatever the entry's index.
+    fn of(plan: &Plan, inputs: &Inputs, root: NodeId) -> Option<Shape> {
+        use crate::ir::{Kernel, Sparsify};
+        let special = special_nodes(plan, root);
+        let group = side_by_side(plan, &special);
+        if group.is_empty() || group.len() != special.len() {
+            return None;
+        }
+        let (mut selected, mut others) = (Vec::new(), Vec::new());
+        for &g in &group {
+            let Op::Kernel {
+                kernel: Kernel::Sparsify { how: Sparsify::Magnitude { density }, rescale: false, .. },
+                ..
+            } = &plan.nodes[g].op
+            else {
+                return None;
+            };
+            match density.get() {
+                d if d >= 1.0 => others.push((g, Prepared::None)),
+                d if d <= 0.0 => others.push((g, Prepared::Zero)),
+                d => selected.push(Trim { node: g, input: kernel_inputs(plan, g)[0], density: d }),
+            }
+        }
+        if selected.is_empty() {
+            return None;
+        }
+        let (mut leaves, mut leaf_of) = (Vec::new(), Vec::new());
+        let mut stack = vec![root];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            match &plan.nodes[n].op {
+                Op::Load { model, tensor } => {
+                    let l = match leaves.iter().position(|l: &Leaf| l.model == *model && l.tensor == *tensor) {
+                        Some(l) => l,
+                        None => {
+                            let bf16 = inputs.read_as(*model, tensor) == Some(DType::BF16);
+                            leaves.push(Leaf { model: *model, tensor: tensor.clone(), node: n, bf16 });
+                            leaves.len() - 1
+                        }
+                    };
+                    leaf_of.push((n, l));
+                }
+                Op::Lin(_) | Op::Zeros => {}
+                Op::Kernel { kernel: Kernel::Consensus { .. } | Kernel::NearSwap { .. }, .. } => {}
+                Op::Kernel { .. } if group.contains(&n) => {}
+                _ => return None,
+            }
+            stack.extend(crate::exec::children(&plan.nodes[n].op));
+        }
+        Some(Shape { selected, others, leaves, leaf_of })
+    }
+
+    /// The trims whose statistics are known without a pass.
+    fn fixed(&self) -> impl Iterator<Item = (NodeId, Prepared)> + '_ {
+        self.others.iter().cloned()
+    }
+
+    /// Bytes an undecided entry takes: its position, and its leaves' values
+    /// (two bytes for a bf16 leaf, four for others).
+    fn bytes_per_entry(&self) -> usize {
+        2 + self.leaves.iter().map(|l| if l.bf16 { 2 } else { 4 }).sum::<usize>()
+    }
+}
+
+/// A chunk's undecided entries: their positions in the chunk, and each
+/// leaf's values there, leaf after leaf, as halves of their bits: the high
+/// half alone for a leaf read from bf16 (its low half is zero), both
+/// halves for others.
+struct Kept {
+    chunk: usize,
+    pos: Vec<u16>,
+    halves: Vec<u16>,
+}
+
+impl Kept {
+    /// The entries of chunk `chunk` marked in `marks` (bit `i % 16` of
+    /// word `i / 16`), with the leaves' values there from `memo`.
+    fn gather(chunk: usize, marks: &[u16], shape: &Shape, memo: &Memo) -> Kept {
+        let n: usize = marks.iter().map(|m| m.count_ones() as usize).sum();
+        let width: usize = shape.leaves.iter().map(|l| if l.bf16 { 1 } else { 2 }).sum();
+        let mut pos: Vec<u16> = Vec::with_capacity(n);
+        positions(marks, &mut pos);
+        let mut halves: Vec<u16> = Vec::with_capacity(n * width);
+        for leaf in &shape.leaves {
+            let v = memo.get(leaf.node).expect("every leaf read");
+            match leaf.bf16 {
+                true => halves.extend(pos.iter().map(|&p| (v[p as usize].to_bits() >> 16) as u16)),
+                false => halves.extend(pos.iter().flat_map(|&p| {
+                    let b = v[p as usize].to_bits();
+                    [b as u16, (b >> 16) as u16]
+                })),
+            }
+        }
+        Kept { chunk, pos, halves }
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.pos.len() + self.halves.len()) as u64 * 2
+    }
+
+    /// The leaves' kept values as a memo, every load node given its leaf's.
+    fn memo(&self, shape: &Shape) -> Memo {
+        let n = self.pos.len();
+        let mut leaves = Vec::with_capacity(shape.leaves.len());
+        let mut from = 0;
+        for leaf in &shape.leaves {
+            let mut b = Scratch::take(n);
+            match leaf.bf16 {
+                true => {
+                    let h = &self.halves[from..from + n];
+                    b.iter_mut().zip(h).for_each(|(v, &h)| *v = f32::from_bits((h as u32) << 16));
+                    from += n;
+                }
+                false => {
+                    let h = &self.halves[from..from + 2 * n];
+                    b.iter_mut()
+                        .zip(h.chunks_exact(2))
+                        .for_each(|(v, h)| *v = f32::from_bits(h[0] as u32 | (h[1] as u32) << 16));
+                    from += 2 * n;
+                }
+            }
+            leaves.push(b);
+        }
+        let mut memo = Memo::default();
+        for &(node, l) in &shape.leaf_of {
+            let mut b = Scratch::take(n);
+            b.copy_from_slice(&leaves[l]);
+            memo.put(node, b);
+        }
+        memo
+    }
+}
+
+/// The entries marked in `marks` (bit `i % 16` of word `i / 16`), in
+/// order. At a few percent of entries marked, a loop over set bits, four
+/// words at a time, beats compressing every word.
+fn positions(marks: &[u16], out: &mut Vec<u16>) {
+    for (q, quad) in marks.chunks(4).enumerate() {
+        let mut m = quad.iter().enumerate().fold(0u64, |acc, (k, &w)| acc | (w as u64) << (16 * k));
+        while m != 0 {
+            out.push((q * 64) as u16 + m.trailing_zeros() as u16);
+            m &= m - 1;
+        }
+    }
+}
+
+/// Values of some nodes over the entries being computed.
+#[derive(Default)]
+struct Memo(Vec<(NodeId, Scratch)>);
+
+impl Memo {
+    fn put(&mut self, n: NodeId, v: Scratch) {
+        self.0.push((n, v));
+    }
+    fn get(&self, n: NodeId) -> Option<&[f32]> {
+        self.0.iter().find(|(m, _)| *m == n).map(|(_, v)| &v[..])
+    }
+}
+
+/// Node `n` over the entries of `memo` (a chunk from `start`, or a chunk's
+/// undecided entries), every load in the memo: the operations of the plain
+/// evaluation, in its order.
+fn eval_memo(plan: &Plan, st: &State, n: NodeId, start: usize, memo: &Memo, out: &mut [f32]) {
+    if let Some(v) = memo.get(n) {
+        out.copy_from_slice(v);
+        return;
+    }
+    match &plan.nodes[n].op {
+        Op::Load { .. } | Op::Router { .. } => unreachable!("loads are read ahead, routers are not one-read"),
+        Op::Zeros => out.fill(0.0),
+        Op::Lin(terms) => {
+            // The first two terms from the memo in one loop, without copying
+            // the first: the same operations as copying, scaling and adding.
+            let mut skip = 0;
+            if let [(c0, x0), (c1, x1), ..] = &terms[..] {
+                if let (Some(a), Some(b)) = (memo.get(*x0), memo.get(*x1)) {
+                    first_two(out, a, c0.get() as f32, b, c1.get() as f32);
+                    skip = 2;
+                }
+            }
+            let mut scratch = Scratch::take(out.len());
+            for (k, (c, x)) in terms.iter().enumerate().skip(skip) {
+                let c = c.get() as f32;
+                if k == 0 {
+                    eval_memo(plan, st, *x, start, memo, out);
+                    if c != 1.0 {
+                        scale(out, c);
+                    }
+                } else if let Some(v) = memo.get(*x) {
+                    add_scaled(out, v, c);
+                } else {
+                    eval_memo(plan, st, *x, start, memo, &mut scratch);
+                    add_scaled(out, &scratch, c);
+                }
+            }
+        }
+        Op::Kernel { kernel, inputs: ins } => {
+            let mut bufs = Vec::with_capacity(ins.len());
+            for &c in ins {
+                if memo.get(c).is_none() {
+                    let mut b = Scratch::take(out.len());
+                    eval_memo(plan, st, c, start, memo, &mut b);
+                    bufs.push((c, b));
+                }
+            }
+            let refs: Vec<&[f32]> = ins
+                .iter()
+                .map(|&c| memo.get(c).unwrap_or_else(|| &bufs.iter().find(|(m, _)| *m == c).expect("evaluated").1))
+                .collect();
+            kernels::apply(kernel, st.prepared.get(&n).unwrap_or(&Prepared::None), start, &refs, out);
+        }
+    }
+}
+
+/// `out = a c0 + b c1`, as `out = a; out *= c0; out += b c1` computes it
+/// (the products by 1 left out, as there).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn first_two(out: &mut [f32], a: &[f32], c0: f32, b: &[f32], c1: f32) {
+    let it = out.iter_mut().zip(a).zip(b);
+    match (c0 == 1.0, c1 == 1.0) {
+        (true, true) => it.for_each(|((o, a), b)| *o = a + b),
+        (true, false) => it.for_each(|((o, a), b)| *o = a + b * c1),
+        (false, true) => it.for_each(|((o, a), b)| *o = a * c0 + b),
+        (false, false) => it.for_each(|((o, a), b)| *o = a * c0 + b * c1),
+    }
+}
+
+/// A chunk's values as their bits.
+fn as_bits(vals: &[f32]) -> &[u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit
+    // pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts(vals.as_ptr().cast(), vals.len()) }
+}

@@ -1,0 +1,134 @@
+//! TIES in one read of its inputs (`src/exec/stream/one_read.rs`): the
+//! provisional output and its patched entries give what an independent TIES
+//! computes, bit for bit, on tensors several chunks long whose task vectors
+//! hold many equal magnitudes; and when the sample misleads or memory is
+//! short, the plain passes take over with the same result. `FUSE_TRACE=1`
+//! says which way each tensor went.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// Rows of the two long tensors: 9.4 and 15.6 streaming chunks of 512
+/// columns, neither a whole number of chunks.
+const ROWS: [(&str, usize); 2] = [("model.embed_tokens.weight", 600), ("model.layers.0.mlp.up_proj.weight", 1000)];
+const COLS: usize = 512;
+
+/// A base and three fine-tunes. Values are multiples of 1/1024 (exact in
+/// f32, as bf16 weights are), and each task vector takes one of 41 values,
+/// so about 2.4% of its entries share each magnitude, the threshold's too.
+/// `small_where(i)` makes task vectors tiny at the entries it names.
+fn models(d: &Path, small_where: impl Fn(usize, usize) -> bool) {
+    let hash = |i: usize, j: usize| (i as u64 * 0x9e37_79b9 + j as u64 * 0x85eb_ca6b).wrapping_mul(0xc2b2_ae35) >> 29;
+    for j in 0..4 {
+        let mut m = BTreeMap::new();
+        for (t, (name, rows)) in ROWS.iter().enumerate() {
+            let n = rows * COLS;
+            let data = (0..n)
+                .map(|i| {
+                    let base = ((i * 7919 + t) % 1000) as f32 / 1024.0 - 0.5;
+                    let delta = match j {
+                        0 => 0.0,
+                        _ if small_where(t, i) => ((hash(i, j) % 3) as f32 - 1.0) / 1024.0,
+                        _ => ((hash(i, j) % 41) as f32 - 20.0) / 1024.0,
+                    };
+                    base + delta
+                })
+                .collect();
+            m.insert(name.to_string(), T { shape: vec![*rows, COLS], dtype: "F32".into(), data });
+        }
+        m.insert("model.norm.weight".into(), T { shape: vec![COLS], dtype: "F32".into(), data: vec![1.0; COLS] });
+        let config = format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 1, "hidden_size": {COLS}}}"#
+        );
+        write_model(&d.join(["base", "ft1", "ft2", "ft3"][j]), &m, &config);
+    }
+}
+
+/// base + TIES(density 0.3) of the three fine-tunes, computed here.
+fn expected(d: &Path) -> BTreeMap<String, Vec<f32>> {
+    let read = |m: &str| read_model(&d.join(m));
+    let (base, fts) = (read("base"), [read("ft1"), read("ft2"), read("ft3")]);
+    ROWS.iter()
+        .map(|(name, _)| {
+            let b = &base[*name].data;
+            let deltas: Vec<Vec<f32>> = fts.iter().map(|f| sub(&f[*name].data, b)).collect();
+            let merged = ties_reference(&deltas, 0.3);
+            (name.to_string(), b.iter().zip(&merged).map(|(x, m)| x + m).collect())
+        })
+        .collect()
+}
+
+/// Runs the TIES recipe into `out` with `extra` arguments; returns what the
+/// trace said of each long tensor and the output.
+fn run(d: &Path, out: &str, threads: &str, extra: &[&str]) -> (String, BTreeMap<String, T>) {
+    write_recipe(
+        d,
+        "ties.fuse",
+        "base = model(\"base\")\nbase + ties(model(\"ft1\"), model(\"ft2\"), model(\"ft3\"), density=0.3)\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_fuse"))
+        .current_dir(d)
+        .env("FUSE_TRACE", "1")
+        .env("RAYON_NUM_THREADS", threads)
+        .args(["run", "ties.fuse", "-o", out])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    (stderr(&o), read_model(&d.join(out)))
+}
+
+fn assert_bits(got: &BTreeMap<String, T>, want: &BTreeMap<String, Vec<f32>>, what: &str) {
+    for (name, w) in want {
+        let g = &got[name].data;
+        let differ = g.iter().zip(w).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{what}: {differ} entries of `{name}` differ from the independent TIES");
+    }
+}
+
+#[test]
+fn ties_in_one_read_equals_an_independent_ties_and_the_plain_passes() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    models(d, |_, _| false);
+    let want = expected(d);
+    for threads in ["1", "2"] {
+        let (trace, got) = run(d, &format!("out{threads}"), threads, &[]);
+        for (name, _) in ROWS {
+            let line = trace.lines().find(|l| l.contains(&format!("`{name}`"))).unwrap_or_default();
+            assert!(line.contains("undecided, patched"), "{name} was not written in one read:\n{trace}");
+        }
+        assert_bits(&got, &want, &format!("one read, {threads} threads"));
+    }
+    // A budget too small for the undecided entries: the plain passes.
+    let (trace, got) = run(d, "budget", "2", &["--max-memory", "1KB"]);
+    assert!(trace.contains("plain passes"), "{trace}");
+    assert!(!trace.contains("patched"), "{trace}");
+    assert_bits(&got, &want, "plain passes");
+}
+
+/// The sample reads pieces spread evenly over the tensor; where they read,
+/// the task vectors here are tiny, so it places every threshold far too low.
+/// The pass finds the thresholds outside their intervals and the plain
+/// passes write the tensor again, right.
+#[test]
+fn a_misleading_sample_falls_back_to_the_plain_passes() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    use fuse::exec::kernels::CHUNK;
+    assert_eq!(CHUNK, 1 << 15, "the sample's layout below assumes 32K-entry chunks");
+    // The sample's pieces: 8 of 4096 entries for these sizes, each starting
+    // in the middle of its eighth of the tensor (see `sample` in
+    // one_read.rs); the test marks the second half of every eighth.
+    let n = |t: usize| ROWS[t].1 * COLS;
+    models(d, |t, i| (i % (n(t) / 8)) >= n(t) / 16);
+    let want = expected(d);
+    let (trace, got) = run(d, "out", "2", &[]);
+    for (name, _) in ROWS {
+        let line = trace.lines().find(|l| l.contains(&format!("`{name}`"))).unwrap_or_default();
+        assert!(line.contains("plain passes: a threshold outside its interval"), "{name}:\n{trace}");
+    }
+    assert_bits(&got, &want, "after the fallback");
+}
