@@ -5,7 +5,7 @@
 mod della;
 mod l1;
 
-pub use della::prepare_della;
+pub use della::{prepare_della, Keeps};
 
 use super::select::{select, Selection};
 use super::{partials, Prepared, Source, CHUNK};
@@ -458,20 +458,7 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
                 out.iter_mut().for_each(|v| *v *= s);
             }
         }
-        Prepared::Della { bits, scale } => {
-            // `start` is a multiple of 64: a word of bits per 64 entries,
-            // each kept as `v` or +0 by a mask.
-            debug_assert_eq!(start % 64, 0);
-            let words = &bits[start / 64..];
-            for ((out, x), &word) in out.chunks_mut(64).zip(x.chunks(64)).zip(words) {
-                for (j, (o, v)) in out.iter_mut().zip(x).enumerate() {
-                    *o = f32::from_bits(v.to_bits() & 0u32.wrapping_sub((word >> j & 1) as u32));
-                }
-                if let Some(s) = scale {
-                    out.iter_mut().for_each(|o| *o *= s);
-                }
-            }
-        }
+        Prepared::Della { keeps, scale } => della::apply(keeps, *scale, start, x, out),
         other => unreachable!("{other:?} is not a sparsify"),
     }
 }

@@ -4,15 +4,31 @@
 use super::{l1, l1_ratio};
 use crate::exec::kernels::{Prepared, Source, CHUNK};
 use rayon::prelude::*;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 
-/// DELLA's statistics: one keep bit per entry (bit `i % 64` of word
-/// `i / 64`) and, with rescale, the L1 ratio. Each row is ranked on its own
-/// (1-D tensors are one row), by the worker of the chunk where it starts,
-/// which reads the chunks the row spans; rows are independent, so the bits
-/// are the same on any thread count. The L1 sums are then added in index
-/// order, as the whole-tensor code added them, in one pass.
+/// What the streaming pass needs to keep or drop each entry. Entry `i` is
+/// kept when `draw(key, i) < threshold(p(rank))`, and the thresholds rise
+/// (or fall) with the rank, so an entry whose draw is below all of them
+/// (`lo`) is kept and one at or above all of them (`hi`) dropped whatever
+/// its rank: only the entries in between (a `2 epsilon` share) needed their
+/// row ranked, and only their keep bits are held, one run of bits per chunk
+/// in index order. The streaming pass draws again and fills in the rest.
+#[derive(Debug, Clone)]
+pub struct Keeps {
+    key: u64,
+    lo: u64,
+    hi: u64,
+    /// Chunk `c`'s undecided entries' keep bits (bit `b % 64` of word
+    /// `b / 64` for the `b`-th of them).
+    chunks: Vec<Vec<u64>>,
+}
+
+/// DELLA's statistics: the keep bits of the entries whose draw does not
+/// decide them (`Keeps`) and, with rescale, the L1 ratio. Each row is
+/// ranked on its own (1-D tensors are one row), by the worker of the chunk
+/// where it starts, which reads the chunks the row spans; rows are
+/// independent, so the bits are the same on any thread count. The L1 sums
+/// are then added in index order, as the whole-tensor code added them, in
+/// one pass.
 pub fn prepare_della(
     src: &dyn Source,
     density: f64,
@@ -31,10 +47,13 @@ pub fn prepare_della(
     }
     let n = src.len();
     let row = row.max(1);
-    let words: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    let ends = (rank_threshold(density, eps, row, 0), rank_threshold(density, eps, row, row - 1));
+    let (lo, hi) = (ends.0.min(ends.1), ends.0.max(ends.1));
     let scratch = || (Vec::<f32>::new(), Row::default());
-    // With rescale, each chunk's rows' L1 sums on the way (each row's in
-    // index order) and their span, for when the sums are exact.
+    // The undecided entries' bits of the rows starting in each chunk, in
+    // pieces split at chunk ends; with rescale, their L1 sums on the way
+    // (each row's in index order) and their span, for when the sums are
+    // exact.
     let parts = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map_init(scratch, |(buf, scratch), c| {
@@ -42,7 +61,7 @@ pub fn prepare_della(
             // of the last of them, a chunk at a time.
             let s = c * CHUNK;
             let (r0, r1) = (s.div_ceil(row), (s + CHUNK).min(n).div_ceil(row));
-            let mut part = ((0f64, 0f64), (0u32, u32::MAX));
+            let mut part = (Vec::new(), (0f64, 0f64), (0u32, u32::MAX));
             if r0 >= r1 {
                 return Ok(part);
             }
@@ -52,23 +71,32 @@ pub fn prepare_della(
             }
             for r in r0..r1 {
                 let vals = &buf[r * row - s..(r + 1) * row - s];
-                della_row(vals, r * row, density, eps, key, scratch, &words);
+                della_row(vals, r * row, density, eps, key, scratch);
+                record(&mut part.0, r * row, &scratch.draws, &scratch.keep, lo, hi);
                 if rescale {
                     let (max, low) = l1::span(vals);
-                    part.0 = l1::add(vals, &scratch.keep, part.0);
-                    part.1 = (part.1 .0.max(max), part.1 .1.min(low));
+                    part.1 = l1::add(vals, &scratch.keep, part.1);
+                    part.2 = (part.2 .0.max(max), part.2 .1.min(low));
                 }
             }
             Ok::<_, String>(part)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let bits: Vec<u64> = words.into_iter().map(AtomicU64::into_inner).collect();
-    let span = parts.iter().fold((0, u32::MAX), |(m, l), p| (m.max(p.1 .0), l.min(p.1 .1)));
+    let span = parts.iter().fold((0, u32::MAX), |(m, l), p| (m.max(p.2 .0), l.min(p.2 .1)));
+    let sums = parts.iter().fold((0f64, 0f64), |(b, a), p| (b + p.1 .0, a + p.1 .1));
+    // Each chunk's pieces, joined in index order: a chunk's first piece
+    // comes from the worker of the row reaching into it, the rest from its
+    // own worker, and the workers' results are in chunk order.
+    let mut chunks: Vec<(Vec<u64>, usize)> = (0..n.div_ceil(CHUNK)).map(|_| (Vec::new(), 0)).collect();
+    for piece in parts.into_iter().flat_map(|p| p.0) {
+        let (words, len) = &mut chunks[piece.chunk];
+        append(words, len, piece);
+    }
+    let keeps = Keeps { key, lo, hi, chunks: chunks.into_iter().map(|c| c.0).collect() };
     let scale = if rescale && l1::exact_from_zero(n, span) {
         // Every partial sum of these terms is a double: the chain's value,
         // whatever the grouping, so no pass of its own.
-        let (before, after) = parts.iter().fold((0f64, 0f64), |(b, a), p| (b + p.0 .0, a + p.0 .1));
-        Some(l1_ratio(before, after))
+        Some(l1_ratio(sums.0, sums.1))
     } else if rescale {
         // Index order, as `||x||_1` and `||masked||_1` were summed over the
         // whole tensor: chunks read side by side, a batch at a time, and
@@ -87,13 +115,11 @@ pub fn prepare_della(
                 .collect::<Result<_, _>>()?;
             let mut keep = [false; l1::BLOCK];
             for (k, v) in bufs.iter().enumerate() {
-                // Chunks start at multiples of 64: whole words of bits.
-                let words = &bits[(b0 + k) * CHUNK / 64..];
-                for (x, words) in v.chunks(l1::BLOCK).zip(words.chunks(l1::BLOCK / 64)) {
+                let c = b0 + k;
+                let mut words = Words::new(&keeps, c);
+                for (b, x) in v.chunks(l1::BLOCK).enumerate() {
                     let keep = &mut keep[..x.len()];
-                    for (j, k) in keep.iter_mut().enumerate() {
-                        *k = words[j / 64] >> (j % 64) & 1 == 1;
-                    }
+                    keeps_of(&mut words, c * CHUNK + b * l1::BLOCK, keep);
                     (before, after) = l1::add(x, keep, (before, after));
                 }
             }
@@ -102,7 +128,229 @@ pub fn prepare_della(
     } else {
         None
     };
-    Ok(Prepared::Della { bits, scale })
+    Ok(Prepared::Della { keeps, scale })
+}
+
+/// One chunk of the streaming pass: `x` (starting at entry `start`, a
+/// multiple of `CHUNK`) with the dropped entries +0, times `scale`.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+pub fn apply(keeps: &Keeps, scale: Option<f32>, start: usize, x: &[f32], out: &mut [f32]) {
+    let mut words = Words::new(keeps, start / CHUNK);
+    for (b, (out, x)) in out.chunks_mut(l1::BLOCK).zip(x.chunks(l1::BLOCK)).enumerate() {
+        words.block(start + b * l1::BLOCK, x.len(), |j, word| {
+            // Each entry kept as `v` or +0 by a mask.
+            let range = 64 * j..(64 * j + 64).min(x.len());
+            let (out, x) = (&mut out[range.clone()], &x[range]);
+            for (t, (o, v)) in out.iter_mut().zip(x).enumerate() {
+                *o = f32::from_bits(v.to_bits() & 0u32.wrapping_sub((word >> t & 1) as u32));
+            }
+            if let Some(s) = scale {
+                out.iter_mut().for_each(|o| *o *= s);
+            }
+        });
+    }
+}
+
+/// Whether each of the entries from `start` on is kept (a block of `words`).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn keeps_of(words: &mut Words, start: usize, keep: &mut [bool]) {
+    words.block(start, keep.len(), |j, word| {
+        for (t, k) in keep[64 * j..].iter_mut().take(64).enumerate() {
+            *k = word >> t & 1 == 1;
+        }
+    });
+}
+
+/// The keep words of one chunk, a block of entries at a time: the draws
+/// decide most entries, the held bits the rest, in order.
+struct Words<'a> {
+    keeps: &'a Keeps,
+    bits: &'a [u64],
+    /// How many of `bits` are used.
+    used: usize,
+    fast: bool,
+    draws: Box<[u64; l1::BLOCK]>,
+}
+
+impl<'a> Words<'a> {
+    fn new(keeps: &'a Keeps, chunk: usize) -> Words<'a> {
+        let bits = keeps.chunks.get(chunk).map_or(&[][..], Vec::as_slice);
+        Words { keeps, bits, used: 0, fast: fast_bits(), draws: Box::new([0; l1::BLOCK]) }
+    }
+
+    /// Calls `f(j, word)` for each 64 entries `j` of the `len` (at most
+    /// `l1::BLOCK`) starting at entry `start`, in order: bit `t` of `word`
+    /// says whether entry `start + 64 j + t` is kept. Blocks come in index
+    /// order.
+    #[inline(always)]
+    fn block(&mut self, start: usize, len: usize, mut f: impl FnMut(usize, u64)) {
+        let Keeps { key, lo, hi, .. } = *self.keeps;
+        let draws = &mut self.draws[..len];
+        crate::rng::draws(key, start as u64, draws);
+        for (j, d) in draws.chunks(64).enumerate() {
+            let mut kept = 0u64;
+            for (t, &d) in d.iter().enumerate() {
+                kept |= ((d < lo) as u64) << t;
+            }
+            let open = open_mask(d, lo, hi);
+            if open != 0 {
+                kept |= deposit(read(self.bits, self.used), open, self.fast);
+                self.used += open.count_ones() as usize;
+            }
+            f(j, kept);
+        }
+    }
+}
+
+/// The 64 bits of `words` from bit `at` on (zeros past the end).
+fn read(words: &[u64], at: usize) -> u64 {
+    let (w, b) = (at / 64, at % 64);
+    let first = words.get(w).copied().unwrap_or(0) >> b;
+    match b {
+        0 => first,
+        _ => first | words.get(w + 1).copied().unwrap_or(0) << (64 - b),
+    }
+}
+
+/// Whether BMI2's `pdep` and `pext` are there and fast (they are
+/// microcoded on the CPUs before AVX-512 among AMD's).
+fn fast_bits() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("avx512f");
+    #[allow(unreachable_code)]
+    false
+}
+
+/// The low bits of `bits` placed, in order, at the set bits of `mask`
+/// (`pdep` where `fast`).
+#[inline(always)]
+fn deposit(bits: u64, mask: u64, fast: bool) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` says the feature is present.
+        return unsafe { pdep(bits, mask) };
+    }
+    let (mut bits, mut mask, mut out) = (bits, mask, 0u64);
+    while mask != 0 {
+        out |= mask & mask.wrapping_neg() & 0u64.wrapping_sub(bits & 1);
+        bits >>= 1;
+        mask &= mask - 1;
+    }
+    out
+}
+
+/// The bits of `bits` at the set bits of `mask`, in order, as the low bits
+/// (`pext` where `fast`): `deposit` undone.
+#[inline(always)]
+fn extract(bits: u64, mask: u64, fast: bool) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` says the feature is present.
+        return unsafe { pext(bits, mask) };
+    }
+    let (mut mask, mut out, mut k) = (mask, 0u64, 0);
+    while mask != 0 {
+        out |= (bits >> mask.trailing_zeros() & 1) << k;
+        k += 1;
+        mask &= mask - 1;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn pdep(bits: u64, mask: u64) -> u64 {
+    std::arch::x86_64::_pdep_u64(bits, mask)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn pext(bits: u64, mask: u64) -> u64 {
+    std::arch::x86_64::_pext_u64(bits, mask)
+}
+
+/// The undecided entries' keep bits of a run of entries inside one chunk.
+struct Piece {
+    chunk: usize,
+    words: Vec<u64>,
+    len: usize,
+}
+
+/// Adds the undecided entries of one row (its first entry at `first`) to
+/// `pieces`, a new piece at each chunk's start: 64 entries at a time, as
+/// masks, without branches on the draws (they are random).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+fn record(pieces: &mut Vec<Piece>, first: usize, draws: &[u64], keep: &[bool], lo: u64, hi: u64) {
+    let fast = fast_bits();
+    let mut i = first;
+    let end = first + draws.len();
+    while i < end {
+        let chunk = i / CHUNK;
+        let stop = ((chunk + 1) * CHUNK).min(end);
+        if pieces.last().is_none_or(|p| p.chunk != chunk) {
+            pieces.push(Piece { chunk, words: Vec::new(), len: 0 });
+        }
+        let p = pieces.last_mut().expect("pushed");
+        // Whole words stay in `p.words`; a partial one is taken back.
+        let mut fill = p.len % 64;
+        let mut word = if fill == 0 { 0 } else { p.words.pop().expect("a partial word") };
+        let (draws, keep) = (&draws[i - first..stop - first], &keep[i - first..stop - first]);
+        for (d, k) in draws.chunks(64).zip(keep.chunks(64)) {
+            let open = open_mask(d, lo, hi);
+            let mut kept = 0u64;
+            for (t, &k) in k.iter().enumerate() {
+                kept |= (k as u64) << t;
+            }
+            let (bits, count) = (extract(kept, open, fast), open.count_ones() as usize);
+            p.len += count;
+            word |= bits << fill;
+            if fill + count >= 64 {
+                p.words.push(word);
+                word = if fill == 0 { 0 } else { bits >> (64 - fill) };
+            }
+            fill = (fill + count) % 64;
+        }
+        if fill > 0 {
+            p.words.push(word);
+        }
+        i = stop;
+    }
+}
+
+/// Bit `t` set where `lo <= d[t] < hi`: the entries whose draws leave them
+/// open.
+#[inline(always)]
+fn open_mask(d: &[u64], lo: u64, hi: u64) -> u64 {
+    let mut open = 0u64;
+    for (t, &d) in d.iter().enumerate() {
+        open |= ((d.wrapping_sub(lo) < hi - lo) as u64) << t;
+    }
+    open
+}
+
+/// Appends `piece`'s bits to a chunk's `len` bits in `words`.
+fn append(words: &mut Vec<u64>, len: &mut usize, piece: Piece) {
+    let b = *len % 64;
+    if b == 0 {
+        words.truncate(*len / 64);
+        words.extend(piece.words);
+    } else {
+        for w in piece.words {
+            *words.last_mut().expect("a partial word") |= w << b;
+            words.push(w >> (64 - b));
+        }
+    }
+    *len += piece.len;
+    words.truncate(len.div_ceil(64));
+}
+
+/// The draw below which the entry of rank `rank` in a row of `c` is kept:
+/// its keep probability rises linearly with the rank from `density - eps`
+/// to `density + eps`, and `uniform(key, i) < p` is
+/// `draw(key, i) < threshold(p)`.
+fn rank_threshold(density: f64, eps: f64, c: usize, rank: usize) -> u64 {
+    let frac = if c > 1 { rank as f64 / (c - 1) as f64 } else { 0.5 };
+    crate::rng::threshold(density - eps + 2.0 * eps * frac)
 }
 
 /// A worker's scratch for ranking DELLA's rows.
@@ -194,16 +442,11 @@ const RANK_TABLE: usize = 1 << 16;
 
 /// One row of DELLA (its first entry at index `first` of the tensor): keep
 /// probability rises linearly with the magnitude's rank from
-/// `density - eps` to `density + eps`; the kept entries' bits are set in
-/// `words`.
-fn della_row(vals: &[f32], first: usize, density: f64, eps: f64, key: u64, row: &mut Row, words: &[AtomicU64]) {
+/// `density - eps` to `density + eps`; leaves its draws and keeps in
+/// `row.draws` and `row.keep`.
+fn della_row(vals: &[f32], first: usize, density: f64, eps: f64, key: u64, row: &mut Row) {
     let c = vals.len();
-    // The probability of rank `rank`, and the draw below which an entry
-    // is kept: `uniform(key, i) < p` is `draw(key, i) < threshold(p)`.
-    let threshold = |rank: usize| {
-        let frac = if c > 1 { rank as f64 / (c - 1) as f64 } else { 0.5 };
-        crate::rng::threshold(density - eps + 2.0 * eps * frac)
-    };
+    let threshold = |rank: usize| rank_threshold(density, eps, c, rank);
     if c <= RANK_TABLE && row.thresholds.len() != c {
         row.thresholds.clear();
         row.thresholds.extend((0..c).map(threshold));
@@ -233,19 +476,6 @@ fn della_row(vals: &[f32], first: usize, density: f64, eps: f64, key: u64, row: 
         for (rank, &k) in order.iter().enumerate() {
             let j = (k & 0xffff_ffff) as usize;
             keep[j] = draws[j] < threshold(rank);
-        }
-    }
-    // Bits gathered a word at a time; a word shared with a row of another
-    // worker gets them by `fetch_or`.
-    let mut word = 0u64;
-    for (j, &k) in keep.iter().enumerate() {
-        let i = first + j;
-        word |= (k as u64) << (i % 64);
-        if i % 64 == 63 || j + 1 == c {
-            if word != 0 {
-                words[i / 64].fetch_or(word, Relaxed);
-            }
-            word = 0;
         }
     }
 }
@@ -355,7 +585,9 @@ mod tests {
         // Rows shorter than a chunk (straddling chunk ends), rows longer
         // than a chunk, one row (a 1-D tensor) and rows of one entry; coarse
         // values (equal magnitudes), -0, NaN and infinities; with and
-        // without rescale, on one thread and several.
+        // without rescale, on one thread and several; epsilons leaving a
+        // share of the draws open (their bits held), nearly all of them,
+        // none (0), and a negative one (keep falling with the rank).
         let n = 3 * CHUNK + 1234;
         let clean: Vec<f32> = (0..n).map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.125 + (i % 7) as f32 * 1e-3).collect();
         let mut x = clean.clone();
@@ -372,19 +604,23 @@ mod tests {
             let len = n / row * row;
             let xs = vec![x[..len].to_vec()];
             let shape = if row == len { vec![len] } else { vec![len / row, row] };
-            for rescale in [false, true] {
+            for (rescale, (d, e)) in [false, true]
+                .into_iter()
+                .flat_map(|r| [(0.45, 0.2), (0.5, 0.49), (0.3, 0.0), (0.5, -0.3)].into_iter().map(move |de| (r, de)))
+            {
                 let mut reference = xs[0].clone();
-                let how = Sparsify::Della { density: F::new(0.45), epsilon: F::new(0.2) };
+                let how = Sparsify::Della { density: F::new(d), epsilon: F::new(e) };
                 whole(&mut reference, &how, rescale, key, &shape).unwrap();
                 for threads in [1, 3] {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                     let prep = pool
                         .install(|| {
-                            prepare_della(&Slices(&xs), 0.45, 0.2, key, crate::exec::kernels::row_len(&shape), rescale)
+                            prepare_della(&Slices(&xs), d, e, key, crate::exec::kernels::row_len(&shape), rescale)
                         })
                         .unwrap();
                     let ours = apply_chunks(&prep, &xs[0]);
-                    assert!(same_bits(&ours, &reference), "row {row}, rescale {rescale}, {threads} threads");
+                    let case = format!("row {row}, rescale {rescale}, density {d}, epsilon {e}, {threads} threads");
+                    assert!(same_bits(&ours, &reference), "{case}");
                 }
                 let dropped = reference.iter().zip(&xs[0]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert!(dropped > 0, "row {row}: nothing dropped");
@@ -392,6 +628,37 @@ mod tests {
         }
         let e = prepare_della(&Slices(&[x]), 0.5, 0.5, key, 10, false).unwrap_err();
         assert!(e.contains("epsilon"), "{e}");
+    }
+
+    #[test]
+    fn deposit_and_extract_place_bits_in_order() {
+        let mut state = 11u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state
+        };
+        for _ in 0..1000 {
+            let (bits, mask) = (next(), next() & next());
+            // Bit by bit: the k-th set bit of the mask takes bit k of `bits`.
+            let mut expected = 0u64;
+            let mut k = 0;
+            for t in 0..64 {
+                if mask >> t & 1 == 1 {
+                    expected |= (bits >> k & 1) << t;
+                    k += 1;
+                }
+            }
+            for fast in [false, fast_bits()] {
+                assert_eq!(deposit(bits, mask, fast), expected, "{bits:x} {mask:x} {fast}");
+                let low = if mask == u64::MAX { bits } else { bits & ((1 << mask.count_ones()) - 1) };
+                assert_eq!(extract(expected, mask, fast), low, "{bits:x} {mask:x} {fast}");
+            }
+        }
+        for fast in [false, fast_bits()] {
+            assert_eq!(deposit(u64::MAX, u64::MAX, fast), u64::MAX);
+            assert_eq!(extract(u64::MAX, u64::MAX, fast), u64::MAX);
+            assert_eq!(deposit(u64::MAX, 0, fast), 0);
+        }
     }
 
     #[test]
