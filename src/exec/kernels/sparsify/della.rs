@@ -375,6 +375,7 @@ struct Row {
 /// vary between the keys' high halves are sorted on (magnitudes in a row
 /// share their top exponent bits, and bf16 task vectors have zeros at the
 /// bottom), in as few passes of at most 11 bits as they need.
+#[inline(always)]
 fn radix_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, counts: &mut Vec<u32>) {
     debug_assert!(keys.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
     let (all, any) = keys.iter().fold((u32::MAX, 0u32), |(a, o), &k| (a & (k >> 32) as u32, o | (k >> 32) as u32));
@@ -444,6 +445,7 @@ const RANK_TABLE: usize = 1 << 16;
 /// probability rises linearly with the magnitude's rank from
 /// `density - eps` to `density + eps`; leaves its draws and keeps in
 /// `row.draws` and `row.keep`.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
 fn della_row(vals: &[f32], first: usize, density: f64, eps: f64, key: u64, row: &mut Row) {
     let c = vals.len();
     let threshold = |rank: usize| rank_threshold(density, eps, c, rank);
@@ -488,6 +490,7 @@ mod tests {
     use crate::graph::F;
     use crate::ir::Sparsify;
     use crate::rng::uniform;
+
     /// DELLA as fuse computed it on whole tensors before it streamed: the
     /// reference the streamed DELLA matches bit for bit.
     fn whole(x: &mut [f32], how: &Sparsify<F>, rescale: bool, key: u64, shape: &[usize]) -> Result<(), String> {
@@ -577,6 +580,54 @@ mod tests {
             della_by_sort(&mut sorted, 0.4, 0.3, key, row);
             assert!(same_bits(&ours, &sorted), "row {row}");
             assert!(ours.iter().zip(&x).any(|(a, b)| a.to_bits() != b.to_bits()), "row {row}: nothing dropped");
+        }
+    }
+
+    #[test]
+    fn rows_keep_as_a_stable_sort_ranks_them() {
+        // Rows of continuous values, of coarse ones (bf16-like: few
+        // magnitudes, many equal), half zeros, all equal, a wide spread of
+        // exponents, one crowded value among spread ones, and NaN, -0 and
+        // infinities; lengths either side of where the radix sort starts (256).
+        let mut state = 3u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let kinds: [&dyn Fn(usize, f64) -> f32; 7] = [
+            &|_, u| ((u - 0.5) * 3.0) as f32,
+            &|_, u| (((u * 40.0) as i32 - 20) as f32) * 0.0078125,
+            &|i, u| if i % 2 == 0 { 0.0 } else { (u - 0.5) as f32 },
+            &|_, _| -0.25,
+            &|_, u| ((u - 0.5) * 2f64.powi((u * 60.0) as i32 - 30)) as f32,
+            &|i, u| if i % 3 == 0 { (u * 4.0) as f32 } else { 1.5 },
+            &|i, u| match i % 50 {
+                0 => f32::NAN,
+                1 => f32::NEG_INFINITY,
+                2 => -0.0,
+                _ => (u - 0.5) as f32,
+            },
+        ];
+        let key = crate::rng::stream_key(4, "w", 0);
+        for (kind, f) in kinds.iter().enumerate() {
+            for c in [2, 255, 256, 300, 1024, 2816, 5000] {
+                let vals: Vec<f32> = (0..c).map(|i| f(i, next())).collect();
+                for (d, e) in [(0.45, 0.2), (0.5, 0.49), (0.3, 0.0), (0.5, -0.3)] {
+                    let first = 7 * c;
+                    // The stable sort's ranks, and each entry's uniform.
+                    let mut order: Vec<usize> = (0..c).collect();
+                    order.sort_by(|&a, &b| vals[a].abs().total_cmp(&vals[b].abs()).then(a.cmp(&b)));
+                    let mut expected = vec![false; c];
+                    for (rank, &j) in order.iter().enumerate() {
+                        let p = d - e + 2.0 * e * rank as f64 / (c - 1) as f64;
+                        expected[j] = uniform(key, (first + j) as u64) < p;
+                    }
+                    let mut row = Row::default();
+                    della_row(&vals, first, d, e, key, &mut row);
+                    let case = format!("kind {kind}, row {c}, density {d}, epsilon {e}");
+                    assert_eq!(row.keep, expected, "{case}");
+                }
+            }
         }
     }
 
