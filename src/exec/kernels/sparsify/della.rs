@@ -391,7 +391,8 @@ fn radix_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, counts: &mut Vec<u32>) 
     let buckets = 1usize << width;
     let digit = |k: u64, p: u32| (k >> (32 + low + p * width)) as usize & (buckets - 1);
     spare.resize(keys.len(), 0);
-    let (mut from, mut to) = (keys, spare);
+    // Slices, not the vectors: their lengths stay in registers.
+    let (mut from, mut to): (&mut [u64], &mut [u64]) = (keys, spare);
     let mut swapped = false;
     for p in 0..passes {
         // The two halves counted and placed side by side, each with its own
