@@ -9,7 +9,7 @@ use rayon::prelude::*;
 /// kept when `draw(key, i) < threshold(p(rank))`, and the thresholds rise
 /// (or fall) with the rank, so an entry whose draw is below all of them
 /// (`lo`) is kept and one at or above all of them (`hi`) dropped whatever
-/// its rank: only the entries in between (a `2 epsilon` share) needed their
+/// its rank: only the entries in between (a `2 |epsilon|` share) needed their
 /// row ranked, and only their keep bits are held, one run of bits per chunk
 /// in index order. The streaming pass draws again and fills in the rest.
 #[derive(Debug, Clone)]
@@ -169,6 +169,7 @@ struct Words<'a> {
     /// How many of `bits` are used.
     used: usize,
     fast: bool,
+    /// A block's draws (32 KB, so not on the stack).
     draws: Box<[u64; l1::BLOCK]>,
 }
 
@@ -178,10 +179,10 @@ impl<'a> Words<'a> {
         Words { keeps, bits, used: 0, fast: fast_bits(), draws: Box::new([0; l1::BLOCK]) }
     }
 
-    /// Calls `f(j, word)` for each 64 entries `j` of the `len` (at most
-    /// `l1::BLOCK`) starting at entry `start`, in order: bit `t` of `word`
-    /// says whether entry `start + 64 j + t` is kept. Blocks come in index
-    /// order.
+    /// Calls `f(j, word)` for the `j`-th 64 entries of the `len` (at most
+    /// `l1::BLOCK`) from entry `start` on, in order: bit `t` of `word` says
+    /// whether entry `start + 64 j + t` is kept. The held bits are taken in
+    /// order, so the blocks of a chunk must come in index order.
     #[inline(always)]
     fn block(&mut self, start: usize, len: usize, mut f: impl FnMut(usize, u64)) {
         let Keeps { key, lo, hi, .. } = *self.keeps;
