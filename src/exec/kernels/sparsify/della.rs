@@ -377,7 +377,7 @@ struct Row {
 /// share their top exponent bits, and bf16 task vectors have zeros at the
 /// bottom), in as few passes of at most 11 bits as they need.
 #[inline(always)]
-fn radix_sort(keys: &mut Vec<u64>, spare: &mut Vec<u64>, counts: &mut Vec<u32>) {
+fn radix_sort(keys: &mut [u64], spare: &mut Vec<u64>, counts: &mut Vec<u32>) {
     debug_assert!(keys.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
     let (all, any) = keys.iter().fold((u32::MAX, 0u32), |(a, o), &k| (a & (k >> 32) as u32, o | (k >> 32) as u32));
     let varying = all ^ any;
