@@ -109,9 +109,9 @@ pub enum Prepared {
     /// `hi` while `allow` lasts (in index order); `per_chunk` holds what is
     /// left of `skip` and `allow` at each chunk's start. Times `scale`.
     Outliers { lo: u32, hi: u32, skip: usize, allow: usize, per_chunk: Vec<(usize, usize)>, scale: Option<f32> },
-    /// DELLA: keep the entries whose bit is set (bit `i % 64` of word
-    /// `i / 64`); times `scale` when rescaled.
-    Della { bits: Vec<u64>, scale: Option<f32> },
+    /// DELLA: keep the entries `keeps` says (their draws, and the held bits
+    /// of those the draws leave open); times `scale` when rescaled.
+    Della { keeps: sparsify::Keeps, scale: Option<f32> },
     /// Keep where the element's uniform draw is below `p`; times `scale`.
     Random { p: f64, key: u64, scale: f32 },
     /// SCE: with `select`, keep entries whose variance across the task
