@@ -15,55 +15,176 @@ pub fn consensus(deltas: &[&[f32]], weights: &[f64], elect_sign: bool, normalize
     // Blocks of entries, each input's loop over a block at a time, so that
     // the loops vectorize; every entry sees the same operations in the same
     // order as a loop over inputs per entry would do.
-    const B: usize = 256;
     for (b, out) in out.chunks_mut(B).enumerate() {
         let (s, len) = (b * B, out.len());
-        let (mut mixed, mut divisor) = ([0f32; B], [0f32; B]);
+        consensus_block(&|i| &deltas[i][s..s + len], deltas.len(), &w, elect_sign, normalize, out);
+    }
+}
+
+/// A magnitude trim where a chunk keeps all or none of its entries equal to
+/// the threshold: `x * scale` where `|x| > threshold`, or equal to it with
+/// `keep_equal`; else 0.
+#[derive(Clone, Copy, Debug)]
+pub struct Trim {
+    pub threshold: f32,
+    pub keep_equal: bool,
+    pub scale: f32,
+}
+
+/// [`consensus`] of the trims of `deltas` (`trims[i]` of `deltas[i]`), a
+/// block at a time without writing the trimmed inputs out: the same
+/// operations on each entry as trimming, then [`consensus`].
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+pub fn consensus_of_trims(
+    deltas: &[&[f32]],
+    trims: &[Trim],
+    weights: &[f64],
+    elect_sign: bool,
+    normalize: bool,
+    out: &mut [f32],
+) {
+    let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    // Two to four inputs (TIES merges most often), an entry at a time with
+    // every input's work in registers.
+    match (deltas.len(), w.len()) {
+        (2, 2..) => return trims_per_entry::<2>(deltas, trims, &w, elect_sign, normalize, out),
+        (3, 3..) => return trims_per_entry::<3>(deltas, trims, &w, elect_sign, normalize, out),
+        (4, 4..) => return trims_per_entry::<4>(deltas, trims, &w, elect_sign, normalize, out),
+        _ => {}
+    }
+    let mut trimmed = vec![[0f32; B]; deltas.len()];
+    for (b, out) in out.chunks_mut(B).enumerate() {
+        let (s, len) = (b * B, out.len());
+        for ((t, d), trim) in trimmed.iter_mut().zip(deltas).zip(trims) {
+            let (th, keep, sc) = (trim.threshold, trim.keep_equal, trim.scale);
+            for (t, &x) in t[..len].iter_mut().zip(&d[s..s + len]) {
+                let m = x.abs();
+                *t = if m > th || (keep && m == th) { x * sc } else { 0.0 };
+            }
+        }
+        consensus_block(&|i| &trimmed[i][..len], deltas.len(), &w, elect_sign, normalize, out);
+    }
+}
+
+/// [`consensus_of_trims`] for `N` inputs, an entry at a time: per entry,
+/// the operations of the blocks, in their order (the sums start at +0 and
+/// add the inputs' terms in turn).
+#[inline(always)]
+fn trims_per_entry<const N: usize>(
+    deltas: &[&[f32]],
+    trims: &[Trim],
+    w: &[f32],
+    elect_sign: bool,
+    normalize: bool,
+    out: &mut [f32],
+) {
+    let len = out.len();
+    let d: [&[f32]; N] = std::array::from_fn(|j| &deltas[j][..len]);
+    let th: [f32; N] = std::array::from_fn(|j| trims[j].threshold);
+    let keep: [bool; N] = std::array::from_fn(|j| trims[j].keep_equal);
+    let sc: [f32; N] = std::array::from_fn(|j| trims[j].scale);
+    let w: [f32; N] = std::array::from_fn(|j| w[j]);
+    for (i, o) in out.iter_mut().enumerate() {
+        let t: [f32; N] = std::array::from_fn(|j| {
+            let x = d[j][i];
+            let m = x.abs();
+            if m > th[j] || (keep[j] && m == th[j]) {
+                x * sc[j]
+            } else {
+                0.0
+            }
+        });
         if elect_sign {
-            // Only the sum's sign is used (`>= 0` for either zero).
-            let mut sum = [0f32; B];
-            for (d, &w) in deltas.iter().zip(&w) {
-                for (acc, x) in sum[..len].iter_mut().zip(&d[s..s + len]) {
-                    *acc += x * w;
-                }
+            let mut sum = 0f32;
+            for j in 0..N {
+                sum += t[j] * w[j];
             }
-            // An entry counts when its weighted sign matches the majority
-            // (zero and NaN never do).
-            for (d, &w) in deltas.iter().zip(&w) {
-                let entries = mixed[..len].iter_mut().zip(&mut divisor[..len]).zip(&sum[..len]).zip(&d[s..s + len]);
-                for (((m, dv), &sum), &x) in entries {
-                    let wd = x * w;
-                    let agrees = if sum >= 0.0 { wd > 0.0 } else { wd < 0.0 };
-                    // Adding +0 leaves the sums as they are: neither is ever
-                    // -0 (they start at +0 and take nonzero terms of one sign
-                    // or weights, whose exact cancellation gives +0). Written
-                    // as a select of the term, not of the sum, it vectorizes.
-                    *m += if agrees { wd } else { 0.0 };
-                    *dv += if agrees { w } else { 0.0 };
-                }
+            let (mut mixed, mut divisor) = (0f32, 0f32);
+            for j in 0..N {
+                let wd = t[j] * w[j];
+                let agrees = if sum >= 0.0 { wd > 0.0 } else { wd < 0.0 };
+                mixed += if agrees { wd } else { 0.0 };
+                divisor += if agrees { w[j] } else { 0.0 };
             }
-            for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
-                *o = if !normalize {
-                    *m
-                } else if *d == 0.0 {
-                    m / 1.0
-                } else {
-                    m / d
-                };
-            }
+            *o = if !normalize {
+                mixed
+            } else if divisor == 0.0 {
+                mixed / 1.0
+            } else {
+                mixed / divisor
+            };
         } else {
-            for (d, &w) in deltas.iter().zip(&w) {
-                for (acc, x) in mixed[..len].iter_mut().zip(&d[s..s + len]) {
-                    *acc += x * w;
-                }
-                for acc in &mut divisor[..len] {
-                    *acc += w;
-                }
+            let (mut mixed, mut divisor) = (0f32, 0f32);
+            for j in 0..N {
+                mixed += t[j] * w[j];
+                divisor += w[j];
             }
-            for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
-                let d = if d.abs() < 1e-8 { 1.0 } else { *d };
-                *o = if normalize { m / d } else { *m };
+            let divisor = if divisor.abs() < 1e-8 { 1.0 } else { divisor };
+            *o = if normalize { mixed / divisor } else { mixed };
+        }
+    }
+}
+
+/// Entries a block of [`consensus`] works on.
+const B: usize = 256;
+
+/// [`consensus`] on one block of at most [`B`] entries; `delta(i)` is input
+/// `i`'s block.
+#[inline(always)]
+fn consensus_block<'a>(
+    delta: &dyn Fn(usize) -> &'a [f32],
+    inputs: usize,
+    w: &[f32],
+    elect_sign: bool,
+    normalize: bool,
+    out: &mut [f32],
+) {
+    let len = out.len();
+    let (mut mixed, mut divisor) = ([0f32; B], [0f32; B]);
+    if elect_sign {
+        // Only the sum's sign is used (`>= 0` for either zero).
+        let mut sum = [0f32; B];
+        for (i, &w) in w.iter().enumerate().take(inputs) {
+            for (acc, x) in sum[..len].iter_mut().zip(delta(i)) {
+                *acc += x * w;
             }
+        }
+        // An entry counts when its weighted sign matches the majority
+        // (zero and NaN never do).
+        for (i, &w) in w.iter().enumerate().take(inputs) {
+            let entries = mixed[..len].iter_mut().zip(&mut divisor[..len]).zip(&sum[..len]).zip(delta(i));
+            for (((m, dv), &sum), &x) in entries {
+                let wd = x * w;
+                let agrees = if sum >= 0.0 { wd > 0.0 } else { wd < 0.0 };
+                // Adding +0 leaves the sums as they are: neither is ever
+                // -0 (they start at +0 and take nonzero terms of one sign
+                // or weights, whose exact cancellation gives +0). Written
+                // as a select of the term, not of the sum, it vectorizes.
+                *m += if agrees { wd } else { 0.0 };
+                *dv += if agrees { w } else { 0.0 };
+            }
+        }
+        for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+            *o = if !normalize {
+                *m
+            } else if *d == 0.0 {
+                m / 1.0
+            } else {
+                m / d
+            };
+        }
+    } else {
+        for (i, &w) in w.iter().enumerate().take(inputs) {
+            for (acc, x) in mixed[..len].iter_mut().zip(delta(i)) {
+                *acc += x * w;
+            }
+            for acc in &mut divisor[..len] {
+                *acc += w;
+            }
+        }
+        for (o, (m, d)) in out.iter_mut().zip(mixed.iter().zip(&divisor)) {
+            let d = if d.abs() < 1e-8 { 1.0 } else { *d };
+            *o = if normalize { m / d } else { *m };
         }
     }
 }
@@ -481,6 +602,59 @@ fn softmax(x: &[f32]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+    /// The fused kernel gives the bits of trimming each input (as
+    /// `sparsify::apply` does) and then taking the consensus, on lengths
+    /// around a block, with ties at the thresholds, zeros, -0, NaN and
+    /// infinity, every combination of sign election and normalization, and
+    /// uneven weights.
+    #[test]
+    fn consensus_of_trims_matches_trimming_then_consensus() {
+        use super::{consensus, consensus_of_trims, Trim};
+        use crate::exec::kernels::{sparsify, Prepared};
+        let value = |i: usize, j: usize| -> f32 {
+            match (i * 31 + j * 17) % 97 {
+                0 => 0.0,
+                1 => -0.0,
+                2 if j == 1 => f32::NAN,
+                3 if j == 2 => f32::INFINITY,
+                h => ((h as i64 * 7 + i as i64) % 23 - 11) as f32 / 8.0,
+            }
+        };
+        for (len, inputs) in [(1usize, 3), (255, 3), (256, 2), (257, 3), (1000, 3), (1000, 2), (999, 4), (300, 5)] {
+            let deltas: Vec<Vec<f32>> = (0..inputs).map(|j| (0..len).map(|i| value(i, j)).collect()).collect();
+            let refs: Vec<&[f32]> = deltas.iter().map(|d| &d[..]).collect();
+            for (threshold, keep_equal, scale) in
+                [(0.5, true, 1.0), (0.5, false, 1.0), (0.0, false, 1.5), (1.25, true, 0.5)]
+            {
+                let trims = vec![Trim { threshold, keep_equal, scale }; inputs];
+                // Budgets that keep all (or none) of a chunk's equal entries.
+                let budget = if keep_equal { vec![usize::MAX, 1] } else { vec![0, 0] };
+                let prep = Prepared::Magnitude { threshold, equal_budget: budget, scale };
+                let trimmed: Vec<Vec<f32>> = deltas
+                    .iter()
+                    .map(|d| {
+                        let mut t = vec![0f32; len];
+                        sparsify::apply(&prep, 0, d, &mut t);
+                        t
+                    })
+                    .collect();
+                let trimmed: Vec<&[f32]> = trimmed.iter().map(|t| &t[..]).collect();
+                for (elect, normalize) in [(true, true), (true, false), (false, true), (false, false)] {
+                    let weights = [1.0, 0.7, 0.3, 1.5, 0.25][..inputs].to_vec();
+                    let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
+                    consensus(&trimmed, &weights, elect, normalize, &mut want);
+                    consensus_of_trims(&refs, &trims, &weights, elect, normalize, &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "len {len}, trim {threshold} {keep_equal} {scale}, {elect} {normalize}"
+                    );
+                }
+            }
+        }
+    }
+
     /// SCE on whole deltas, as fuse computed it before it streamed: keep the `select_topk` fraction of positions with the
     /// highest variance across deltas, elect signs (unweighted sum), weight each
     /// delta by its mean square, and average the agreeing entries.

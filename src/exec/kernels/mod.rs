@@ -12,9 +12,10 @@ mod sphere;
 mod svd;
 
 pub use crate::rng::{stream_key, uniform};
+pub(in crate::exec) use combine::{consensus_of_trims, Trim};
 pub use select::kth_largest_magnitude;
 pub(in crate::exec) use select::{Guide, Tally};
-pub(in crate::exec) use sparsify::magnitude_without_pass;
+pub(in crate::exec) use sparsify::{chunk_trim, magnitude_without_pass};
 
 use crate::graph::F;
 use crate::io::DType;

@@ -264,6 +264,24 @@ pub(in crate::exec) fn magnitude_without_pass(k: usize, sel: Selection) -> Optio
     Some(Prepared::Magnitude { threshold: sel.threshold, equal_budget, scale: 1.0 })
 }
 
+/// A magnitude trim of the chunk from `start` as a [`Trim`], when the chunk
+/// keeps all or none of its entries equal to the threshold (all but one
+/// chunk of a tensor at most); `None` otherwise, or for other statistics.
+pub(in crate::exec) fn chunk_trim(prep: &Prepared, start: usize) -> Option<super::combine::Trim> {
+    let Prepared::Magnitude { threshold, equal_budget, scale } = prep else { return None };
+    let c = start / CHUNK;
+    let budget = equal_budget.get(c).copied().unwrap_or(usize::MAX);
+    let next = match equal_budget.len() {
+        0 => usize::MAX,
+        _ => equal_budget.get(c + 1).copied().unwrap_or(0),
+    };
+    (budget == 0 || next > 0).then_some(super::combine::Trim {
+        threshold: *threshold,
+        keep_equal: budget > 0,
+        scale: *scale,
+    })
+}
+
 /// One member's statistics from its selection, with a counting pass when
 /// the selection could not count the entries equal to the threshold per
 /// chunk, or a rescale needs L1 sums.

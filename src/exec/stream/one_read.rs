@@ -29,6 +29,7 @@ use crate::exec::{Budget, Inputs};
 use crate::graph::{NodeId, Op, Plan};
 use crate::io::writer::OutputDir;
 use crate::io::DType;
+use crate::ir::Kernel;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -495,6 +496,13 @@ fn eval_memo(plan: &Plan, st: &State, n: NodeId, start: usize, memo: &Memo, out:
                 }
             }
         }
+        Op::Kernel { kernel: Kernel::Consensus { weights, elect_sign, normalize }, inputs: ins }
+            if fused_trims(plan, st, ins, start, memo).is_some() =>
+        {
+            let (deltas, trims) = fused_trims(plan, st, ins, start, memo).expect("checked");
+            let weights: Vec<f64> = weights.iter().map(|w| w.get()).collect();
+            kernels::consensus_of_trims(&deltas, &trims, &weights, *elect_sign, *normalize, out);
+        }
         Op::Kernel { kernel, inputs: ins } => {
             let mut bufs = Vec::with_capacity(ins.len());
             for &c in ins {
@@ -511,6 +519,26 @@ fn eval_memo(plan: &Plan, st: &State, n: NodeId, start: usize, memo: &Memo, out:
             kernels::apply(kernel, st.prepared.get(&n).unwrap_or(&Prepared::None), start, &refs, out);
         }
     }
+}
+
+/// When every input of a consensus is a magnitude trim of values in the
+/// memo, keeping all or none of the chunk's entries equal to its threshold:
+/// those values and the trims, for the fused kernel.
+fn fused_trims<'m>(
+    plan: &Plan,
+    st: &State,
+    ins: &[NodeId],
+    start: usize,
+    memo: &'m Memo,
+) -> Option<(Vec<&'m [f32]>, Vec<kernels::Trim>)> {
+    let mut deltas = Vec::with_capacity(ins.len());
+    let mut trims = Vec::with_capacity(ins.len());
+    for &c in ins {
+        let Op::Kernel { kernel: Kernel::Sparsify { .. }, inputs } = &plan.nodes[c].op else { return None };
+        trims.push(kernels::chunk_trim(st.prepared.get(&c)?, start)?);
+        deltas.push(memo.get(inputs[0])?);
+    }
+    Some((deltas, trims))
 }
 
 /// `out = a c0 + b c1`, as `out = a; out *= c0; out += b c1` computes it
