@@ -280,6 +280,25 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
             Ok(())
         }
         Op::Router { .. } => unreachable!("routers are computed whole"),
+        Op::Kernel { kernel: crate::ir::Kernel::Consensus { weights, elect_sign, normalize }, inputs: ins }
+            if ins.iter().all(|c| trim_of(plan, st, *c, start).is_some()) =>
+        {
+            // The consensus of magnitude trims in one kernel, the trimmed
+            // chunks never written out.
+            let mut deltas = Vec::with_capacity(ins.len());
+            let mut trims = Vec::with_capacity(ins.len());
+            for &c in ins {
+                let (x, trim) = trim_of(plan, st, c, start).expect("checked");
+                let mut b = Scratch::take(out.len());
+                eval(plan, inputs, st, x, start, &mut b)?;
+                deltas.push(b);
+                trims.push(trim);
+            }
+            let refs: Vec<&[f32]> = deltas.iter().map(|b| &b[..]).collect();
+            let weights: Vec<f64> = weights.iter().map(|w| w.get()).collect();
+            kernels::consensus_of_trims(&refs, &trims, &weights, *elect_sign, *normalize, out);
+            Ok(())
+        }
         Op::Kernel { kernel, inputs: ins } => {
             let mut bufs = Vec::with_capacity(ins.len());
             for &c in ins {
@@ -292,6 +311,16 @@ fn eval(plan: &Plan, inputs: &Inputs, st: &State, n: NodeId, start: usize, out: 
             Ok(())
         }
     }
+}
+
+/// Node `n` as a magnitude trim of the chunk from `start` that keeps all or
+/// none of its entries equal to the threshold: its input and the trim.
+fn trim_of(plan: &Plan, st: &State, n: NodeId, start: usize) -> Option<(NodeId, kernels::Trim)> {
+    let Op::Kernel { kernel: crate::ir::Kernel::Sparsify { .. }, inputs } = &plan.nodes[n].op else { return None };
+    if st.whole.contains_key(&n) {
+        return None;
+    }
+    Some((inputs[0], kernels::chunk_trim(st.prepared.get(&n)?, start)?))
 }
 
 /// `out *= c`.
