@@ -434,14 +434,74 @@ impl Kept {
 }
 
 /// The entries marked in `marks` (bit `i % 16` of word `i / 16`), in
-/// order. At a few percent of entries marked, a loop over set bits, four
-/// words at a time, beats compressing every word.
+/// order: with AVX-512's 16-bit compress, 32 entries a step without a
+/// branch; else a loop over set bits, four words at a time.
 fn positions(marks: &[u16], out: &mut Vec<u16>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512vbmi2") && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features the function is compiled for are present.
+        return unsafe { positions_avx512(marks, out) };
+    }
+    positions_generic(marks, out)
+}
+
+fn positions_generic(marks: &[u16], out: &mut Vec<u16>) {
     for (q, quad) in marks.chunks(4).enumerate() {
         let mut m = quad.iter().enumerate().fold(0u64, |acc, (k, &w)| acc | (w as u64) << (16 * k));
         while m != 0 {
             out.push((q * 64) as u16 + m.trailing_zeros() as u16);
             m &= m - 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+unsafe fn positions_avx512(marks: &[u16], out: &mut Vec<u16>) {
+    use std::arch::x86_64::*;
+    let n: usize = marks.iter().map(|m| m.count_ones() as usize).sum();
+    // Each step stores 32 lanes at the write position: room for them.
+    out.reserve(n + 32);
+    let start = out.len();
+    let dst = out.as_mut_ptr().add(start);
+    let iota: [u16; 32] = std::array::from_fn(|i| i as u16);
+    let iota = _mm512_loadu_si512(iota.as_ptr().cast());
+    let pairs = marks.len() / 2;
+    let mut w = 0usize;
+    for p in 0..pairs {
+        let m = marks[2 * p] as u32 | (marks[2 * p + 1] as u32) << 16;
+        let lanes = _mm512_add_epi16(iota, _mm512_set1_epi16((32 * p) as i16));
+        _mm512_storeu_si512(dst.add(w).cast(), _mm512_maskz_compress_epi16(m, lanes));
+        w += m.count_ones() as usize;
+    }
+    out.set_len(start + w);
+    // An odd last word, one at a time.
+    if marks.len() % 2 == 1 {
+        let mut m = marks[marks.len() - 1];
+        while m != 0 {
+            out.push((32 * pairs) as u16 + m.trailing_zeros() as u16);
+            m &= m - 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Both ways of listing marked positions list them all, in order, for
+    /// even and odd word counts and dense and sparse marks.
+    #[test]
+    fn positions_list_every_mark_in_order() {
+        for words in [0usize, 1, 2, 3, 64, 2048, 2047] {
+            for every in [1usize, 3, 17, 40] {
+                let marks: Vec<u16> = (0..words).map(|w| ((w * 2654435761) >> (w % every)) as u16).collect();
+                let want: Vec<u16> =
+                    (0..words * 16).filter(|&i| marks[i / 16] >> (i % 16) & 1 == 1).map(|i| i as u16).collect();
+                let (mut a, mut b) = (vec![9u16], vec![9u16]);
+                super::positions(&marks, &mut a);
+                super::positions_generic(&marks, &mut b);
+                assert_eq!(a[1..], want[..], "{words} words");
+                assert_eq!(b[1..], want[..], "{words} words");
+            }
         }
     }
 }
