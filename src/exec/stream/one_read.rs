@@ -423,11 +423,18 @@ impl Kept {
             }
             leaves.push(b);
         }
+        // Each leaf's buffer goes to its first load node; other loads of the
+        // same tensor get copies.
         let mut memo = Memo::default();
         for &(node, l) in &shape.leaf_of {
-            let mut b = Scratch::take(n);
-            b.copy_from_slice(&leaves[l]);
-            memo.put(node, b);
+            if node != shape.leaves[l].node {
+                let mut b = Scratch::take(n);
+                b.copy_from_slice(&leaves[l]);
+                memo.put(node, b);
+            }
+        }
+        for (leaf, b) in shape.leaves.iter().zip(leaves) {
+            memo.put(leaf.node, b);
         }
         memo
     }
