@@ -538,16 +538,33 @@ fn eval_memo(plan: &Plan, st: &State, n: NodeId, start: usize, memo: &Memo, out:
         Op::Load { .. } | Op::Router { .. } => unreachable!("loads are read ahead, routers are not one-read"),
         Op::Zeros => out.fill(0.0),
         Op::Lin(terms) => {
-            // The first two terms from the memo in one loop, without copying
-            // the first: the same operations as copying, scaling and adding.
+            // The first two terms in one loop, without copying the first:
+            // the same operations as copying, scaling and adding. A term not
+            // in the memo is computed first.
             let mut skip = 0;
-            if let [(c0, x0), (c1, x1), ..] = &terms[..] {
-                if let (Some(a), Some(b)) = (memo.get(*x0), memo.get(*x1)) {
-                    first_two(out, a, c0.get() as f32, b, c1.get() as f32);
-                    skip = 2;
-                }
-            }
             let mut scratch = Scratch::take(out.len());
+            if let [(c0, x0), (c1, x1), ..] = &terms[..] {
+                let mut second = Scratch::take(0);
+                match (memo.get(*x0), memo.get(*x1)) {
+                    (Some(a), Some(b)) => {
+                        first_two(out, a, c0.get() as f32, b, c1.get() as f32);
+                        skip = 2;
+                    }
+                    (Some(a), None) => {
+                        second = Scratch::take(out.len());
+                        eval_memo(plan, st, *x1, start, memo, &mut second);
+                        first_two(out, a, c0.get() as f32, &second, c1.get() as f32);
+                        skip = 2;
+                    }
+                    (None, Some(b)) => {
+                        eval_memo(plan, st, *x0, start, memo, &mut scratch);
+                        first_two(out, &scratch, c0.get() as f32, b, c1.get() as f32);
+                        skip = 2;
+                    }
+                    (None, None) => {}
+                }
+                drop(second);
+            }
             for (k, (c, x)) in terms.iter().enumerate().skip(skip) {
                 let c = c.get() as f32;
                 if k == 0 {
