@@ -172,6 +172,15 @@ fn one_read(
                 inputs.read_fresh(leaf.model, &leaf.tensor, range.start, &mut b)?;
                 memo.put(leaf.node, b);
             }
+            // Other loads of a tensor read above (none when the graph shares
+            // its loads, as it does) get copies.
+            for &(node, l) in &shape.leaf_of {
+                if node != shape.leaves[l].node {
+                    let mut b = Scratch::take(len);
+                    b.copy_from_slice(memo.get(shape.leaves[l].node).expect("read above"));
+                    memo.put(node, b);
+                }
+            }
             let marks = &mut marks[..len.div_ceil(16)];
             marks.fill(0);
             for (j, s) in shape.selected.iter().enumerate() {
