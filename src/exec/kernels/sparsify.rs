@@ -271,6 +271,8 @@ pub(in crate::exec) fn chunk_trim(prep: &Prepared, start: usize) -> Option<super
     let Prepared::Magnitude { threshold, equal_budget, scale } = prep else { return None };
     let c = start / CHUNK;
     let budget = equal_budget.get(c).copied().unwrap_or(usize::MAX);
+    // Budget left for the next chunk: this one keeps all its entries equal
+    // to the threshold (0 when unknown).
     let next = match equal_budget.len() {
         0 => usize::MAX,
         _ => equal_budget.get(c + 1).copied().unwrap_or(0),
@@ -414,25 +416,18 @@ pub fn apply(prep: &Prepared, start: usize, x: &[f32], out: &mut [f32]) {
         Prepared::None => out.copy_from_slice(x),
         Prepared::Zero => out.fill(0.0),
         Prepared::Magnitude { threshold, equal_budget, scale } => {
-            let (t, s) = (*threshold, *scale);
-            let c = start / CHUNK;
-            let budget = equal_budget.get(c).copied().unwrap_or(usize::MAX);
-            // Budget left for the next chunk: this one keeps all its
-            // entries equal to the threshold (0 when unknown).
-            let next = match equal_budget.len() {
-                0 => usize::MAX,
-                _ => equal_budget.get(c + 1).copied().unwrap_or(0),
-            };
-            if budget == 0 || next > 0 {
+            if let Some(trim) = chunk_trim(prep, start) {
                 // No entry equal to the threshold kept, or all of them: one
                 // loop that vectorizes.
-                let keep_equal = budget > 0;
+                let (t, s, keep_equal) = (trim.threshold, trim.scale, trim.keep_equal);
                 for (o, v) in out.iter_mut().zip(x) {
                     let m = v.abs();
                     *o = if m > t || (keep_equal && m == t) { v * s } else { 0.0 };
                 }
                 return;
             }
+            let (t, s) = (*threshold, *scale);
+            let budget = equal_budget.get(start / CHUNK).copied().unwrap_or(usize::MAX);
             // Entries above the threshold, in a loop that vectorizes; then
             // those equal to it, in index order while the chunk's budget
             // lasts.
