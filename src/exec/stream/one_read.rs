@@ -230,10 +230,15 @@ fn one_read(
         let mut vals = Scratch::take(k.pos.len());
         eval_memo(plan, &fin, root, k.chunk * CHUNK, &memo, &mut vals);
         let encoded = crate::io::codec::encode(&vals, dtype);
-        let patch = |bytes: &mut [u8]| {
-            let size = size as usize;
-            for (&p, v) in k.pos.iter().zip(encoded.chunks_exact(size)) {
-                bytes[p as usize * size..(p as usize + 1) * size].copy_from_slice(v);
+        let patch = |bytes: &mut [u8]| match size {
+            // A fixed size, so each entry is one store rather than a call.
+            2 => scatter::<2>(bytes, &k.pos, &encoded),
+            4 => scatter::<4>(bytes, &k.pos, &encoded),
+            s => {
+                let s = s as usize;
+                for (&p, v) in k.pos.iter().zip(encoded.chunks_exact(s)) {
+                    bytes[p as usize * s..(p as usize + 1) * s].copy_from_slice(v);
+                }
             }
         };
         if let Some(h) = held.get(k.chunk) {
@@ -446,6 +451,15 @@ impl Kept {
             memo.put(leaf.node, b);
         }
         memo
+    }
+}
+
+/// Writes entry `i` of `encoded` (`S` bytes each) at entry `pos[i]` of
+/// `bytes`.
+fn scatter<const S: usize>(bytes: &mut [u8], pos: &[u16], encoded: &[u8]) {
+    for (&p, v) in pos.iter().zip(encoded.chunks_exact(S)) {
+        let at = p as usize * S;
+        bytes[at..at + S].copy_from_slice(&<[u8; S]>::try_from(v).expect("S bytes"));
     }
 }
 
