@@ -46,10 +46,17 @@ pub fn consensus_of_trims(
     let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
     // Two to four inputs (TIES merges most often), an entry at a time with
     // every input's work in registers.
+    let len = out.len();
+    macro_rules! per_entry {
+        ($n:literal) => {{
+            let d: [&[f32]; $n] = std::array::from_fn(|j| &deltas[j][..len]);
+            return trims_per_entry::<$n>(|j, i| d[j][i], trims, &w, elect_sign, normalize, out);
+        }};
+    }
     match (deltas.len(), w.len()) {
-        (2, 2..) => return trims_per_entry::<2>(deltas, trims, &w, elect_sign, normalize, out),
-        (3, 3..) => return trims_per_entry::<3>(deltas, trims, &w, elect_sign, normalize, out),
-        (4, 4..) => return trims_per_entry::<4>(deltas, trims, &w, elect_sign, normalize, out),
+        (2, 2..) => per_entry!(2),
+        (3, 3..) => per_entry!(3),
+        (4, 4..) => per_entry!(4),
         _ => {}
     }
     let mut trimmed = vec![[0f32; B]; deltas.len()];
@@ -66,27 +73,77 @@ pub fn consensus_of_trims(
     }
 }
 
+/// [`consensus_of_trims`] of task vectors made as they are read: input `j`
+/// is `a_j c0_j + b_j c1_j` (a fine-tune and its base), never written out.
+/// The same bits as computing each sum (as `stream`'s linear combinations
+/// do: a product by 1 is exact) and then [`consensus_of_trims`].
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2"))]
+pub fn consensus_of_trimmed_sums(
+    sums: &[Sum<'_>],
+    trims: &[Trim],
+    weights: &[f64],
+    elect_sign: bool,
+    normalize: bool,
+    out: &mut [f32],
+) {
+    let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    let len = out.len();
+    macro_rules! per_entry {
+        ($n:literal) => {{
+            let a: [&[f32]; $n] = std::array::from_fn(|j| &sums[j].a[..len]);
+            let b: [&[f32]; $n] = std::array::from_fn(|j| &sums[j].b[..len]);
+            let c0: [f32; $n] = std::array::from_fn(|j| sums[j].c0);
+            let c1: [f32; $n] = std::array::from_fn(|j| sums[j].c1);
+            return trims_per_entry::<$n>(
+                |j, i| a[j][i] * c0[j] + b[j][i] * c1[j],
+                trims,
+                &w,
+                elect_sign,
+                normalize,
+                out,
+            );
+        }};
+    }
+    match (sums.len(), w.len()) {
+        (2, 2..) => per_entry!(2),
+        (3, 3..) => per_entry!(3),
+        (4, 4..) => per_entry!(4),
+        _ => {}
+    }
+    let deltas: Vec<Vec<f32>> =
+        sums.iter().map(|s| s.a[..len].iter().zip(&s.b[..len]).map(|(a, b)| a * s.c0 + b * s.c1).collect()).collect();
+    let refs: Vec<&[f32]> = deltas.iter().map(|d| &d[..]).collect();
+    consensus_of_trims(&refs, trims, weights, elect_sign, normalize, out);
+}
+
+/// `a c0 + b c1`, entry by entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Sum<'a> {
+    pub a: &'a [f32],
+    pub c0: f32,
+    pub b: &'a [f32],
+    pub c1: f32,
+}
+
 /// [`consensus_of_trims`] for `N` inputs, an entry at a time: per entry,
 /// the operations of the blocks, in their order (the sums start at +0 and
 /// add the inputs' terms in turn).
 #[inline(always)]
 fn trims_per_entry<const N: usize>(
-    deltas: &[&[f32]],
+    delta: impl Fn(usize, usize) -> f32,
     trims: &[Trim],
     w: &[f32],
     elect_sign: bool,
     normalize: bool,
     out: &mut [f32],
 ) {
-    let len = out.len();
-    let d: [&[f32]; N] = std::array::from_fn(|j| &deltas[j][..len]);
     let th: [f32; N] = std::array::from_fn(|j| trims[j].threshold);
     let keep: [bool; N] = std::array::from_fn(|j| trims[j].keep_equal);
     let sc: [f32; N] = std::array::from_fn(|j| trims[j].scale);
     let w: [f32; N] = std::array::from_fn(|j| w[j]);
     for (i, o) in out.iter_mut().enumerate() {
         let t: [f32; N] = std::array::from_fn(|j| {
-            let x = d[j][i];
+            let x = delta(j, i);
             let m = x.abs();
             if m > th[j] || (keep[j] && m == th[j]) {
                 x * sc[j]
@@ -602,6 +659,44 @@ fn softmax(x: &[f32]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+    /// Task vectors made as they are read give the bits of making them
+    /// first, as a linear combination does (products by 1 left out there),
+    /// for 2 to 5 inputs and coefficients 1, -1 and others.
+    #[test]
+    fn consensus_of_trimmed_sums_matches_making_the_sums_first() {
+        use super::{consensus_of_trimmed_sums, consensus_of_trims, Sum, Trim};
+        let v = |i: usize, j: usize| ((i * 37 + j * 101) % 89) as f32 / 64.0 - 0.7;
+        for (len, inputs) in [(257usize, 2), (1000, 3), (999, 4), (300, 5)] {
+            let a: Vec<Vec<f32>> = (0..inputs).map(|j| (0..len).map(|i| v(i, j + 1)).collect()).collect();
+            let base: Vec<f32> = (0..len).map(|i| v(i, 0)).collect();
+            for (c0, c1) in [(1.0f32, -1.0f32), (0.5, -1.0), (1.0, 1.0), (2.0, 0.25)] {
+                let made: Vec<Vec<f32>> = a
+                    .iter()
+                    .map(|a| {
+                        a.iter()
+                            .zip(&base)
+                            .map(|(x, b)| match (c0 == 1.0, c1 == 1.0) {
+                                (true, true) => x + b,
+                                (true, false) => x + b * c1,
+                                (false, true) => x * c0 + b,
+                                (false, false) => x * c0 + b * c1,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let refs: Vec<&[f32]> = made.iter().map(|m| &m[..]).collect();
+                let sums: Vec<Sum> = a.iter().map(|a| Sum { a, c0, b: &base, c1 }).collect();
+                let trims = vec![Trim { threshold: 0.25, keep_equal: true, scale: 1.0 }; inputs];
+                let weights = [1.0, 0.7, 0.3, 1.5, 0.25][..inputs].to_vec();
+                let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
+                consensus_of_trims(&refs, &trims, &weights, true, true, &mut want);
+                consensus_of_trimmed_sums(&sums, &trims, &weights, true, true, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{inputs} inputs, {c0} {c1}");
+            }
+        }
+    }
+
     /// The fused kernel gives the bits of trimming each input (as
     /// `sparsify::apply` does) and then taking the consensus, on lengths
     /// around a block, with ties at the thresholds, zeros, -0, NaN and

@@ -12,7 +12,7 @@ mod sphere;
 mod svd;
 
 pub use crate::rng::{stream_key, uniform};
-pub(in crate::exec) use combine::{consensus_of_trims, Trim};
+pub(in crate::exec) use combine::{consensus_of_trimmed_sums, consensus_of_trims, Sum, Trim};
 pub use select::kth_largest_magnitude;
 pub(in crate::exec) use select::{Guide, Tally};
 pub(in crate::exec) use sparsify::{chunk_trim, magnitude_without_pass};

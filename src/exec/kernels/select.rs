@@ -435,6 +435,23 @@ impl Tally {
         m.scan(c, bits, (lo, hi), None)
     }
 
+    /// [`Tally::scan_marking`] of the values `a c0 + b c1` (see
+    /// [`scan_sum_keys`]).
+    pub(in crate::exec) fn scan_sum_marking(
+        &mut self,
+        j: usize,
+        c: usize,
+        s: &super::Sum<'_>,
+        marks: &mut [u16],
+    ) -> usize {
+        let m = &mut self.members[j];
+        let (lo, hi) = (m.lo, m.hi);
+        let before = m.keys.len();
+        let n = scan_sum_keys(s, lo, hi, &mut m.keys, Some(marks));
+        m.record(c, n);
+        m.keys.len() - before
+    }
+
     /// [`Tally::scan`], also setting bit `i % 16` of `marks[i / 16]` for
     /// each key `i` inside the member's interval `[lo, hi]` (ends included):
     /// the entries whose fate the interval leaves open.
@@ -486,13 +503,18 @@ impl Candidates {
         (self.lo, self.hi) = (lo, hi);
         let before = self.keys.len();
         let n = scan_keys(bits, lo, hi, &mut self.keys, marks);
+        self.record(c, n);
+        self.keys.len() - before
+    }
+
+    /// Adds chunk `c`'s counts, its kept keys already appended.
+    fn record(&mut self, c: usize, n: Counts) {
         self.above += n.above;
         self.at_hi += n.at_hi;
         self.at_lo += n.at_lo;
         self.zeros += n.zeros;
         self.non_finite |= n.non_finite;
         self.ends.push(ChunkEnd { chunk: c, end: self.keys.len(), at_lo: n.at_lo, at_hi: n.at_hi });
-        self.keys.len() - before
     }
 }
 
@@ -565,20 +587,86 @@ fn scan_keys_generic(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>, marks: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn scan_keys_avx512(
-    bits: &[u32],
+unsafe fn scan_keys_avx512(bits: &[u32], lo: u32, hi: u32, out: &mut Vec<u32>, marks: Option<&mut [u16]>) -> Counts {
+    use std::arch::x86_64::*;
+    let load = |i: usize| _mm512_loadu_si512(bits.as_ptr().add(16 * i).cast());
+    let (n, marks) = scan_steps_avx512(bits.len(), load, lo, hi, out, marks);
+    // The rest starts at a multiple of 16: its marks are a word's bits.
+    let steps = bits.len() / 16;
+    n.add(scan_keys_generic(&bits[16 * steps..], lo, hi, out, marks.map(|m| &mut m[steps..])))
+}
+
+/// [`scan_keys`] of the values `a c0 + b c1`, made as they are scanned (the
+/// task vector of a fine-tune `a` over its base `b`, `c1 = -1`): their bits
+/// are those of the sums a linear combination computes (a product by 1 is
+/// exact).
+fn scan_sum_keys(s: &super::Sum<'_>, lo: u32, hi: u32, out: &mut Vec<u32>, marks: Option<&mut [u16]>) -> Counts {
+    let len = s.a.len().min(s.b.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature the function is compiled for is present.
+        return unsafe { scan_sum_avx512(s, len, lo, hi, out, marks) };
+    }
+    let bits: Vec<u32> = (0..len).map(|i| (s.a[i] * s.c0 + s.b[i] * s.c1).to_bits()).collect();
+    scan_keys_generic(&bits, lo, hi, out, marks)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_sum_avx512(
+    s: &super::Sum<'_>,
+    len: usize,
     lo: u32,
     hi: u32,
     out: &mut Vec<u32>,
-    mut marks: Option<&mut [u16]>,
+    marks: Option<&mut [u16]>,
 ) -> Counts {
     use std::arch::x86_64::*;
+    let (c0, c1) = (_mm512_set1_ps(s.c0), _mm512_set1_ps(s.c1));
+    // The loads read whole steps of sixteen inside both slices.
+    let load = |i: usize| {
+        let a = _mm512_loadu_ps(s.a.as_ptr().add(16 * i));
+        let b = _mm512_loadu_ps(s.b.as_ptr().add(16 * i));
+        _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(a, c0), _mm512_mul_ps(b, c1)))
+    };
+    let (n, marks) = scan_steps_avx512(len, load, lo, hi, out, marks);
+    let steps = len / 16;
+    let rest: Vec<u32> = (16 * steps..len).map(|i| (s.a[i] * s.c0 + s.b[i] * s.c1).to_bits()).collect();
+    n.add(scan_keys_generic(&rest, lo, hi, out, marks.map(|m| &mut m[steps..])))
+}
+
+impl Counts {
+    fn add(self, o: Counts) -> Counts {
+        Counts {
+            above: self.above + o.above,
+            at_hi: self.at_hi + o.at_hi,
+            at_lo: self.at_lo + o.at_lo,
+            zeros: self.zeros + o.zeros,
+            non_finite: self.non_finite || o.non_finite,
+        }
+    }
+}
+
+/// The whole steps of sixteen keys of a scan, each step's values from
+/// `load(step)` (bits, the sign not yet cleared); returns their counts and
+/// the marks left for the rest.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scan_steps_avx512<'m>(
+    len: usize,
+    load: impl Fn(usize) -> std::arch::x86_64::__m512i,
+    lo: u32,
+    hi: u32,
+    out: &mut Vec<u32>,
+    mut marks: Option<&'m mut [u16]>,
+) -> (Counts, Option<&'m mut [u16]>) {
+    use std::arch::x86_64::*;
     if let Some(m) = &marks {
-        assert!(m.len() >= bits.len().div_ceil(16), "a mark word for every sixteen keys");
+        assert!(m.len() >= len.div_ceil(16), "a mark word for every sixteen keys");
     }
     let start = out.len();
     // Each step stores sixteen lanes at the write position: room for them.
-    out.reserve(bits.len() + 16);
+    out.reserve(len + 16);
     let dst = out.as_mut_ptr().add(start);
     let sign = _mm512_set1_epi32(0x7fff_ffff);
     let (vlo, vhi) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi as i32));
@@ -590,9 +678,9 @@ unsafe fn scan_keys_avx512(
     let zero = _mm512_setzero_si512();
     let one = _mm512_set1_epi32(1);
     let (mut above, mut at_hi_n, mut at_lo_n, mut zeros) = (zero, zero, zero, zero);
-    let steps = bits.len() / 16;
+    let steps = len / 16;
     for i in 0..steps {
-        let k = _mm512_and_si512(_mm512_loadu_si512(bits.as_ptr().add(16 * i).cast()), sign);
+        let k = _mm512_and_si512(load(i), sign);
         above = _mm512_mask_add_epi32(above, _mm512_cmpgt_epu32_mask(k, vhi), above, one);
         let at_hi = _mm512_cmpeq_epi32_mask(k, vhi);
         at_hi_n = _mm512_mask_add_epi32(at_hi_n, at_hi, at_hi_n, one);
@@ -614,18 +702,10 @@ unsafe fn scan_keys_avx512(
         at_hi: sum(at_hi_n),
         at_lo: if count_lo { sum(at_lo_n) } else { 0 },
         zeros: sum(zeros),
-        non_finite: false,
+        non_finite: non_finite != 0,
     };
     out.set_len(start + w);
-    // The rest starts at a multiple of 16: its marks are a word's bits.
-    let rest = scan_keys_generic(&bits[16 * steps..], lo, hi, out, marks.map(|m| &mut m[steps..]));
-    Counts {
-        above: n.above + rest.above,
-        at_hi: n.at_hi + rest.at_hi,
-        at_lo: n.at_lo + rest.at_lo,
-        zeros: n.zeros + rest.zeros,
-        non_finite: non_finite != 0 || rest.non_finite,
-    }
+    (n, marks)
 }
 
 /// The radix selection, in two passes: a histogram of the keys' high 16
@@ -910,6 +990,28 @@ mod tests {
             // Ties at the ends are counted, not kept: no fallback for them.
             assert!(sampled[5..].iter().all(Option::is_some), "{chunks} chunks, {sample_keys} keys");
             assert_eq!(select(&src, &members, &ks).unwrap(), radix);
+        }
+    }
+
+    /// Scanning sums as they are made keeps, counts and marks what scanning
+    /// the made values does, on lengths around a step of sixteen.
+    #[test]
+    fn scanning_sums_matches_scanning_their_values() {
+        let a = task_vector(1000, 3);
+        let b = task_vector(1000, 4);
+        let (c0, c1) = (1.0f32, -1.0f32);
+        let made: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y * c1).collect();
+        let mut sorted: Vec<u32> = as_bits(&made).iter().map(|b| b & 0x7fff_ffff).collect();
+        sorted.sort_unstable();
+        for (lo, hi) in [(sorted[300], sorted[700]), (sorted[500], sorted[500]), (0, u32::MAX)] {
+            for len in [0usize, 15, 16, 17, 999, 1000] {
+                let (mut ka, mut kb) = (vec![7u32], vec![7u32]);
+                let (mut ma, mut mb) = (vec![0u16; len.div_ceil(16)], vec![0u16; len.div_ceil(16)]);
+                let s = crate::exec::kernels::Sum { a: &a[..len], c0, b: &b[..len], c1 };
+                let got = scan_sum_keys(&s, lo, hi, &mut ka, Some(&mut ma));
+                let want = scan_keys(&as_bits(&made)[..len], lo, hi, &mut kb, Some(&mut mb));
+                assert_eq!((got, &ka, &ma), (want, &kb, &mb), "len {len}, [{lo}, {hi}]");
+            }
         }
     }
 

@@ -184,6 +184,12 @@ fn one_read(
             let marks = &mut marks[..len.div_ceil(16)];
             marks.fill(0);
             for (j, s) in shape.selected.iter().enumerate() {
+                // A task vector (a fine-tune less its base) is scanned as it
+                // is made, never written out; other inputs are computed.
+                if let Some(sum) = sum_of(plan, s.input, &memo) {
+                    tally.scan_sum_marking(j, c, &sum, marks);
+                    continue;
+                }
                 let mut x = Scratch::take(len);
                 eval_memo(plan, &empty, s.input, range.start, &memo, &mut x);
                 tally.scan_marking(j, c, as_bits(&x), marks);
@@ -608,7 +614,12 @@ fn eval_memo(plan: &Plan, st: &State, n: NodeId, start: usize, memo: &Memo, out:
         {
             let (deltas, trims) = fused_trims(plan, st, ins, start, memo).expect("checked");
             let weights: Vec<f64> = weights.iter().map(|w| w.get()).collect();
-            kernels::consensus_of_trims(&deltas, &trims, &weights, *elect_sign, *normalize, out);
+            match deltas {
+                Deltas::Memo(d) => kernels::consensus_of_trims(&d, &trims, &weights, *elect_sign, *normalize, out),
+                Deltas::Sums(s) => {
+                    kernels::consensus_of_trimmed_sums(&s, &trims, &weights, *elect_sign, *normalize, out)
+                }
+            }
         }
         Op::Kernel { kernel, inputs: ins } => {
             let mut bufs = Vec::with_capacity(ins.len());
@@ -628,24 +639,44 @@ fn eval_memo(plan: &Plan, st: &State, n: NodeId, start: usize, memo: &Memo, out:
     }
 }
 
-/// When every input of a consensus is a magnitude trim of values in the
-/// memo, keeping all or none of the chunk's entries equal to its threshold:
-/// those values and the trims, for the fused kernel.
+/// The trimmed inputs of a fused consensus: values in the memo, or sums of
+/// two terms in the memo, made as they are read.
+enum Deltas<'m> {
+    Memo(Vec<&'m [f32]>),
+    Sums(Vec<kernels::Sum<'m>>),
+}
+
+/// When every input of a consensus is a magnitude trim keeping all or none
+/// of the chunk's entries equal to its threshold, of values in the memo
+/// (or, for all of them, of sums of two terms in the memo): those values
+/// and the trims, for the fused kernel.
 fn fused_trims<'m>(
     plan: &Plan,
     st: &State,
     ins: &[NodeId],
     start: usize,
     memo: &'m Memo,
-) -> Option<(Vec<&'m [f32]>, Vec<kernels::Trim>)> {
-    let mut deltas = Vec::with_capacity(ins.len());
+) -> Option<(Deltas<'m>, Vec<kernels::Trim>)> {
     let mut trims = Vec::with_capacity(ins.len());
+    let mut xs = Vec::with_capacity(ins.len());
     for &c in ins {
         let Op::Kernel { kernel: Kernel::Sparsify { .. }, inputs } = &plan.nodes[c].op else { return None };
         trims.push(kernels::chunk_trim(st.prepared.get(&c)?, start)?);
-        deltas.push(memo.get(inputs[0])?);
+        xs.push(inputs[0]);
     }
-    Some((deltas, trims))
+    if let Some(d) = xs.iter().map(|&x| memo.get(x)).collect::<Option<Vec<_>>>() {
+        return Some((Deltas::Memo(d), trims));
+    }
+    let sums = xs.iter().map(|&x| sum_of(plan, x, memo)).collect::<Option<Vec<_>>>()?;
+    Some((Deltas::Sums(sums), trims))
+}
+
+/// Node `n` as `a c0 + b c1` of two values in the memo (a task vector: a
+/// fine-tune, and its base times -1).
+fn sum_of<'m>(plan: &Plan, n: NodeId, memo: &'m Memo) -> Option<kernels::Sum<'m>> {
+    let Op::Lin(terms) = &plan.nodes[n].op else { return None };
+    let [(c0, a), (c1, b)] = &terms[..] else { return None };
+    Some(kernels::Sum { a: memo.get(*a)?, c0: c0.get() as f32, b: memo.get(*b)?, c1: c1.get() as f32 })
 }
 
 /// `out = a c0 + b c1`, as `out = a; out *= c0; out += b c1` computes it
