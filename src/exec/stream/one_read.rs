@@ -4,7 +4,7 @@
 //! can trim a chunk; read plainly, that costs a pass over the inputs to
 //! select and another to stream. Here one pass does both:
 //!
-//! 1. A sample of chunks gives each trim an interval `[lo, hi]` of
+//! 1. A sample (pieces spread over the tensor) gives each trim an interval `[lo, hi]` of
 //!    magnitude keys that holds its threshold (as in the selection's
 //!    guided pass, `kernels::select::Guide`).
 //! 2. One pass reads every chunk once. It tallies the selection, and it
@@ -88,6 +88,7 @@ enum Outcome {
     Plain(String),
 }
 
+/// The attempt itself: the sample, the pass and the patch.
 fn one_read(
     plan: &Plan,
     inputs: &Inputs,
