@@ -132,3 +132,24 @@ fn a_misleading_sample_falls_back_to_the_plain_passes() {
     }
     assert_bits(&got, &want, "after the fallback");
 }
+
+/// A NaN in a fine-tune (without `--strict`, a run goes on and warns): the
+/// tensor holding it takes the plain passes, the others one read, and the
+/// output is the plain passes' everywhere.
+#[test]
+fn an_input_holding_nan_takes_the_plain_passes() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    models(d, |_, _| false);
+    let mut ft1 = read_model(&d.join("ft1"));
+    ft1.get_mut(ROWS[0].0).unwrap().data[777] = f32::NAN;
+    let config = std::fs::read_to_string(d.join("ft1/config.json")).unwrap();
+    write_model(&d.join("ft1"), &ft1, &config);
+    let (trace, _) = run(d, "out", "2", &[]);
+    let line = |name: &str| trace.lines().find(|l| l.contains(&format!("`{name}`"))).unwrap_or_default().to_string();
+    assert!(line(ROWS[0].0).contains("plain passes"), "{trace}");
+    assert!(line(ROWS[1].0).contains("patched"), "{trace}");
+    let (_, _) = run(d, "plain", "2", &["--max-memory", "1KB"]);
+    let bytes = |o: &str| std::fs::read(d.join(o).join("model.safetensors")).unwrap();
+    assert!(bytes("out") == bytes("plain"), "one read and the plain passes differ with a NaN input");
+}
