@@ -19,7 +19,9 @@ const COLS: usize = 512;
 /// f32, as bf16 weights are), and each task vector takes one of 41 values,
 /// so about 2.4% of its entries share each magnitude, the threshold's too.
 /// `small_where(i)` makes task vectors tiny at the entries it names.
-fn models(d: &Path, small_where: impl Fn(usize, usize) -> bool) {
+/// Stored as `dtype` (`F32`, or `BF16`: rounded, so the task vectors take
+/// other values, still with many ties).
+fn models(d: &Path, dtype: &str, small_where: impl Fn(usize, usize) -> bool) {
     let hash = |i: usize, j: usize| (i as u64 * 0x9e37_79b9 + j as u64 * 0x85eb_ca6b).wrapping_mul(0xc2b2_ae35) >> 29;
     for j in 0..4 {
         let mut m = BTreeMap::new();
@@ -36,7 +38,7 @@ fn models(d: &Path, small_where: impl Fn(usize, usize) -> bool) {
                     base + delta
                 })
                 .collect();
-            m.insert(name.to_string(), T { shape: vec![*rows, COLS], dtype: "F32".into(), data });
+            m.insert(name.to_string(), T { shape: vec![*rows, COLS], dtype: dtype.into(), data });
         }
         m.insert("model.norm.weight".into(), T { shape: vec![COLS], dtype: "F32".into(), data: vec![1.0; COLS] });
         let config = format!(
@@ -46,7 +48,8 @@ fn models(d: &Path, small_where: impl Fn(usize, usize) -> bool) {
     }
 }
 
-/// base + TIES(density 0.3) of the three fine-tunes, computed here.
+/// base + TIES(density 0.3) of the three fine-tunes, computed here in f32
+/// and rounded as the models are stored.
 fn expected(d: &Path) -> BTreeMap<String, Vec<f32>> {
     let read = |m: &str| read_model(&d.join(m));
     let (base, fts) = (read("base"), [read("ft1"), read("ft2"), read("ft3")]);
@@ -55,7 +58,11 @@ fn expected(d: &Path) -> BTreeMap<String, Vec<f32>> {
             let b = &base[*name].data;
             let deltas: Vec<Vec<f32>> = fts.iter().map(|f| sub(&f[*name].data, b)).collect();
             let merged = ties_reference(&deltas, 0.3);
-            (name.to_string(), b.iter().zip(&merged).map(|(x, m)| x + m).collect())
+            let round = |v: f32| match base[*name].dtype.as_str() {
+                "BF16" => half::bf16::from_f32(v).to_f32(),
+                _ => v,
+            };
+            (name.to_string(), b.iter().zip(&merged).map(|(x, m)| round(x + m)).collect())
         })
         .collect()
 }
@@ -90,15 +97,25 @@ fn assert_bits(got: &BTreeMap<String, T>, want: &BTreeMap<String, Vec<f32>>, wha
 
 #[test]
 fn ties_in_one_read_equals_an_independent_ties_and_the_plain_passes() {
+    one_read_equals_an_independent_ties("F32", "undecided, patched");
+}
+
+/// bf16 models and output take the pass in one loop over the stored bits.
+#[test]
+fn ties_of_bf16_in_one_loop_equals_an_independent_ties_and_the_plain_passes() {
+    one_read_equals_an_independent_ties("BF16", "undecided, patched in one loop");
+}
+
+fn one_read_equals_an_independent_ties(dtype: &str, how: &str) {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    models(d, |_, _| false);
+    models(d, dtype, |_, _| false);
     let want = expected(d);
     for threads in ["1", "2"] {
         let (trace, got) = run(d, &format!("out{threads}"), threads, &[]);
         for (name, _) in ROWS {
             let line = trace.lines().find(|l| l.contains(&format!("`{name}`"))).unwrap_or_default();
-            assert!(line.contains("undecided, patched"), "{name} was not written in one read:\n{trace}");
+            assert!(line.ends_with(how), "{name} was not written in one read ({how}):\n{trace}");
         }
         assert_bits(&got, &want, &format!("one read, {threads} threads"));
     }
@@ -123,7 +140,7 @@ fn a_misleading_sample_falls_back_to_the_plain_passes() {
     // in the middle of its eighth of the tensor (see `sample` in
     // one_read.rs); the test marks the second half of every eighth.
     let n = |t: usize| ROWS[t].1 * COLS;
-    models(d, |t, i| (i % (n(t) / 8)) >= n(t) / 16);
+    models(d, "F32", |t, i| (i % (n(t) / 8)) >= n(t) / 16);
     let want = expected(d);
     let (trace, got) = run(d, "out", "2", &[]);
     for (name, _) in ROWS {
@@ -138,9 +155,14 @@ fn a_misleading_sample_falls_back_to_the_plain_passes() {
 /// output is the plain passes' everywhere.
 #[test]
 fn an_input_holding_nan_takes_the_plain_passes() {
+    nan_takes_the_plain_passes("F32");
+    nan_takes_the_plain_passes("BF16");
+}
+
+fn nan_takes_the_plain_passes(dtype: &str) {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    models(d, |_, _| false);
+    models(d, dtype, |_, _| false);
     let mut ft1 = read_model(&d.join("ft1"));
     ft1.get_mut(ROWS[0].0).unwrap().data[777] = f32::NAN;
     let config = std::fs::read_to_string(d.join("ft1/config.json")).unwrap();

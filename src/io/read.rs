@@ -185,6 +185,22 @@ impl Inputs {
         self.read_direct(model, tensor, start, out)
     }
 
+    /// Reads elements `start ..` of a tensor stored as bf16, as their bits,
+    /// without decoding or checking them (the one read checks what it
+    /// computes from them, and leaves non-finite values to the plain
+    /// passes, which check as they read).
+    pub fn read_bf16(&self, model: usize, tensor: &str, start: usize, out: &mut [u16]) -> Result<(), String> {
+        if self.read_as(model, tensor) != Some(DType::BF16) {
+            return Err(format!("tensor `{tensor}` is not stored as bf16"));
+        }
+        // SAFETY: the bytes of the u16 slice, which any bytes fill validly.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 2) };
+        self.read_bytes(model, tensor, start as u64 * 2, bytes)?;
+        #[cfg(target_endian = "big")]
+        out.iter_mut().for_each(|v| *v = u16::from_le(*v));
+        Ok(())
+    }
+
     /// Reads elements `start ..` of a tensor into `out` as f32, past the
     /// per-thread cache of shared chunks: for a reader that reads each
     /// chunk once.

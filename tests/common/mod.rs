@@ -198,19 +198,26 @@ pub fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// Writes f32 tensors as a checkpoint directory with `config` as config.json.
+/// Writes tensors as a checkpoint directory with `config` as config.json:
+/// as bf16 (rounded to nearest even) where their dtype says `BF16`, else as
+/// f32.
 pub fn write_model(dir: &Path, tensors: &BTreeMap<String, T>, config: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (name, t) in tensors {
         let start = data.len();
+        let bf16 = t.dtype == "BF16";
         for v in &t.data {
-            data.extend_from_slice(&v.to_le_bytes());
+            match bf16 {
+                true => data.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
+                false => data.extend_from_slice(&v.to_le_bytes()),
+            }
         }
+        let dtype = if bf16 { "BF16" } else { "F32" };
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [start, data.len()]}),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [start, data.len()]}),
         );
     }
     let h = serde_json::Value::Object(header).to_string();

@@ -3,19 +3,22 @@
 //! flat slices, shared by both engines: `sparsify.rs` (trimming and
 //! dropping), `select.rs` (the k-th largest magnitude, for the trims), `combine.rs` (sign consensus, RAM and the base-relative
 //! methods), `sphere.rs` (the spherical interpolations), `svd.rs` (the
-//! SVD-based methods).
+//! SVD-based methods), `ties_pass.rs` (TIES's one-read pass over a bf16
+//! chunk in one loop).
 
 mod combine;
 mod select;
 mod sparsify;
 mod sphere;
 mod svd;
+mod ties_pass;
 
 pub use crate::rng::{stream_key, uniform};
 pub(in crate::exec) use combine::{consensus_of_trimmed_sums, consensus_of_trims, Sum, Trim};
 pub use select::kth_largest_magnitude;
 pub(in crate::exec) use select::{Guide, Tally};
 pub(in crate::exec) use sparsify::{chunk_trim, magnitude_without_pass};
+pub(in crate::exec) use ties_pass::{PassCounts, Term, TiesPass, MAX_LEAVES};
 
 use crate::graph::F;
 use crate::io::DType;

@@ -452,6 +452,26 @@ impl Tally {
         m.keys.len() - before
     }
 
+    /// Member `j`'s share of chunk `c` from a pass that counted its keys
+    /// above the interval (`above`) and marked the entries inside some
+    /// member's interval: `s` makes the marked entries' values, in index
+    /// order, which are scanned here (keys above `hi` among them were
+    /// counted by the pass). The zero keys are not counted: for
+    /// [`Guide::of_kth`]'s ranks, which do not use them.
+    pub(in crate::exec) fn record_marked(
+        &mut self,
+        j: usize,
+        c: usize,
+        above: usize,
+        non_finite: bool,
+        s: &super::Sum<'_>,
+    ) {
+        let m = &mut self.members[j];
+        let n = scan_sum_keys(s, m.lo, m.hi, &mut m.keys, None);
+        let non_finite = non_finite || n.non_finite;
+        m.record(c, Counts { above, at_hi: n.at_hi, at_lo: n.at_lo, zeros: 0, non_finite });
+    }
+
     /// [`Tally::scan`], also setting bit `i % 16` of `marks[i / 16]` for
     /// each key `i` inside the member's interval `[lo, hi]` (ends included):
     /// the entries whose fate the interval leaves open.

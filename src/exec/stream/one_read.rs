@@ -24,7 +24,7 @@
 //! again the plain way.
 
 use super::{add_scaled, kernel_inputs, scale, side_by_side, special_nodes, write_plain, GraphSource, Scratch, State};
-use crate::exec::kernels::{self, Guide, Prepared, Tally, CHUNK};
+use crate::exec::kernels::{self, Guide, PassCounts, Prepared, Tally, Term, TiesPass, CHUNK, MAX_LEAVES};
 use crate::exec::{Budget, Inputs};
 use crate::graph::{NodeId, Op, Plan};
 use crate::io::writer::OutputDir;
@@ -37,7 +37,7 @@ use std::sync::Mutex;
 /// Bytes of undecided entries' values a tensor may keep (counted against
 /// the run's memory budget, and [`IN_FLIGHT`]); past it, the tensor is
 /// computed the plain way.
-const KEPT_LIMIT: u64 = 16 << 20;
+const KEPT_LIMIT: u64 = 24 << 20;
 
 /// What the tensors written in one read at once may hold, kept entries and
 /// held bytes, whatever the run's budget: resident memory stays flat.
@@ -69,8 +69,9 @@ pub(super) fn write(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
         }
     };
     match one_read(plan, inputs, budget, i, out, &shape)? {
-        Outcome::Done(undecided) => {
-            trace(&format!("{undecided} of {numel} entries undecided, patched"));
+        Outcome::Done(undecided, fused) => {
+            let how = if fused { " in one loop" } else { "" };
+            trace(&format!("{undecided} of {numel} entries undecided, patched{how}"));
             Ok(true)
         }
         Outcome::Plain(why) => {
@@ -81,10 +82,11 @@ pub(super) fn write(plan: &Plan, inputs: &Inputs, budget: &Budget, i: usize, out
     }
 }
 
-/// How a one-read attempt ended: written, with so many entries patched, or
-/// left to the plain passes (why), whatever it wrote to be written over.
+/// How a one-read attempt ended: written, with so many entries patched
+/// (and whether the pass ran in one loop), or left to the plain passes
+/// (why), whatever it wrote to be written over.
 enum Outcome {
-    Done(usize),
+    Done(usize, bool),
     Plain(String),
 }
 
@@ -145,7 +147,21 @@ fn one_read(
             None => write_bytes(c, &bytes),
         }
     };
-    // 2. The pass, the trims keeping the keys above `hi` for now.
+    let write_bf16 = |c: usize, bits: &[u16]| {
+        // SAFETY: the bytes of the u16 slice; the fused pass runs only on
+        // little-endian targets, so they are the stored bf16 bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), bits.len() * 2) };
+        match held.get(c) {
+            Some(h) => {
+                *h.lock().unwrap() = bytes.to_vec();
+                Ok(())
+            }
+            None => write_bytes(c, bytes),
+        }
+    };
+    // 2. The pass, the trims keeping the keys above `hi` for now: in one
+    // loop when the output is TIES's usual shape over bf16.
+    let fused = Fused::of(plan, shape, root, dtype, &ends);
     let mut provisional = State::default();
     provisional.prepared.extend(shape.fixed());
     for (s, &(_, hi)) in shape.selected.iter().zip(&ends) {
@@ -161,12 +177,49 @@ fn one_read(
         let mut tally = guide.tally((per_block * CHUNK).min(numel));
         let mut kept = Vec::new();
         let mut marks = vec![0u16; CHUNK / 16];
+        let mut raw = match &fused {
+            Some(_) => vec![vec![0u16; CHUNK]; shape.leaves.len() + 1],
+            None => Vec::new(),
+        };
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
             if crate::exec::interrupted() {
                 return Err("interrupted".to_string());
             }
             let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
             let len = range.len();
+            let marks = &mut marks[..len.div_ceil(16)];
+            marks.fill(0);
+            if let Some(f) = &fused {
+                // The whole pass in one loop over the stored bits.
+                let (out16, leaves) = raw.split_last_mut().expect("an output buffer");
+                for (leaf, b) in shape.leaves.iter().zip(leaves.iter_mut()) {
+                    inputs.read_bf16(leaf.model, &leaf.tensor, range.start, &mut b[..len])?;
+                }
+                let leaves: Vec<&[u16]> = leaves.iter().map(|b| &b[..len]).collect();
+                let counts = f.run(&leaves, marks, &mut out16[..len]);
+                write_bf16(c, &out16[..len])?;
+                let chunk = match overflow.load(Relaxed) {
+                    false => Some(Kept::gather_bits(c, marks, &leaves)),
+                    true => None,
+                };
+                // The marked entries' keys complete the tally.
+                let memo = chunk.as_ref().map(|k| k.memo(shape));
+                for (j, &(above, non_finite)) in counts.iter().enumerate() {
+                    let (a, c0, b, c1) = f.task_vector(j);
+                    let vals = |l: usize| memo.as_ref().and_then(|m| m.get(shape.leaves[l].node)).unwrap_or(&[]);
+                    let sum = kernels::Sum { a: vals(a), c0, b: vals(b), c1 };
+                    tally.record_marked(j, c, above, non_finite, &sum);
+                }
+                if let Some(chunk) = chunk {
+                    if kept_bytes.fetch_add(chunk.bytes(), Relaxed) + chunk.bytes() > limit {
+                        overflow.store(true, Relaxed);
+                        kept = Vec::new();
+                    } else {
+                        kept.push(chunk);
+                    }
+                }
+                continue;
+            }
             let mut memo = Memo::default();
             for leaf in &shape.leaves {
                 let mut b = Scratch::take(len);
@@ -182,8 +235,6 @@ fn one_read(
                     memo.put(node, b);
                 }
             }
-            let marks = &mut marks[..len.div_ceil(16)];
-            marks.fill(0);
             for (j, s) in shape.selected.iter().enumerate() {
                 // A task vector (a fine-tune less its base) is scanned as it
                 // is made, never written out; other inputs are computed.
@@ -264,7 +315,7 @@ fn one_read(
         .filter(|&(c, _)| !patched[c])
         .try_for_each(|(c, h)| write_bytes(c, &h.lock().unwrap()))?;
     out.start_writeback(slot.shard, slot.offset, numel as u64 * size);
-    Ok(Outcome::Done(kept.iter().flatten().map(|k| k.pos.len()).sum()))
+    Ok(Outcome::Done(kept.iter().flatten().map(|k| k.pos.len()).sum(), fused.is_some()))
 }
 
 /// Entries read for the sample: a 16th of the tensor, between 64K and 512K,
@@ -417,6 +468,19 @@ impl Kept {
         Kept { chunk, pos, halves }
     }
 
+    /// [`Kept::gather`] from the leaves' stored bf16 bits (every leaf
+    /// bf16).
+    fn gather_bits(chunk: usize, marks: &[u16], leaves: &[&[u16]]) -> Kept {
+        let n: usize = marks.iter().map(|m| m.count_ones() as usize).sum();
+        let mut pos: Vec<u16> = Vec::with_capacity(n);
+        positions(marks, &mut pos);
+        let mut halves: Vec<u16> = Vec::with_capacity(n * leaves.len());
+        for v in leaves {
+            halves.extend(pos.iter().map(|&p| v[p as usize]));
+        }
+        Kept { chunk, pos, halves }
+    }
+
     fn bytes(&self) -> u64 {
         (self.pos.len() + self.halves.len()) as u64 * 2
     }
@@ -539,6 +603,111 @@ mod tests {
                 assert_eq!(a[1..], want[..], "{words} words");
                 assert_eq!(b[1..], want[..], "{words} words");
             }
+        }
+    }
+}
+
+/// The pass in one loop (`kernels::TiesPass`), for two to four task
+/// vectors.
+enum Fused {
+    Two(TiesPass<2>),
+    Three(TiesPass<3>),
+    Four(TiesPass<4>),
+}
+
+impl Fused {
+    /// The one-loop pass for output `dtype` under `shape` with the trims'
+    /// intervals `ends`, when the output is TIES's usual shape: bf16 leaves
+    /// and output, a linear combination of a leaf and a consensus of every
+    /// trim (in their order), each trim's input a fine-tune and its base.
+    fn of(plan: &Plan, shape: &Shape, root: NodeId, dtype: DType, ends: &[(u32, u32)]) -> Option<Fused> {
+        let ok = cfg!(target_endian = "little")
+            && dtype == DType::BF16
+            && shape.others.is_empty()
+            && shape.leaves.len() <= MAX_LEAVES
+            && shape.leaves.iter().all(|l| l.bf16);
+        if !ok {
+            return None;
+        }
+        let leaf = |n: NodeId| shape.leaf_of.iter().find(|&&(m, _)| m == n).map(|&(_, l)| l);
+        let Op::Lin(terms) = &plan.nodes[root].op else { return None };
+        let [(r0, x0), (r1, x1)] = &terms[..] else { return None };
+        let term = |x: NodeId| match &plan.nodes[x].op {
+            Op::Load { .. } => leaf(x).map(Term::Leaf),
+            Op::Kernel { kernel: Kernel::Consensus { .. }, .. } => Some(Term::Consensus),
+            _ => None,
+        };
+        let (t0, t1) = (term(*x0)?, term(*x1)?);
+        let cons = match (t0, t1) {
+            (Term::Consensus, Term::Leaf(_)) => *x0,
+            (Term::Leaf(_), Term::Consensus) => *x1,
+            _ => return None,
+        };
+        let Op::Kernel { kernel: Kernel::Consensus { weights, elect_sign, normalize }, inputs: ins } =
+            &plan.nodes[cons].op
+        else {
+            return None;
+        };
+        if ins.len() != shape.selected.len() || ins.iter().zip(&shape.selected).any(|(&i, s)| i != s.node) {
+            return None;
+        }
+        let mut tv = Vec::with_capacity(ins.len());
+        for s in &shape.selected {
+            let Op::Lin(terms) = &plan.nodes[s.input].op else { return None };
+            let [(c0, a), (c1, b)] = &terms[..] else { return None };
+            tv.push((leaf(*a)?, c0.get() as f32, leaf(*b)?, c1.get() as f32));
+        }
+        let root = [(t0, r0.get() as f32), (t1, r1.get() as f32)];
+        fn pass<const N: usize>(
+            tv: &[(usize, f32, usize, f32)],
+            ends: &[(u32, u32)],
+            weights: &[f32],
+            elect_sign: bool,
+            normalize: bool,
+            root: [(Term, f32); 2],
+        ) -> TiesPass<N> {
+            TiesPass {
+                a: std::array::from_fn(|j| tv[j].0),
+                c0: std::array::from_fn(|j| tv[j].1),
+                b: std::array::from_fn(|j| tv[j].2),
+                c1: std::array::from_fn(|j| tv[j].3),
+                lo: std::array::from_fn(|j| ends[j].0),
+                hi: std::array::from_fn(|j| ends[j].1),
+                w: std::array::from_fn(|j| weights[j]),
+                elect_sign,
+                normalize,
+                root,
+            }
+        }
+        let w: Vec<f32> = weights.iter().map(|w| w.get() as f32).collect();
+        let (e, n) = (*elect_sign, *normalize);
+        match tv.len() {
+            2 => Some(Fused::Two(pass(&tv, ends, &w, e, n, root))),
+            3 => Some(Fused::Three(pass(&tv, ends, &w, e, n, root))),
+            4 => Some(Fused::Four(pass(&tv, ends, &w, e, n, root))),
+            _ => None,
+        }
+    }
+
+    /// The pass over a chunk; per trim, its keys above `hi` and whether a
+    /// task vector entry was not finite.
+    fn run(&self, leaves: &[&[u16]], marks: &mut [u16], out: &mut [u16]) -> Vec<(usize, bool)> {
+        fn each<const N: usize>(c: PassCounts<N>) -> Vec<(usize, bool)> {
+            c.above.iter().map(|&a| (a, c.non_finite)).collect()
+        }
+        match self {
+            Fused::Two(p) => each(p.run(leaves, marks, out)),
+            Fused::Three(p) => each(p.run(leaves, marks, out)),
+            Fused::Four(p) => each(p.run(leaves, marks, out)),
+        }
+    }
+
+    /// Task vector `j`: `(leaf a, c0, leaf b, c1)`.
+    fn task_vector(&self, j: usize) -> (usize, f32, usize, f32) {
+        match self {
+            Fused::Two(p) => (p.a[j], p.c0[j], p.b[j], p.c1[j]),
+            Fused::Three(p) => (p.a[j], p.c0[j], p.b[j], p.c1[j]),
+            Fused::Four(p) => (p.a[j], p.c0[j], p.b[j], p.c1[j]),
         }
     }
 }
