@@ -75,7 +75,12 @@ impl<const N: usize> TiesPass<N> {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature the function is compiled for is present,
             // and the lengths were checked above.
-            return unsafe { self.run_avx512(leaves, marks, out) };
+            return unsafe {
+                match self.plain_ties() {
+                    Some(base) => self.run_plain_avx512(leaves, base, marks, out),
+                    None => self.run_avx512(leaves, marks, out),
+                }
+            };
         }
         let mut counts = PassCounts { above: [0; N], non_finite: false };
         for (i, o) in out.iter_mut().enumerate() {
@@ -148,6 +153,107 @@ impl<const N: usize> TiesPass<N> {
         } else {
             d
         }
+    }
+
+    /// When this is TIES as merges write it most (task vectors `ft - base`
+    /// of one base, unit weights, sign election and normalization, the
+    /// output `base + consensus`): the base's leaf.
+    fn plain_ties(&self) -> Option<usize> {
+        let base = self.b[0];
+        let unit = self.c0.iter().all(|&c| c == 1.0)
+            && self.c1.iter().all(|&c| c == -1.0)
+            && self.w.iter().all(|&w| w == 1.0)
+            && self.b.iter().all(|&b| b == base)
+            && self.elect_sign
+            && self.normalize
+            && self.root.iter().all(|&(_, c)| c == 1.0)
+            && self.root.iter().any(|&(t, _)| t == Term::Leaf(base))
+            && self.root.iter().any(|&(t, _)| t == Term::Consensus);
+        unit.then_some(base)
+    }
+
+    /// [`TiesPass::run_avx512`] for [`TiesPass::plain_ties`], with what the
+    /// unit coefficients make exact left out, so the same bits:
+    /// - `ft 1 + base (-1)` is `ft - base`;
+    /// - a trimmed entry times 1 is itself; the sums of kept entries (all
+    ///   nonzero) are never -0, so adding +0 for a dropped one changes
+    ///   nothing, and a masked add is the same;
+    /// - a kept entry agrees with the sum's sign exactly when their sign
+    ///   bits match (the sum is never -0), and the summed unit weights of
+    ///   the agreeing entries are their count;
+    /// - `base 1 + consensus 1` is `base + consensus`, in either order.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_plain_avx512(
+        &self,
+        leaves: &[&[u16]],
+        base: usize,
+        marks: &mut [u16],
+        out: &mut [u16],
+    ) -> PassCounts<N> {
+        use std::arch::x86_64::*;
+        let len = out.len();
+        let steps = len / 16;
+        let ft: [*const u16; N] = std::array::from_fn(|j| leaves[self.a[j]].as_ptr());
+        let b = leaves[base].as_ptr();
+        let zero = _mm512_setzero_ps();
+        let (one, one_i) = (_mm512_set1_ps(1.0), _mm512_set1_epi32(1));
+        let abs = _mm512_set1_epi32(0x7fff_ffff);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.lo[j] as i32));
+        let hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.hi[j] as i32));
+        let (round_bit, round_rest) = (_mm512_set1_epi32(0x8000), _mm512_set1_epi32(0x17fff));
+        let (inf, quiet) = (_mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x40));
+        let widen = |p: *const u16| {
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())), 16))
+        };
+        let mut above = [_mm512_setzero_si512(); N];
+        let mut max_key = _mm512_setzero_si512();
+        for i in 0..steps {
+            let vb = widen(b.add(16 * i));
+            let mut x = [zero; N];
+            let mut kept: [__mmask16; N] = [0; N];
+            let mut mark: __mmask16 = 0;
+            for j in 0..N {
+                x[j] = _mm512_sub_ps(widen(ft[j].add(16 * i)), vb);
+                let key = _mm512_and_si512(_mm512_castps_si512(x[j]), abs);
+                kept[j] = _mm512_cmpgt_epu32_mask(key, hi[j]);
+                above[j] = _mm512_mask_add_epi32(above[j], kept[j], above[j], one_i);
+                max_key = _mm512_max_epu32(max_key, key);
+                mark |= _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask(key, lo[j]), key, hi[j]);
+            }
+            *marks.get_unchecked_mut(i) |= mark;
+            let mut sum = _mm512_maskz_mov_ps(kept[0], x[0]);
+            for j in 1..N {
+                sum = _mm512_mask_add_ps(sum, kept[j], sum, x[j]);
+            }
+            let sum_sign = _mm512_castps_si512(sum);
+            let (mut mixed, mut count) = (zero, zero);
+            for j in 0..N {
+                let same = _mm512_xor_si512(_mm512_castps_si512(x[j]), sum_sign);
+                let agrees = _mm512_mask_testn_epi32_mask(kept[j], same, sign);
+                mixed = _mm512_mask_add_ps(mixed, agrees, mixed, x[j]);
+                count = _mm512_mask_add_ps(count, agrees, count, one);
+            }
+            let none = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(count, zero);
+            let cons = _mm512_div_ps(mixed, _mm512_mask_mov_ps(count, none, one));
+            let y = _mm512_castps_si512(_mm512_add_ps(vb, cons));
+            // bf16 rounding as `io::codec::encode` does it.
+            let high = _mm512_srli_epi32(y, 16);
+            let round = _mm512_test_epi32_mask(y, round_bit) & _mm512_test_epi32_mask(y, round_rest);
+            let rounded = _mm512_mask_add_epi32(high, round, high, one_i);
+            let nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(y, abs), inf);
+            let bits = _mm512_mask_or_epi32(rounded, nan, high, quiet);
+            _mm256_storeu_si256(out.as_mut_ptr().add(16 * i).cast(), _mm512_cvtepi32_epi16(bits));
+        }
+        let mut counts = PassCounts {
+            above: std::array::from_fn(|j| _mm512_reduce_add_epi32(above[j]) as u32 as usize),
+            non_finite: _mm512_reduce_max_epu32(max_key) >= 0x7f80_0000,
+        };
+        for i in 16 * steps..len {
+            out[i] = self.entry(leaves, i, &mut counts, &mut marks[i / 16], i % 16);
+        }
+        counts
     }
 
     /// [`TiesPass::run`] sixteen entries a step.
@@ -374,6 +480,11 @@ mod tests {
                     root: [(Term::Leaf(0), 1.0), (Term::Consensus, r)],
                 };
                 check(&p, &leaves);
+                // TIES as written most: the loop that leaves out what unit
+                // coefficients make exact, the base on either side.
+                assert_eq!(p.plain_ties().is_some(), w[0] == 1.0 && r == 1.0 && elect_sign && normalize);
+                let swapped = TiesPass { root: [(Term::Consensus, r), (Term::Leaf(0), 1.0)], ..p.clone() };
+                check(&swapped, &leaves);
                 let q = TiesPass { root: [(Term::Consensus, r), (Term::Leaf(0), 0.5)], c0: [0.5, 1.0, 2.0], ..p };
                 check(&q, &leaves);
             }
