@@ -66,15 +66,8 @@ impl Source for Input<'_> {
 pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Result<Vec<Prepared>, String> {
     let n = src.len();
     let chunks = n.div_ceil(CHUNK);
-    let windows: Vec<(usize, usize)> = members
-        .iter()
-        .map(|&(density, gamma, _)| {
-            let keep = ((density * n as f64) as usize).min(n);
-            let top = (gamma * n as f64) as i64;
-            let bottom = (n as i64 - keep as i64 - top).max(0) as usize;
-            (bottom, keep)
-        })
-        .collect();
+    let windows: Vec<(usize, usize)> =
+        members.iter().map(|&(density, gamma, _)| outlier_window(n, density, gamma)).collect();
     if let Some(&(density, gamma, _)) = members.iter().zip(&windows).find(|(_, w)| w.0 + w.1 > n).map(|(m, _)| m) {
         return Err(format!(
             "trim_outliers keeps {density} and drops the top {gamma} of the magnitudes: more than all of them (is gamma negative?)"
@@ -86,8 +79,7 @@ pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Resul
     let selected: Vec<usize> =
         (0..members.len()).filter(|&j| windows[j].1 > 0 && (windows[j].1 < n || members[j].2)).collect();
     let inputs: Vec<usize> = selected.iter().flat_map(|&j| [j, j]).collect();
-    let ks: Vec<usize> =
-        selected.iter().flat_map(|&j| [n - windows[j].0, n - windows[j].0 - windows[j].1 + 1]).collect();
+    let ks: Vec<usize> = selected.iter().flat_map(|&j| window_ranks(n, windows[j])).collect();
     let mut sels = select(src, &inputs, &ks)?.into_iter();
     let mut out: Vec<Prepared> = Vec::with_capacity(members.len());
     // Members whose per-chunk counts of entries at either end are missing
@@ -96,7 +88,7 @@ pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Resul
     // pass that also counts).
     let (mut counted, mut summed) = (Vec::new(), Vec::new());
     for (j, &(_, _, rescale)) in members.iter().enumerate() {
-        let (bottom, keep) = windows[j];
+        let keep = windows[j].1;
         if keep == 0 {
             out.push(Prepared::Zero);
             continue;
@@ -106,21 +98,16 @@ pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Resul
             continue;
         }
         let (lo, hi) = (sels.next().expect("a selection"), sels.next().expect("a selection"));
-        let key = |s: &Selection| s.threshold.to_bits();
-        // Entries equal to the lower end skipped (those before position
-        // `bottom`), and entries equal to the upper end kept (those before
-        // position `bottom + keep`), in index order.
-        let skip = bottom - (n - lo.above - lo.equal);
-        let allow = bottom + keep - (n - hi.above - hi.equal);
-        let per_chunk = match (&lo.equal_per_chunk, &hi.equal_per_chunk) {
-            (Some(l), Some(h)) if !rescale => Some(l.iter().copied().zip(h.iter().copied()).collect::<Vec<_>>()),
-            _ => None,
-        };
-        out.push(Prepared::Outliers { lo: key(&lo), hi: key(&hi), skip, allow, per_chunk: Vec::new(), scale: None });
-        match per_chunk {
-            Some(counts) => set_window_budgets(&mut out[j], &counts),
-            None if rescale => summed.push(j),
-            None => counted.push(j),
+        if !rescale {
+            if let Some(p) = window_without_pass(n, windows[j], &lo, &hi) {
+                out.push(p);
+                continue;
+            }
+        }
+        out.push(window_of_ends(n, windows[j], &lo, &hi));
+        match rescale {
+            true => summed.push(j),
+            false => counted.push(j),
         }
     }
     if !counted.is_empty() {
@@ -174,6 +161,46 @@ pub fn prepare_outliers(src: &dyn Source, members: &[(f64, f64, bool)]) -> Resul
         }
     }
     Ok(out)
+}
+
+/// Breadcrumbs' window over `n` entries: how many of the smallest
+/// magnitudes it drops (`bottom`), and how many above those it keeps.
+pub(in crate::exec) fn outlier_window(n: usize, density: f64, gamma: f64) -> (usize, usize) {
+    let keep = ((density * n as f64) as usize).min(n);
+    let top = (gamma * n as f64) as i64;
+    let bottom = (n as i64 - keep as i64 - top).max(0) as usize;
+    (bottom, keep)
+}
+
+/// The ranks (k-th largest) of a window's lower and upper ends.
+pub(in crate::exec) fn window_ranks(n: usize, (bottom, keep): (usize, usize)) -> [usize; 2] {
+    [n - bottom, n - bottom - keep + 1]
+}
+
+/// A window from the selections of its ends, without its per-chunk
+/// budgets: entries equal to the lower end skipped (those before position
+/// `bottom`), and entries equal to the upper end kept (those before
+/// position `bottom + keep`), in index order.
+fn window_of_ends(n: usize, (bottom, keep): (usize, usize), lo: &Selection, hi: &Selection) -> Prepared {
+    let key = |s: &Selection| s.threshold.to_bits();
+    let skip = bottom - (n - lo.above - lo.equal);
+    let allow = bottom + keep - (n - hi.above - hi.equal);
+    Prepared::Outliers { lo: key(lo), hi: key(hi), skip, allow, per_chunk: Vec::new(), scale: None }
+}
+
+/// A window (without rescale) from the selections of its ends when they
+/// counted the entries equal to each end per chunk (all inputs finite);
+/// `None` otherwise.
+pub(in crate::exec) fn window_without_pass(
+    n: usize,
+    window: (usize, usize),
+    lo: &Selection,
+    hi: &Selection,
+) -> Option<Prepared> {
+    let (l, h) = (lo.equal_per_chunk.as_ref()?, hi.equal_per_chunk.as_ref()?);
+    let mut p = window_of_ends(n, window, lo, hi);
+    set_window_budgets(&mut p, &l.iter().copied().zip(h.iter().copied()).collect::<Vec<_>>());
+    Some(p)
 }
 
 fn window_ends(p: &Prepared) -> (u32, u32) {
