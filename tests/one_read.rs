@@ -51,13 +51,19 @@ fn models(d: &Path, dtype: &str, small_where: impl Fn(usize, usize) -> bool) {
 /// base + TIES(density 0.3) of the three fine-tunes, computed here in f32
 /// and rounded as the models are stored.
 fn expected(d: &Path) -> BTreeMap<String, Vec<f32>> {
+    expected_of(d, &|deltas| ties_reference(deltas, 0.3))
+}
+
+/// base + `method` of the three fine-tunes' task vectors, computed here in
+/// f32 and rounded as the models are stored.
+fn expected_of(d: &Path, method: &dyn Fn(&[Vec<f32>]) -> Vec<f32>) -> BTreeMap<String, Vec<f32>> {
     let read = |m: &str| read_model(&d.join(m));
     let (base, fts) = (read("base"), [read("ft1"), read("ft2"), read("ft3")]);
     ROWS.iter()
         .map(|(name, _)| {
             let b = &base[*name].data;
             let deltas: Vec<Vec<f32>> = fts.iter().map(|f| sub(&f[*name].data, b)).collect();
-            let merged = ties_reference(&deltas, 0.3);
+            let merged = method(&deltas);
             let round = |v: f32| match base[*name].dtype.as_str() {
                 "BF16" => half::bf16::from_f32(v).to_f32(),
                 _ => v,
@@ -70,11 +76,12 @@ fn expected(d: &Path) -> BTreeMap<String, Vec<f32>> {
 /// Runs the TIES recipe into `out` with `extra` arguments; returns what the
 /// trace said of each long tensor and the output.
 fn run(d: &Path, out: &str, threads: &str, extra: &[&str]) -> (String, BTreeMap<String, T>) {
-    write_recipe(
-        d,
-        "ties.fuse",
-        "base = model(\"base\")\nbase + ties(model(\"ft1\"), model(\"ft2\"), model(\"ft3\"), density=0.3)\n",
-    );
+    run_method(d, "ties(model(\"ft1\"), model(\"ft2\"), model(\"ft3\"), density=0.3)", out, threads, extra)
+}
+
+/// [`run`] of `base + method`.
+fn run_method(d: &Path, method: &str, out: &str, threads: &str, extra: &[&str]) -> (String, BTreeMap<String, T>) {
+    write_recipe(d, "ties.fuse", &format!("base = model(\"base\")\nbase + {method}\n"));
     let o = Command::new(env!("CARGO_BIN_EXE_fuse"))
         .current_dir(d)
         .env("FUSE_TRACE", "1")
@@ -174,4 +181,57 @@ fn nan_takes_the_plain_passes(dtype: &str) {
     let (_, _) = run(d, "plain", "2", &["--max-memory", "1KB"]);
     let bytes = |o: &str| std::fs::read(d.join(o).join("model.safetensors")).unwrap();
     assert!(bytes("out") == bytes("plain"), "one read and the plain passes differ with a NaN input");
+}
+
+/// Breadcrumbs-TIES of task vectors as METHODS.md says, independently: per
+/// task vector, the magnitudes sorted ascending (equal ones by index), the
+/// `keep` entries above the `bottom` smallest kept; then the sign election
+/// by the sum, and the sum of the agreeing entries (no normalization).
+fn breadcrumbs_ties_reference(deltas: &[Vec<f32>], density: f64, gamma: f64) -> Vec<f32> {
+    let trimmed: Vec<Vec<f32>> = deltas
+        .iter()
+        .map(|d| {
+            let n = d.len();
+            let keep = ((density * n as f64) as usize).min(n);
+            let bottom = (n as i64 - keep as i64 - (gamma * n as f64) as i64).max(0) as usize;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| d[a].abs().total_cmp(&d[b].abs()).then(a.cmp(&b)));
+            let mut t = vec![0f32; n];
+            for &i in &order[bottom..bottom + keep] {
+                t[i] = d[i];
+            }
+            t
+        })
+        .collect();
+    (0..deltas[0].len())
+        .map(|i| {
+            let sum = trimmed.iter().fold(0f32, |s, t| s + t[i]);
+            let majority = if sum >= 0.0 { 1.0 } else { -1.0 };
+            trimmed.iter().map(|t| t[i]).filter(|v| *v != 0.0 && v.signum() == majority).fold(0f32, |s, v| s + v)
+        })
+        .collect()
+}
+
+/// Breadcrumbs' windows (two thresholds per task vector) in one read: the
+/// same bits as an independent Breadcrumbs-TIES, and as the plain passes.
+#[test]
+fn breadcrumbs_in_one_read_equals_an_independent_breadcrumbs() {
+    for dtype in ["F32", "BF16"] {
+        let d = tempfile::tempdir().unwrap();
+        let d = d.path();
+        models(d, dtype, |_, _| false);
+        let want = expected_of(d, &|deltas| breadcrumbs_ties_reference(deltas, 0.3, 0.05));
+        let method = "breadcrumbs_ties(model(\"ft1\"), model(\"ft2\"), model(\"ft3\"), density=0.3, gamma=0.05)";
+        for threads in ["1", "2"] {
+            let (trace, got) = run_method(d, method, &format!("out{threads}"), threads, &[]);
+            for (name, _) in ROWS {
+                let line = trace.lines().find(|l| l.contains(&format!("`{name}`"))).unwrap_or_default();
+                assert!(line.contains("undecided, patched"), "{dtype}: {name} was not written in one read:\n{trace}");
+            }
+            assert_bits(&got, &want, &format!("{dtype}, one read, {threads} threads"));
+        }
+        let (trace, got) = run_method(d, method, "budget", "2", &["--max-memory", "1KB"]);
+        assert!(!trace.contains("patched"), "{trace}");
+        assert_bits(&got, &want, &format!("{dtype}, plain passes"));
+    }
 }

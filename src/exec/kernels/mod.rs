@@ -16,8 +16,11 @@ mod ties_pass;
 pub use crate::rng::{stream_key, uniform};
 pub(in crate::exec) use combine::{consensus_of_trimmed_sums, consensus_of_trims, Sum, Trim};
 pub use select::kth_largest_magnitude;
+pub(in crate::exec) use select::Selection;
 pub(in crate::exec) use select::{Guide, Tally};
-pub(in crate::exec) use sparsify::{chunk_trim, magnitude_without_pass};
+pub(in crate::exec) use sparsify::{
+    chunk_trim, magnitude_without_pass, outlier_window, window_ranks, window_without_pass,
+};
 pub(in crate::exec) use ties_pass::{PassCounts, Term, TiesPass, MAX_LEAVES};
 
 use crate::graph::F;

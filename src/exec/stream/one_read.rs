@@ -106,13 +106,18 @@ fn one_read(
     let chunks = numel.div_ceil(CHUNK);
     let size = dtype.size() as u64;
     // 1. The sample, and what it predicts the undecided entries will hold.
-    let ks: Vec<usize> = shape.selected.iter().map(|s| s.k(numel)).collect();
+    // The selections' members: each trim's ranks (one for a magnitude
+    // trim, a window's two ends), in the trims' order.
+    let members: Vec<(usize, usize)> =
+        shape.selected.iter().enumerate().flat_map(|(t, s)| s.ranks(numel).into_iter().map(move |k| (t, k))).collect();
+    let ks: Vec<usize> = members.iter().map(|m| m.1).collect();
     let xs: Vec<NodeId> = shape.selected.iter().map(|s| s.input).collect();
     let empty = State::default();
     let src = GraphSource { plan, inputs, st: &empty, nodes: &xs };
-    let guide = Guide::of_kth(&src, &(0..xs.len()).collect::<Vec<_>>(), &ks, &sample(numel))?;
-    let ends: Vec<(u32, u32)> = (0..xs.len()).map(|j| guide.interval(j)).collect();
-    let decided: f64 = (0..xs.len()).map(|j| 1.0 - guide.share(j)).product();
+    let of_member: Vec<usize> = members.iter().map(|m| m.0).collect();
+    let guide = Guide::of_kth(&src, &of_member, &ks, &sample(numel))?;
+    let ends: Vec<(u32, u32)> = (0..members.len()).map(|j| guide.interval(j)).collect();
+    let decided: f64 = (0..members.len()).map(|j| 1.0 - guide.share(j)).product();
     let predicted = (1.0 - decided) * numel as f64 * shape.bytes_per_entry() as f64;
     // What the undecided entries may hold: what the sample predicts and a
     // margin, within a share of the run's budget; and the held bytes of a
@@ -164,9 +169,11 @@ fn one_read(
     let fused = Fused::of(plan, shape, root, dtype, &ends);
     let mut provisional = State::default();
     provisional.prepared.extend(shape.fixed());
-    for (s, &(_, hi)) in shape.selected.iter().zip(&ends) {
-        let threshold = f32::from_bits(hi);
-        provisional.prepared.insert(s.node, Prepared::Magnitude { threshold, equal_budget: Vec::new(), scale: 1.0 });
+    let mut first = 0;
+    for s in &shape.selected {
+        let m = s.ranks(numel).len();
+        provisional.prepared.insert(s.node, s.provisional(&ends[first..first + m], chunks));
+        first += m;
     }
     let kept_bytes = AtomicU64::new(0);
     let overflow = AtomicBool::new(false);
@@ -235,11 +242,17 @@ fn one_read(
                     memo.put(node, b);
                 }
             }
-            for (j, s) in shape.selected.iter().enumerate() {
+            for (j, &(t, _)) in members.iter().enumerate() {
+                let s = &shape.selected[t];
                 // A task vector (a fine-tune less its base) is scanned as it
                 // is made, never written out; other inputs are computed.
                 if let Some(sum) = sum_of(plan, s.input, &memo) {
                     tally.scan_sum_marking(j, c, &sum, marks);
+                    continue;
+                }
+                if let Some(x) = memo.get(s.input) {
+                    // A window's second end: its input computed above.
+                    tally.scan_marking(j, c, as_bits(x), marks);
                     continue;
                 }
                 let mut x = Scratch::take(len);
@@ -271,8 +284,10 @@ fn one_read(
     // 3. The thresholds, and the undecided entries written again.
     let mut fin = State::default();
     fin.prepared.extend(shape.fixed());
-    for (s, (sel, &k)) in shape.selected.iter().zip(guide.selections(tallies).into_iter().zip(&ks)) {
-        match sel.and_then(|sel| kernels::magnitude_without_pass(k, sel)) {
+    let mut sels = guide.selections(tallies).into_iter();
+    for s in &shape.selected {
+        let sel: Option<Vec<_>> = sels.by_ref().take(s.ranks(numel).len()).collect();
+        match sel.and_then(|sel| s.prepared(numel, sel)) {
             Some(p) => fin.prepared.insert(s.node, p),
             None => return Ok(Outcome::Plain("a threshold outside its interval, or an input not finite".into())),
         };
@@ -352,16 +367,60 @@ struct Leaf {
     bf16: bool,
 }
 
-/// A magnitude trim that needs a threshold.
+/// A trim that needs thresholds: a magnitude trim (TIES) or an outlier
+/// window (Breadcrumbs), without rescale.
 struct Trim {
     node: NodeId,
     input: NodeId,
-    density: f64,
+    how: How,
+}
+
+#[derive(Clone, Copy)]
+enum How {
+    /// Keep the entries of the largest magnitudes, this share of them.
+    Magnitude(f64),
+    /// Drop the `bottom` smallest magnitudes, keep the `keep` above them.
+    Window((usize, usize)),
 }
 
 impl Trim {
-    fn k(&self, n: usize) -> usize {
-        ((self.density * n as f64) as usize).clamp(1, n)
+    /// The ranks (k-th largest magnitude of `n`) it selects: one for a
+    /// magnitude trim, a window's two ends.
+    fn ranks(&self, n: usize) -> Vec<usize> {
+        match self.how {
+            How::Magnitude(density) => vec![((density * n as f64) as usize).clamp(1, n)],
+            How::Window(w) => kernels::window_ranks(n, w).to_vec(),
+        }
+    }
+
+    /// What it keeps while its thresholds are unknown, from its members'
+    /// intervals `ends`: the keys above the interval (magnitude), or
+    /// between the two (window); keys at the intervals' ends are marked, so
+    /// dropped for now.
+    fn provisional(&self, ends: &[(u32, u32)], chunks: usize) -> Prepared {
+        match self.how {
+            How::Magnitude(_) => {
+                Prepared::Magnitude { threshold: f32::from_bits(ends[0].1), equal_budget: Vec::new(), scale: 1.0 }
+            }
+            How::Window(_) => Prepared::Outliers {
+                lo: ends[0].1,
+                hi: ends[1].0,
+                skip: usize::MAX,
+                allow: 0,
+                per_chunk: vec![(usize::MAX, 0); chunks],
+                scale: None,
+            },
+        }
+    }
+
+    /// Its statistics from its members' selections; `None` when they need
+    /// a pass.
+    fn prepared(&self, n: usize, sels: Vec<kernels::Selection>) -> Option<Prepared> {
+        match (self.how, &sels[..]) {
+            (How::Magnitude(_), [sel]) => kernels::magnitude_without_pass(self.ranks(n)[0], sel.clone()),
+            (How::Window(w), [lo, hi]) => kernels::window_without_pass(n, w, lo, hi),
+            _ => None,
+        }
     }
 }
 
@@ -377,19 +436,27 @@ impl Shape {
         if group.is_empty() || group.len() != special.len() {
             return None;
         }
+        let n: usize = plan.nodes[root].shape.iter().product();
         let (mut selected, mut others) = (Vec::new(), Vec::new());
         for &g in &group {
-            let Op::Kernel {
-                kernel: Kernel::Sparsify { how: Sparsify::Magnitude { density }, rescale: false, .. },
-                ..
-            } = &plan.nodes[g].op
-            else {
+            let Op::Kernel { kernel: Kernel::Sparsify { how, rescale: false, .. }, .. } = &plan.nodes[g].op else {
                 return None;
             };
-            match density.get() {
-                d if d >= 1.0 => others.push((g, Prepared::None)),
-                d if d <= 0.0 => others.push((g, Prepared::Zero)),
-                d => selected.push(Trim { node: g, input: kernel_inputs(plan, g)[0], density: d }),
+            let input = kernel_inputs(plan, g)[0];
+            match how {
+                Sparsify::Magnitude { density } => match density.get() {
+                    d if d >= 1.0 => others.push((g, Prepared::None)),
+                    d if d <= 0.0 => others.push((g, Prepared::Zero)),
+                    d => selected.push(Trim { node: g, input, how: How::Magnitude(d) }),
+                },
+                Sparsify::Outliers { density, gamma } => match kernels::outlier_window(n, density.get(), gamma.get()) {
+                    // More than all of them: the plain passes say so.
+                    (bottom, keep) if bottom + keep > n => return None,
+                    (_, 0) => others.push((g, Prepared::Zero)),
+                    (_, keep) if keep == n => others.push((g, Prepared::None)),
+                    w => selected.push(Trim { node: g, input, how: How::Window(w) }),
+                },
+                _ => return None,
             }
         }
         if selected.is_empty() {
@@ -623,6 +690,7 @@ impl Fused {
     fn of(plan: &Plan, shape: &Shape, root: NodeId, dtype: DType, ends: &[(u32, u32)]) -> Option<Fused> {
         let ok = cfg!(target_endian = "little")
             && dtype == DType::BF16
+            && shape.selected.iter().all(|s| matches!(s.how, How::Magnitude(_)))
             && shape.others.is_empty()
             && shape.leaves.len() <= MAX_LEAVES
             && shape.leaves.iter().all(|l| l.bf16);
