@@ -227,6 +227,8 @@ fn breadcrumbs_in_one_read_equals_an_independent_breadcrumbs() {
             for (name, _) in ROWS {
                 let line = trace.lines().find(|l| l.contains(&format!("`{name}`"))).unwrap_or_default();
                 assert!(line.contains("undecided, patched"), "{dtype}: {name} was not written in one read:\n{trace}");
+                // bf16 in one loop over the stored bits.
+                assert_eq!(line.ends_with("in one loop"), dtype == "BF16", "{trace}");
             }
             assert_bits(&got, &want, &format!("{dtype}, one read, {threads} threads"));
         }

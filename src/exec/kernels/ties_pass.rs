@@ -1,9 +1,10 @@
-//! TIES's one-read pass over a bf16 chunk in one loop.
+//! TIES's (and Breadcrumbs') one-read pass over a bf16 chunk in one loop.
 //!
 //! The one read (`stream/one_read.rs`) needs, per chunk: each trim's keys
 //! counted above its interval and the entries inside some interval marked,
 //! and the output written as if every trim kept the keys above its
-//! interval. For the shape TIES merges almost always have (bf16 fine-tunes
+//! interval (a Breadcrumbs window: between its two intervals, one per
+//! end). For the shape TIES merges almost always have (bf16 fine-tunes
 //! and base, task vectors `ft c0 + base c1`, a consensus of their trims,
 //! the output a linear combination of the consensus and a leaf, written as
 //! bf16), this does all of it with each entry's values in registers: the
@@ -38,6 +39,9 @@ pub struct TiesPass<const N: usize> {
     /// are kept for now, the others dropped.
     pub lo: [u32; N],
     pub hi: [u32; N],
+    /// For windows (Breadcrumbs), each one's upper end's interval: the keys
+    /// above `hi` and below this interval are kept for now.
+    pub upper: Option<[(u32, u32); N]>,
     /// The consensus.
     pub w: [f32; N],
     pub elect_sign: bool,
@@ -49,8 +53,10 @@ pub struct TiesPass<const N: usize> {
 /// What a chunk's pass found besides its output and marks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PassCounts<const N: usize> {
-    /// Per trim, keys above `hi`.
+    /// Per trim, keys above `hi`; for windows, also above the upper
+    /// interval.
     pub above: [usize; N],
+    pub above_upper: [usize; N],
     /// Whether some task vector entry is NaN or infinite (the one read then
     /// leaves the tensor to the plain passes).
     pub non_finite: bool,
@@ -76,13 +82,15 @@ impl<const N: usize> TiesPass<N> {
             // SAFETY: the feature the function is compiled for is present,
             // and the lengths were checked above.
             return unsafe {
-                match self.plain_ties() {
-                    Some(base) => self.run_plain_avx512(leaves, base, marks, out),
-                    None => self.run_avx512(leaves, marks, out),
+                match (self.plain_ties(), self.upper.is_some()) {
+                    (Some(base), false) => self.run_plain_avx512::<false>(leaves, base, marks, out),
+                    (Some(base), true) => self.run_plain_avx512::<true>(leaves, base, marks, out),
+                    (None, false) => self.run_avx512::<false>(leaves, marks, out),
+                    (None, true) => self.run_avx512::<true>(leaves, marks, out),
                 }
             };
         }
-        let mut counts = PassCounts { above: [0; N], non_finite: false };
+        let mut counts = PassCounts { above: [0; N], above_upper: [0; N], non_finite: false };
         for (i, o) in out.iter_mut().enumerate() {
             *o = self.entry(leaves, i, &mut counts, &mut marks[i / 16], i % 16);
         }
@@ -102,7 +110,14 @@ impl<const N: usize> TiesPass<N> {
             counts.above[j] += (key > self.hi[j]) as usize;
             counts.non_finite |= key >= 0x7f80_0000;
             *mark |= ((key >= self.lo[j] && key <= self.hi[j]) as u16) << bit;
-            t[j] = if key > self.hi[j] { x } else { 0.0 };
+            let mut kept = key > self.hi[j];
+            if let Some(upper) = &self.upper {
+                let (lo, hi) = upper[j];
+                counts.above_upper[j] += (key > hi) as usize;
+                *mark |= ((key >= lo && key <= hi) as u16) << bit;
+                kept &= key < lo;
+            }
+            t[j] = if kept { x } else { 0.0 };
         }
         let cons = if self.elect_sign {
             let mut sum = 0f32;
@@ -155,9 +170,9 @@ impl<const N: usize> TiesPass<N> {
         }
     }
 
-    /// When this is TIES as merges write it most (task vectors `ft - base`
-    /// of one base, unit weights, sign election and normalization, the
-    /// output `base + consensus`): the base's leaf.
+    /// When this is TIES (or Breadcrumbs-TIES) as merges write it most
+    /// (task vectors `ft - base` of one base, unit weights, sign election,
+    /// the output `base + consensus`): the base's leaf.
     fn plain_ties(&self) -> Option<usize> {
         let base = self.b[0];
         let unit = self.c0.iter().all(|&c| c == 1.0)
@@ -165,7 +180,6 @@ impl<const N: usize> TiesPass<N> {
             && self.w.iter().all(|&w| w == 1.0)
             && self.b.iter().all(|&b| b == base)
             && self.elect_sign
-            && self.normalize
             && self.root.iter().all(|&(_, c)| c == 1.0)
             && self.root.iter().any(|&(t, _)| t == Term::Leaf(base))
             && self.root.iter().any(|&(t, _)| t == Term::Consensus);
@@ -184,7 +198,7 @@ impl<const N: usize> TiesPass<N> {
     /// - `base 1 + consensus 1` is `base + consensus`, in either order.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_plain_avx512(
+    unsafe fn run_plain_avx512<const W: bool>(
         &self,
         leaves: &[&[u16]],
         base: usize,
@@ -202,6 +216,10 @@ impl<const N: usize> TiesPass<N> {
         let sign = _mm512_set1_epi32(i32::MIN);
         let lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.lo[j] as i32));
         let hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.hi[j] as i32));
+        let upper = self.upper.unwrap_or([(0, 0); N]);
+        let up_lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].0 as i32));
+        let up_hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].1 as i32));
+        let mut above_upper = [_mm512_setzero_si512(); N];
         let (round_bit, round_rest) = (_mm512_set1_epi32(0x8000), _mm512_set1_epi32(0x17fff));
         let (inf, quiet) = (_mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x40));
         let widen = |p: *const u16| {
@@ -221,6 +239,13 @@ impl<const N: usize> TiesPass<N> {
                 above[j] = _mm512_mask_add_epi32(above[j], kept[j], above[j], one_i);
                 max_key = _mm512_max_epu32(max_key, key);
                 mark |= _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask(key, lo[j]), key, hi[j]);
+                if W {
+                    let over = _mm512_cmpgt_epu32_mask(key, up_hi[j]);
+                    above_upper[j] = _mm512_mask_add_epi32(above_upper[j], over, above_upper[j], one_i);
+                    let from = _mm512_cmpge_epu32_mask(key, up_lo[j]);
+                    mark |= from & !over;
+                    kept[j] &= !from;
+                }
             }
             *marks.get_unchecked_mut(i) |= mark;
             let mut sum = _mm512_maskz_mov_ps(kept[0], x[0]);
@@ -235,8 +260,13 @@ impl<const N: usize> TiesPass<N> {
                 mixed = _mm512_mask_add_ps(mixed, agrees, mixed, x[j]);
                 count = _mm512_mask_add_ps(count, agrees, count, one);
             }
-            let none = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(count, zero);
-            let cons = _mm512_div_ps(mixed, _mm512_mask_mov_ps(count, none, one));
+            let cons = match self.normalize {
+                true => {
+                    let none = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(count, zero);
+                    _mm512_div_ps(mixed, _mm512_mask_mov_ps(count, none, one))
+                }
+                false => mixed,
+            };
             let y = _mm512_castps_si512(_mm512_add_ps(vb, cons));
             // bf16 rounding as `io::codec::encode` does it.
             let high = _mm512_srli_epi32(y, 16);
@@ -248,6 +278,7 @@ impl<const N: usize> TiesPass<N> {
         }
         let mut counts = PassCounts {
             above: std::array::from_fn(|j| _mm512_reduce_add_epi32(above[j]) as u32 as usize),
+            above_upper: std::array::from_fn(|j| _mm512_reduce_add_epi32(above_upper[j]) as u32 as usize),
             non_finite: _mm512_reduce_max_epu32(max_key) >= 0x7f80_0000,
         };
         for i in 16 * steps..len {
@@ -259,7 +290,7 @@ impl<const N: usize> TiesPass<N> {
     /// [`TiesPass::run`] sixteen entries a step.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, leaves: &[&[u16]], marks: &mut [u16], out: &mut [u16]) -> PassCounts<N> {
+    unsafe fn run_avx512<const W: bool>(&self, leaves: &[&[u16]], marks: &mut [u16], out: &mut [u16]) -> PassCounts<N> {
         use std::arch::x86_64::*;
         let len = out.len();
         let steps = len / 16;
@@ -274,6 +305,10 @@ impl<const N: usize> TiesPass<N> {
         let lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.lo[j] as i32));
         let hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.hi[j] as i32));
         let w: [__m512; N] = std::array::from_fn(|j| _mm512_set1_ps(self.w[j]));
+        let upper = self.upper.unwrap_or([(0, 0); N]);
+        let up_lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].0 as i32));
+        let up_hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].1 as i32));
+        let mut above_upper = [_mm512_setzero_si512(); N];
         let divisor = _mm512_set1_ps(self.plain_divisor());
         let r: [__m512; 2] = std::array::from_fn(|k| _mm512_set1_ps(self.root[k].1));
         let (round_bit, round_rest) = (_mm512_set1_epi32(0x8000), _mm512_set1_epi32(0x17fff));
@@ -292,10 +327,17 @@ impl<const N: usize> TiesPass<N> {
             for j in 0..N {
                 let x = _mm512_add_ps(_mm512_mul_ps(v[self.a[j]], c0[j]), _mm512_mul_ps(v[self.b[j]], c1[j]));
                 let key = _mm512_and_si512(_mm512_castps_si512(x), abs);
-                let kept = _mm512_cmpgt_epu32_mask(key, hi[j]);
+                let mut kept = _mm512_cmpgt_epu32_mask(key, hi[j]);
                 above[j] = _mm512_mask_add_epi32(above[j], kept, above[j], one_i);
                 max_key = _mm512_max_epu32(max_key, key);
                 mark |= _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask(key, lo[j]), key, hi[j]);
+                if W {
+                    let over = _mm512_cmpgt_epu32_mask(key, up_hi[j]);
+                    above_upper[j] = _mm512_mask_add_epi32(above_upper[j], over, above_upper[j], one_i);
+                    let from = _mm512_cmpge_epu32_mask(key, up_lo[j]);
+                    mark |= from & !over;
+                    kept &= !from;
+                }
                 t[j] = _mm512_maskz_mov_ps(kept, x);
             }
             *marks.get_unchecked_mut(i) |= mark;
@@ -350,6 +392,7 @@ impl<const N: usize> TiesPass<N> {
         }
         let mut counts = PassCounts {
             above: std::array::from_fn(|j| _mm512_reduce_add_epi32(above[j]) as u32 as usize),
+            above_upper: std::array::from_fn(|j| _mm512_reduce_add_epi32(above_upper[j]) as u32 as usize),
             non_finite: _mm512_reduce_max_epu32(max_key) >= 0x7f80_0000,
         };
         for i in 16 * steps..len {
@@ -402,7 +445,7 @@ mod tests {
         p: &TiesPass<N>,
         leaves: &[Vec<u16>],
         len: usize,
-    ) -> (Vec<u16>, Vec<u16>, [usize; N]) {
+    ) -> (Vec<u16>, Vec<u16>, [usize; N], [usize; N]) {
         let f: Vec<Vec<f32>> = leaves
             .iter()
             .map(|l| {
@@ -415,20 +458,42 @@ mod tests {
         let tv: Vec<Vec<f32>> =
             (0..N).map(|j| (0..len).map(|i| f[p.a[j]][i] * p.c0[j] + f[p.b[j]][i] * p.c1[j]).collect()).collect();
         let mut marks = vec![0u16; len.div_ceil(16)];
-        let mut above = [0usize; N];
+        let (mut above, mut above_upper) = ([0usize; N], [0usize; N]);
         for j in 0..N {
             for (i, x) in tv[j].iter().enumerate() {
                 let key = x.to_bits() & 0x7fff_ffff;
                 above[j] += (key > p.hi[j]) as usize;
                 marks[i / 16] |= ((key >= p.lo[j] && key <= p.hi[j]) as u16) << (i % 16);
+                if let Some(upper) = p.upper {
+                    let (lo, hi) = upper[j];
+                    above_upper[j] += (key > hi) as usize;
+                    marks[i / 16] |= ((key >= lo && key <= hi) as u16) << (i % 16);
+                }
             }
         }
-        let trims: Vec<Trim> =
-            (0..N).map(|j| Trim { threshold: f32::from_bits(p.hi[j]), keep_equal: false, scale: 1.0 }).collect();
         let refs: Vec<&[f32]> = tv.iter().map(|t| &t[..]).collect();
         let w: Vec<f64> = p.w.iter().map(|&w| w as f64).collect();
         let mut cons = vec![0f32; len];
-        consensus_of_trims(&refs, &trims, &w, p.elect_sign, p.normalize, &mut cons);
+        match p.upper {
+            None => {
+                let trims: Vec<Trim> = (0..N)
+                    .map(|j| Trim { threshold: f32::from_bits(p.hi[j]), keep_equal: false, scale: 1.0 })
+                    .collect();
+                consensus_of_trims(&refs, &trims, &w, p.elect_sign, p.normalize, &mut cons);
+            }
+            // Windows: the entries strictly between the intervals, as the
+            // window's mask keeps them, then the consensus.
+            Some(upper) => {
+                let kept: Vec<Vec<f32>> = (0..N)
+                    .map(|j| {
+                        let keep = |k: u32| k > p.hi[j] && k < upper[j].0;
+                        tv[j].iter().map(|&x| if keep(x.to_bits() & 0x7fff_ffff) { x } else { 0.0 }).collect()
+                    })
+                    .collect();
+                let refs: Vec<&[f32]> = kept.iter().map(|t| &t[..]).collect();
+                crate::exec::kernels::combine::consensus(&refs, &w, p.elect_sign, p.normalize, &mut cons);
+            }
+        }
         let term = |k: usize, i: usize| {
             let (t, c) = p.root[k];
             c * match t {
@@ -438,12 +503,12 @@ mod tests {
         };
         let y: Vec<f32> = (0..len).map(|i| term(0, i) + term(1, i)).collect();
         let out = codec::encode(&y, DType::BF16).chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-        (out, marks, above)
+        (out, marks, above, above_upper)
     }
 
     fn check<const N: usize>(p: &TiesPass<N>, leaves: &[Vec<u16>]) {
         for len in [0usize, 1, 15, 16, 17, 250, 4096] {
-            let (want, want_marks, want_above) = separately(p, leaves, len);
+            let (want, want_marks, want_above, want_upper) = separately(p, leaves, len);
             let refs: Vec<&[u16]> = leaves.iter().map(|l| &l[..len]).collect();
             let mut out = vec![0u16; len];
             let mut marks = vec![0u16; len.div_ceil(16)];
@@ -451,8 +516,9 @@ mod tests {
             assert_eq!(out, want, "{len} entries, {p:?}");
             assert_eq!(marks, want_marks, "{len} entries");
             assert_eq!(got.above, want_above, "{len} entries");
+            assert_eq!(got.above_upper, want_upper, "{len} entries");
             // The one-at-a-time reference agrees too.
-            let mut one = PassCounts { above: [0; N], non_finite: false };
+            let mut one = PassCounts { above: [0; N], above_upper: [0; N], non_finite: false };
             let mut marks1 = vec![0u16; len.div_ceil(16)];
             let out1: Vec<u16> = (0..len).map(|i| p.entry(&refs, i, &mut one, &mut marks1[i / 16], i % 16)).collect();
             assert_eq!((out1, marks1, one), (out.clone(), marks, got));
@@ -474,6 +540,7 @@ mod tests {
                     c1: [-1.0; 3],
                     lo: [key(0.1), key(0.05), 0],
                     hi: [key(0.2), key(0.3), u32::MAX],
+                    upper: None,
                     w,
                     elect_sign,
                     normalize,
@@ -482,8 +549,16 @@ mod tests {
                 check(&p, &leaves);
                 // TIES as written most: the loop that leaves out what unit
                 // coefficients make exact, the base on either side.
-                assert_eq!(p.plain_ties().is_some(), w[0] == 1.0 && r == 1.0 && elect_sign && normalize);
+                assert_eq!(p.plain_ties().is_some(), w[0] == 1.0 && r == 1.0 && elect_sign);
                 let swapped = TiesPass { root: [(Term::Consensus, r), (Term::Leaf(0), 1.0)], ..p.clone() };
+                check(&swapped, &leaves);
+                // Breadcrumbs' windows: kept between two intervals (one
+                // empty, one overlapping the lower).
+                let upper = Some([(key(0.4), key(0.45)), (key(0.3), key(0.35)), (key(0.6), key(0.6))]);
+                let window =
+                    TiesPass { upper, lo: [key(0.1), key(0.05), 0], hi: [key(0.2), key(0.3), key(0.02)], ..p.clone() };
+                check(&window, &leaves);
+                let swapped = TiesPass { root: [(Term::Consensus, r), (Term::Leaf(0), 1.0)], ..window.clone() };
                 check(&swapped, &leaves);
                 let q = TiesPass { root: [(Term::Consensus, r), (Term::Leaf(0), 0.5)], c0: [0.5, 1.0, 2.0], ..p };
                 check(&q, &leaves);
@@ -496,6 +571,7 @@ mod tests {
             c1: [-1.0; 2],
             lo: [key(0.0), key(0.1)],
             hi: [key(0.15), key(0.1)],
+            upper: None,
             w: [0.5, 0.5],
             elect_sign: true,
             normalize: true,
@@ -515,6 +591,7 @@ mod tests {
             c1: [-1.0],
             lo: [0],
             hi: [0.2f32.to_bits()],
+            upper: None,
             w: [1.0],
             elect_sign: true,
             normalize: true,

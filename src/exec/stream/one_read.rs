@@ -212,7 +212,7 @@ fn one_read(
                 // The marked entries' keys complete the tally.
                 let memo = chunk.as_ref().map(|k| k.memo(shape));
                 for (j, &(above, non_finite)) in counts.iter().enumerate() {
-                    let (a, c0, b, c1) = f.task_vector(j);
+                    let (a, c0, b, c1) = f.task_vector(of_member[j]);
                     let vals = |l: usize| memo.as_ref().and_then(|m| m.get(shape.leaves[l].node)).unwrap_or(&[]);
                     let sum = kernels::Sum { a: vals(a), c0, b: vals(b), c1 };
                     tally.record_marked(j, c, above, non_finite, &sum);
@@ -690,7 +690,8 @@ impl Fused {
     fn of(plan: &Plan, shape: &Shape, root: NodeId, dtype: DType, ends: &[(u32, u32)]) -> Option<Fused> {
         let ok = cfg!(target_endian = "little")
             && dtype == DType::BF16
-            && shape.selected.iter().all(|s| matches!(s.how, How::Magnitude(_)))
+            && (shape.selected.iter().all(|s| matches!(s.how, How::Magnitude(_)))
+                || shape.selected.iter().all(|s| matches!(s.how, How::Window(_))))
             && shape.others.is_empty()
             && shape.leaves.len() <= MAX_LEAVES
             && shape.leaves.iter().all(|l| l.bf16);
@@ -726,9 +727,13 @@ impl Fused {
             tv.push((leaf(*a)?, c0.get() as f32, leaf(*b)?, c1.get() as f32));
         }
         let root = [(t0, r0.get() as f32), (t1, r1.get() as f32)];
+        // A window's ends are two members in a row: its lower end's
+        // interval, then its upper end's.
+        let windows = matches!(shape.selected[0].how, How::Window(_));
         fn pass<const N: usize>(
             tv: &[(usize, f32, usize, f32)],
             ends: &[(u32, u32)],
+            windows: bool,
             weights: &[f32],
             elect_sign: bool,
             normalize: bool,
@@ -739,8 +744,9 @@ impl Fused {
                 c0: std::array::from_fn(|j| tv[j].1),
                 b: std::array::from_fn(|j| tv[j].2),
                 c1: std::array::from_fn(|j| tv[j].3),
-                lo: std::array::from_fn(|j| ends[j].0),
-                hi: std::array::from_fn(|j| ends[j].1),
+                lo: std::array::from_fn(|j| ends[if windows { 2 * j } else { j }].0),
+                hi: std::array::from_fn(|j| ends[if windows { 2 * j } else { j }].1),
+                upper: windows.then(|| std::array::from_fn(|j| ends[2 * j + 1])),
                 w: std::array::from_fn(|j| weights[j]),
                 elect_sign,
                 normalize,
@@ -750,23 +756,29 @@ impl Fused {
         let w: Vec<f32> = weights.iter().map(|w| w.get() as f32).collect();
         let (e, n) = (*elect_sign, *normalize);
         match tv.len() {
-            2 => Some(Fused::Two(pass(&tv, ends, &w, e, n, root))),
-            3 => Some(Fused::Three(pass(&tv, ends, &w, e, n, root))),
-            4 => Some(Fused::Four(pass(&tv, ends, &w, e, n, root))),
+            2 => Some(Fused::Two(pass(&tv, ends, windows, &w, e, n, root))),
+            3 => Some(Fused::Three(pass(&tv, ends, windows, &w, e, n, root))),
+            4 => Some(Fused::Four(pass(&tv, ends, windows, &w, e, n, root))),
             _ => None,
         }
     }
 
-    /// The pass over a chunk; per trim, its keys above `hi` and whether a
-    /// task vector entry was not finite.
+    /// The pass over a chunk; per member of the selection (a window's two
+    /// ends in a row), its keys above its interval, and whether a task
+    /// vector entry was not finite.
     fn run(&self, leaves: &[&[u16]], marks: &mut [u16], out: &mut [u16]) -> Vec<(usize, bool)> {
-        fn each<const N: usize>(c: PassCounts<N>) -> Vec<(usize, bool)> {
-            c.above.iter().map(|&a| (a, c.non_finite)).collect()
+        fn each<const N: usize>(p: &TiesPass<N>, c: PassCounts<N>) -> Vec<(usize, bool)> {
+            match p.upper {
+                None => c.above.iter().map(|&a| (a, c.non_finite)).collect(),
+                Some(_) => {
+                    (0..N).flat_map(|j| [(c.above[j], c.non_finite), (c.above_upper[j], c.non_finite)]).collect()
+                }
+            }
         }
         match self {
-            Fused::Two(p) => each(p.run(leaves, marks, out)),
-            Fused::Three(p) => each(p.run(leaves, marks, out)),
-            Fused::Four(p) => each(p.run(leaves, marks, out)),
+            Fused::Two(p) => each(p, p.run(leaves, marks, out)),
+            Fused::Three(p) => each(p, p.run(leaves, marks, out)),
+            Fused::Four(p) => each(p, p.run(leaves, marks, out)),
         }
     }
 
