@@ -457,7 +457,8 @@ impl Tally {
     /// member's interval: `s` makes the marked entries' values, in index
     /// order, which are scanned here (keys above `hi` among them were
     /// counted by the pass). The zero keys are not counted: for
-    /// [`Guide::of_kth`]'s ranks, which do not use them.
+    /// [`Guide::of_kth`]'s ranks, which do not use them. Returns how many
+    /// keys it kept.
     pub(in crate::exec) fn record_marked(
         &mut self,
         j: usize,
@@ -465,11 +466,13 @@ impl Tally {
         above: usize,
         non_finite: bool,
         s: &super::Sum<'_>,
-    ) {
+    ) -> usize {
         let m = &mut self.members[j];
+        let before = m.keys.len();
         let n = scan_sum_keys(s, m.lo, m.hi, &mut m.keys, None);
         let non_finite = non_finite || n.non_finite;
         m.record(c, Counts { above, at_hi: n.at_hi, at_lo: n.at_lo, zeros: 0, non_finite });
+        m.keys.len() - before
     }
 
     /// [`Tally::scan`], also setting bit `i % 16` of `marks[i / 16]` for

@@ -37,11 +37,11 @@ use std::sync::Mutex;
 /// Bytes of undecided entries' values a tensor may keep (counted against
 /// the run's memory budget, and [`IN_FLIGHT`]); past it, the tensor is
 /// computed the plain way.
-const KEPT_LIMIT: u64 = 24 << 20;
+const KEPT_LIMIT: u64 = 32 << 20;
 
 /// What the tensors written in one read at once may hold, kept entries and
 /// held bytes, whatever the run's budget: resident memory stays flat.
-static IN_FLIGHT: Budget = Budget::new(40 << 20);
+static IN_FLIGHT: Budget = Budget::new(48 << 20);
 
 /// Output bytes of a tensor held in memory until patched, rather than
 /// written and read back.
@@ -118,13 +118,17 @@ fn one_read(
     let guide = Guide::of_kth(&src, &of_member, &ks, &sample(numel))?;
     let ends: Vec<(u32, u32)> = (0..members.len()).map(|j| guide.interval(j)).collect();
     let decided: f64 = (0..members.len()).map(|j| 1.0 - guide.share(j)).product();
-    let predicted = (1.0 - decided) * numel as f64 * shape.bytes_per_entry() as f64;
-    // What the undecided entries may hold: what the sample predicts and a
-    // margin, within a share of the run's budget; and the held bytes of a
-    // small tensor.
+    // What the undecided entries hold, and the keys strictly inside the
+    // intervals that the tallies keep (4 bytes each), as the sample
+    // predicts them.
+    let keys: f64 = (0..members.len()).map(|j| guide.share(j)).sum::<f64>() * numel as f64 * 4.0;
+    let predicted = (1.0 - decided) * numel as f64 * shape.bytes_per_entry() as f64 + keys;
+    // What they may hold: the prediction and a margin, within a share of
+    // the run's budget; and the held bytes of a small tensor.
     let limit = (predicted * 1.5) as u64 + (64 << 10);
     if limit > KEPT_LIMIT.min(budget.cap() / 4) {
-        return Ok(Outcome::Plain(format!("about {:.0} KB of undecided entries expected", predicted / 1024.0)));
+        let kb = predicted / 1024.0;
+        return Ok(Outcome::Plain(format!("about {kb:.0} KB of undecided entries and their keys expected")));
     }
     let bytes = numel as u64 * size;
     let need = limit + if bytes <= HOLD_LIMIT { bytes } else { 0 };
@@ -180,6 +184,17 @@ fn one_read(
     let blocks = (rayon::current_num_threads() * 4).max(1);
     let per_block = chunks.div_ceil(blocks).max(1);
     let results = Mutex::new(Vec::new());
+    // Keeps a chunk's undecided entries, counting them and the keys its
+    // tally kept against the bound; past it, nothing more is kept.
+    let keep = |chunk: Kept, keys: usize, kept: &mut Vec<Kept>| {
+        let bytes = chunk.bytes() + 4 * keys as u64;
+        if kept_bytes.fetch_add(bytes, Relaxed) + bytes > limit {
+            overflow.store(true, Relaxed);
+            *kept = Vec::new();
+        } else {
+            kept.push(chunk);
+        }
+    };
     (0..chunks.div_ceil(per_block)).into_par_iter().try_for_each(|blk| -> Result<(), String> {
         let mut tally = guide.tally((per_block * CHUNK).min(numel));
         let mut kept = Vec::new();
@@ -191,6 +206,10 @@ fn one_read(
         for c in blk * per_block..((blk + 1) * per_block).min(chunks) {
             if crate::exec::interrupted() {
                 return Err("interrupted".to_string());
+            }
+            // Past the bound, the plain passes write the tensor again.
+            if overflow.load(Relaxed) {
+                break;
             }
             let range = c * CHUNK..((c + 1) * CHUNK).min(numel);
             let len = range.len();
@@ -205,26 +224,17 @@ fn one_read(
                 let leaves: Vec<&[u16]> = leaves.iter().map(|b| &b[..len]).collect();
                 let counts = f.run(&leaves, marks, &mut out16[..len]);
                 write_bf16(c, &out16[..len])?;
-                let chunk = match overflow.load(Relaxed) {
-                    false => Some(Kept::gather_bits(c, marks, &leaves)),
-                    true => None,
-                };
+                let chunk = Kept::gather_bits(c, marks, &leaves);
                 // The marked entries' keys complete the tally.
-                let memo = chunk.as_ref().map(|k| k.memo(shape));
+                let memo = chunk.memo(shape);
+                let mut keys = 0;
                 for (j, &(above, non_finite)) in counts.iter().enumerate() {
                     let (a, c0, b, c1) = f.task_vector(of_member[j]);
-                    let vals = |l: usize| memo.as_ref().and_then(|m| m.get(shape.leaves[l].node)).unwrap_or(&[]);
+                    let vals = |l: usize| memo.get(shape.leaves[l].node).expect("every leaf kept");
                     let sum = kernels::Sum { a: vals(a), c0, b: vals(b), c1 };
-                    tally.record_marked(j, c, above, non_finite, &sum);
+                    keys += tally.record_marked(j, c, above, non_finite, &sum);
                 }
-                if let Some(chunk) = chunk {
-                    if kept_bytes.fetch_add(chunk.bytes(), Relaxed) + chunk.bytes() > limit {
-                        overflow.store(true, Relaxed);
-                        kept = Vec::new();
-                    } else {
-                        kept.push(chunk);
-                    }
-                }
+                keep(chunk, keys, &mut kept);
                 continue;
             }
             let mut memo = Memo::default();
@@ -242,37 +252,29 @@ fn one_read(
                     memo.put(node, b);
                 }
             }
+            let mut keys = 0;
             for (j, &(t, _)) in members.iter().enumerate() {
                 let s = &shape.selected[t];
                 // A task vector (a fine-tune less its base) is scanned as it
                 // is made, never written out; other inputs are computed.
                 if let Some(sum) = sum_of(plan, s.input, &memo) {
-                    tally.scan_sum_marking(j, c, &sum, marks);
+                    keys += tally.scan_sum_marking(j, c, &sum, marks);
                     continue;
                 }
                 if let Some(x) = memo.get(s.input) {
                     // A window's second end: its input computed above.
-                    tally.scan_marking(j, c, as_bits(x), marks);
+                    keys += tally.scan_marking(j, c, as_bits(x), marks);
                     continue;
                 }
                 let mut x = Scratch::take(len);
                 eval_memo(plan, &empty, s.input, range.start, &memo, &mut x);
-                tally.scan_marking(j, c, as_bits(&x), marks);
+                keys += tally.scan_marking(j, c, as_bits(&x), marks);
                 memo.put(s.input, x);
             }
             let mut vals = Scratch::take(len);
             eval_memo(plan, &provisional, root, range.start, &memo, &mut vals);
             write(c, &vals)?;
-            if overflow.load(Relaxed) {
-                continue;
-            }
-            let chunk = Kept::gather(c, marks, shape, &memo);
-            if kept_bytes.fetch_add(chunk.bytes(), Relaxed) + chunk.bytes() > limit {
-                overflow.store(true, Relaxed);
-                kept = Vec::new();
-                continue;
-            }
-            kept.push(chunk);
+            keep(Kept::gather(c, marks, shape, &memo), keys, &mut kept);
         }
         results.lock().unwrap().push((tally, kept));
         Ok(())
