@@ -288,7 +288,14 @@ impl Guide {
                         (f * (1.0 - z) * s as f64, 6.0 * f * (s as f64 * z * (1.0 - z)).sqrt())
                     }
                 };
-                let d = sigmas * (r * (1.0 - r / s as f64)).max(1.0).sqrt() + extra + 0.0005 * s as f64 + 16.0;
+                let spread = sigmas * (r * (1.0 - r / s as f64)).max(1.0).sqrt();
+                // Pieces of neighbouring entries resemble each other (a
+                // fine-tune changes some rows much more than others): the
+                // spread of the pieces' own shares above the estimate bounds
+                // the rank's uncertainty too, when it is the wider.
+                let pieces: Vec<&[u32]> = samples.iter().map(|per| &per[slot[j]][..]).collect();
+                let spread = spread.max(sigmas * between_pieces(&keys, r, &pieces) * s as f64);
+                let d = spread + extra + 0.0005 * s as f64 + 16.0;
                 // Ascending positions of the ranks from the top; `hi` first,
                 // so `lo` is looked for only among the keys below it.
                 let at = |rank: f64| {
@@ -418,6 +425,29 @@ impl Guide {
     pub(in crate::exec) fn selections(&self, tallies: Vec<Tally>) -> Vec<Option<Selection>> {
         self.finish(tallies).found
     }
+}
+
+/// The standard error of the share of keys above the key at rank `r` (from
+/// the top) of `keys`, from how that share varies between the `pieces` the
+/// keys were sampled in (keys above it, and keys at or above it, whichever
+/// varies more); 0 with fewer than eight pieces.
+fn between_pieces(keys: &[u32], r: f64, pieces: &[&[u32]]) -> f64 {
+    let s = keys.len();
+    if pieces.len() < 8 || s == 0 {
+        return 0.0;
+    }
+    let at = s - (r.round() as usize).clamp(1, s);
+    let [t] = order_statistics(keys, [at]);
+    let error = |share: &dyn Fn(&[u32]) -> f64| {
+        let shares: Vec<f64> = pieces.iter().filter(|p| !p.is_empty()).map(|p| share(p)).collect();
+        let m = shares.len() as f64;
+        let mean = shares.iter().sum::<f64>() / m;
+        let var = shares.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (m - 1.0);
+        (var / m).sqrt()
+    };
+    let above = |p: &[u32]| p.iter().filter(|&&k| k > t).count() as f64 / p.len() as f64;
+    let from = |p: &[u32]| p.iter().filter(|&&k| k >= t).count() as f64 / p.len() as f64;
+    error(&above).max(error(&from))
 }
 
 /// The `i`-th smallest of `keys` (from 0) for each `i` of `at`, as

@@ -335,17 +335,21 @@ fn one_read(
     Ok(Outcome::Done(kept.iter().flatten().map(|k| k.pos.len()).sum(), fused.is_some()))
 }
 
-/// Entries read for the sample: a 16th of the tensor, between 64K and 512K,
-/// in pieces of [`PIECE`] spread evenly (pieces, rather than whole chunks,
-/// so that neighbouring entries that resemble each other weigh less).
+/// Entries read for the sample: a 32nd of the tensor, between 32K and
+/// 256K (at most an eighth of it), in at least [`PIECES`] pieces spread
+/// evenly, of 256 to 4096 entries. Pieces rather than whole chunks, and
+/// many of them, because neighbouring entries resemble each other: a
+/// fine-tune changes some rows much more than others, and a few long pieces
+/// of a small tensor misplace its thresholds.
 fn sample(n: usize) -> Vec<std::ops::Range<usize>> {
-    let pieces = (n / 32).clamp(1 << 15, 1 << 18).min(n / 8) / PIECE;
-    let pieces = pieces.max(1);
-    (0..pieces).map(|i| (2 * i + 1) * n / (2 * pieces)).map(|s| s..(s + PIECE).min(n)).collect()
+    let total = (n / 32).clamp(1 << 15, 1 << 18).min(n / 8);
+    let piece = (total / PIECES).clamp(256, 4096);
+    let pieces = (total / piece).max(1);
+    (0..pieces).map(|i| (2 * i + 1) * n / (2 * pieces)).map(|s| s..(s + piece).min(n)).collect()
 }
 
-/// Entries in a piece of the sample.
-const PIECE: usize = 4096;
+/// Pieces a sample is read in, at least (when the tensor is large enough).
+const PIECES: usize = 16;
 
 /// What an output tensor must be to be written in one read.
 struct Shape {
