@@ -293,8 +293,15 @@ impl Guide {
                 // fine-tune changes some rows much more than others): the
                 // spread of the pieces' own shares above the estimate bounds
                 // the rank's uncertainty too, when it is the wider.
-                let pieces: Vec<&[u32]> = samples.iter().map(|per| &per[slot[j]][..]).collect();
-                let spread = spread.max(sigmas * between_pieces(&keys, r, &pieces) * s as f64);
+                // (For the one read's many short pieces; the selection's
+                // whole chunks resemble each other.)
+                let spread = match thin {
+                    true => spread,
+                    false => {
+                        let pieces: Vec<&[u32]> = samples.iter().map(|per| &per[slot[j]][..]).collect();
+                        spread.max(sigmas * between_pieces(&keys, r, &pieces) * s as f64)
+                    }
+                };
                 let d = spread + extra + 0.0005 * s as f64 + 16.0;
                 // Ascending positions of the ranks from the top; `hi` first,
                 // so `lo` is looked for only among the keys below it.
