@@ -211,22 +211,12 @@ impl<const N: usize> TiesPass<N> {
         let ft: [*const u16; N] = std::array::from_fn(|j| leaves[self.a[j]].as_ptr());
         let b = leaves[base].as_ptr();
         let zero = _mm512_setzero_ps();
-        let (one, one_i) = (_mm512_set1_ps(1.0), _mm512_set1_epi32(1));
-        let abs = _mm512_set1_epi32(0x7fff_ffff);
+        let one = _mm512_set1_ps(1.0);
         let sign = _mm512_set1_epi32(i32::MIN);
-        let lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.lo[j] as i32));
-        let hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.hi[j] as i32));
-        let upper = self.upper.unwrap_or([(0, 0); N]);
-        let up_lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].0 as i32));
-        let up_hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].1 as i32));
-        let mut above_upper = [_mm512_setzero_si512(); N];
-        let (round_bit, round_rest) = (_mm512_set1_epi32(0x8000), _mm512_set1_epi32(0x17fff));
-        let (inf, quiet) = (_mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x40));
         let widen = |p: *const u16| {
             _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())), 16))
         };
-        let mut above = [_mm512_setzero_si512(); N];
-        let mut max_key = _mm512_setzero_si512();
+        let mut lanes = Lanes::new(self);
         for i in 0..steps {
             let vb = widen(b.add(16 * i));
             let mut x = [zero; N];
@@ -234,18 +224,7 @@ impl<const N: usize> TiesPass<N> {
             let mut mark: __mmask16 = 0;
             for j in 0..N {
                 x[j] = _mm512_sub_ps(widen(ft[j].add(16 * i)), vb);
-                let key = _mm512_and_si512(_mm512_castps_si512(x[j]), abs);
-                kept[j] = _mm512_cmpgt_epu32_mask(key, hi[j]);
-                above[j] = _mm512_mask_add_epi32(above[j], kept[j], above[j], one_i);
-                max_key = _mm512_max_epu32(max_key, key);
-                mark |= _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask(key, lo[j]), key, hi[j]);
-                if W {
-                    let over = _mm512_cmpgt_epu32_mask(key, up_hi[j]);
-                    above_upper[j] = _mm512_mask_add_epi32(above_upper[j], over, above_upper[j], one_i);
-                    let from = _mm512_cmpge_epu32_mask(key, up_lo[j]);
-                    mark |= from & !over;
-                    kept[j] &= !from;
-                }
+                kept[j] = lanes.scan::<W>(j, x[j], &mut mark);
             }
             *marks.get_unchecked_mut(i) |= mark;
             let mut sum = _mm512_maskz_mov_ps(kept[0], x[0]);
@@ -268,20 +247,30 @@ impl<const N: usize> TiesPass<N> {
                 false => mixed,
             };
             let y = _mm512_castps_si512(_mm512_add_ps(vb, cons));
-            // bf16 rounding as `io::codec::encode` does it.
-            let high = _mm512_srli_epi32(y, 16);
-            let round = _mm512_test_epi32_mask(y, round_bit) & _mm512_test_epi32_mask(y, round_rest);
-            let rounded = _mm512_mask_add_epi32(high, round, high, one_i);
-            let nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(y, abs), inf);
-            let bits = _mm512_mask_or_epi32(rounded, nan, high, quiet);
-            _mm256_storeu_si256(out.as_mut_ptr().add(16 * i).cast(), _mm512_cvtepi32_epi16(bits));
+            _mm256_storeu_si256(out.as_mut_ptr().add(16 * i).cast(), bf16_x16(y));
         }
+        self.finish(&lanes, 16 * steps, leaves, marks, out)
+    }
+
+    /// The counts of the vector loop's lanes, and the entries from `from`
+    /// (the rest after its whole steps) one at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish(
+        &self,
+        lanes: &Lanes<N>,
+        from: usize,
+        leaves: &[&[u16]],
+        marks: &mut [u16],
+        out: &mut [u16],
+    ) -> PassCounts<N> {
+        use std::arch::x86_64::*;
         let mut counts = PassCounts {
-            above: std::array::from_fn(|j| _mm512_reduce_add_epi32(above[j]) as u32 as usize),
-            above_upper: std::array::from_fn(|j| _mm512_reduce_add_epi32(above_upper[j]) as u32 as usize),
-            non_finite: _mm512_reduce_max_epu32(max_key) >= 0x7f80_0000,
+            above: std::array::from_fn(|j| _mm512_reduce_add_epi32(lanes.above[j]) as u32 as usize),
+            above_upper: std::array::from_fn(|j| _mm512_reduce_add_epi32(lanes.above_upper[j]) as u32 as usize),
+            non_finite: _mm512_reduce_max_epu32(lanes.max_key) >= 0x7f80_0000,
         };
-        for i in 16 * steps..len {
+        for i in from..out.len() {
             out[i] = self.entry(leaves, i, &mut counts, &mut marks[i / 16], i % 16);
         }
         counts
@@ -298,23 +287,12 @@ impl<const N: usize> TiesPass<N> {
         let ptr: [*const u16; MAX_LEAVES] =
             std::array::from_fn(|l| leaves.get(l).map_or(std::ptr::null(), |s| s.as_ptr()));
         let zero = _mm512_setzero_ps();
-        let one_i = _mm512_set1_epi32(1);
-        let abs = _mm512_set1_epi32(0x7fff_ffff);
         let c0: [__m512; N] = std::array::from_fn(|j| _mm512_set1_ps(self.c0[j]));
         let c1: [__m512; N] = std::array::from_fn(|j| _mm512_set1_ps(self.c1[j]));
-        let lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.lo[j] as i32));
-        let hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(self.hi[j] as i32));
         let w: [__m512; N] = std::array::from_fn(|j| _mm512_set1_ps(self.w[j]));
-        let upper = self.upper.unwrap_or([(0, 0); N]);
-        let up_lo: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].0 as i32));
-        let up_hi: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(upper[j].1 as i32));
-        let mut above_upper = [_mm512_setzero_si512(); N];
         let divisor = _mm512_set1_ps(self.plain_divisor());
         let r: [__m512; 2] = std::array::from_fn(|k| _mm512_set1_ps(self.root[k].1));
-        let (round_bit, round_rest) = (_mm512_set1_epi32(0x8000), _mm512_set1_epi32(0x17fff));
-        let (inf, quiet) = (_mm512_set1_epi32(0x7f80_0000), _mm512_set1_epi32(0x40));
-        let mut above = [_mm512_setzero_si512(); N];
-        let mut max_key = _mm512_setzero_si512();
+        let mut lanes = Lanes::new(self);
         for i in 0..steps {
             // Each leaf's sixteen bf16 values widened to f32 (the high half).
             let mut v = [zero; MAX_LEAVES];
@@ -326,19 +304,7 @@ impl<const N: usize> TiesPass<N> {
             let mut mark: __mmask16 = 0;
             for j in 0..N {
                 let x = _mm512_add_ps(_mm512_mul_ps(v[self.a[j]], c0[j]), _mm512_mul_ps(v[self.b[j]], c1[j]));
-                let key = _mm512_and_si512(_mm512_castps_si512(x), abs);
-                let mut kept = _mm512_cmpgt_epu32_mask(key, hi[j]);
-                above[j] = _mm512_mask_add_epi32(above[j], kept, above[j], one_i);
-                max_key = _mm512_max_epu32(max_key, key);
-                mark |= _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask(key, lo[j]), key, hi[j]);
-                if W {
-                    let over = _mm512_cmpgt_epu32_mask(key, up_hi[j]);
-                    above_upper[j] = _mm512_mask_add_epi32(above_upper[j], over, above_upper[j], one_i);
-                    let from = _mm512_cmpge_epu32_mask(key, up_lo[j]);
-                    mark |= from & !over;
-                    kept &= !from;
-                }
-                t[j] = _mm512_maskz_mov_ps(kept, x);
+                t[j] = _mm512_maskz_mov_ps(lanes.scan::<W>(j, x, &mut mark), x);
             }
             *marks.get_unchecked_mut(i) |= mark;
             let cons = if self.elect_sign {
@@ -382,24 +348,87 @@ impl<const N: usize> TiesPass<N> {
                 _mm512_mul_ps(r[k], x)
             };
             let y = _mm512_castps_si512(_mm512_add_ps(term(0), term(1)));
-            // bf16 rounding as `io::codec::encode` does it.
-            let high = _mm512_srli_epi32(y, 16);
-            let round = _mm512_test_epi32_mask(y, round_bit) & _mm512_test_epi32_mask(y, round_rest);
-            let rounded = _mm512_mask_add_epi32(high, round, high, one_i);
-            let nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(y, abs), inf);
-            let b = _mm512_mask_or_epi32(rounded, nan, high, quiet);
-            _mm256_storeu_si256(out.as_mut_ptr().add(16 * i).cast(), _mm512_cvtepi32_epi16(b));
+            _mm256_storeu_si256(out.as_mut_ptr().add(16 * i).cast(), bf16_x16(y));
         }
-        let mut counts = PassCounts {
-            above: std::array::from_fn(|j| _mm512_reduce_add_epi32(above[j]) as u32 as usize),
-            above_upper: std::array::from_fn(|j| _mm512_reduce_add_epi32(above_upper[j]) as u32 as usize),
-            non_finite: _mm512_reduce_max_epu32(max_key) >= 0x7f80_0000,
-        };
-        for i in 16 * steps..len {
-            out[i] = self.entry(leaves, i, &mut counts, &mut marks[i / 16], i % 16);
-        }
-        counts
+        self.finish(&lanes, 16 * steps, leaves, marks, out)
     }
+}
+
+/// The trims' intervals and the counts of the vector loops, a lane per
+/// entry of a step.
+#[cfg(target_arch = "x86_64")]
+struct Lanes<const N: usize> {
+    lo: [std::arch::x86_64::__m512i; N],
+    hi: [std::arch::x86_64::__m512i; N],
+    up_lo: [std::arch::x86_64::__m512i; N],
+    up_hi: [std::arch::x86_64::__m512i; N],
+    above: [std::arch::x86_64::__m512i; N],
+    above_upper: [std::arch::x86_64::__m512i; N],
+    max_key: std::arch::x86_64::__m512i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const N: usize> Lanes<N> {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn new(p: &TiesPass<N>) -> Lanes<N> {
+        use std::arch::x86_64::*;
+        let upper = p.upper.unwrap_or([(0, 0); N]);
+        let splat = |k: u32| _mm512_set1_epi32(k as i32);
+        Lanes {
+            lo: std::array::from_fn(|j| splat(p.lo[j])),
+            hi: std::array::from_fn(|j| splat(p.hi[j])),
+            up_lo: std::array::from_fn(|j| splat(upper[j].0)),
+            up_hi: std::array::from_fn(|j| splat(upper[j].1)),
+            above: [_mm512_setzero_si512(); N],
+            above_upper: [_mm512_setzero_si512(); N],
+            max_key: _mm512_setzero_si512(),
+        }
+    }
+
+    /// Task vector `j`'s sixteen values `x`: their keys counted above each
+    /// interval, the lanes inside one marked in `mark`; returns the lanes
+    /// kept for now (above `hi`, and for windows below the upper interval).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn scan<const W: bool>(
+        &mut self,
+        j: usize,
+        x: std::arch::x86_64::__m512,
+        mark: &mut std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__mmask16 {
+        use std::arch::x86_64::*;
+        let one = _mm512_set1_epi32(1);
+        let key = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fff_ffff));
+        let mut kept = _mm512_cmpgt_epu32_mask(key, self.hi[j]);
+        self.above[j] = _mm512_mask_add_epi32(self.above[j], kept, self.above[j], one);
+        self.max_key = _mm512_max_epu32(self.max_key, key);
+        *mark |= _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask(key, self.lo[j]), key, self.hi[j]);
+        if W {
+            let over = _mm512_cmpgt_epu32_mask(key, self.up_hi[j]);
+            self.above_upper[j] = _mm512_mask_add_epi32(self.above_upper[j], over, self.above_upper[j], one);
+            let from = _mm512_cmpge_epu32_mask(key, self.up_lo[j]);
+            *mark |= from & !over;
+            kept &= !from;
+        }
+        kept
+    }
+}
+
+/// Sixteen f32 values (as bits) rounded to bf16 as `io::codec::encode`
+/// rounds them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bf16_x16(y: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let high = _mm512_srli_epi32(y, 16);
+    let round =
+        _mm512_test_epi32_mask(y, _mm512_set1_epi32(0x8000)) & _mm512_test_epi32_mask(y, _mm512_set1_epi32(0x17fff));
+    let rounded = _mm512_mask_add_epi32(high, round, high, _mm512_set1_epi32(1));
+    let nan =
+        _mm512_cmpgt_epu32_mask(_mm512_and_si512(y, _mm512_set1_epi32(0x7fff_ffff)), _mm512_set1_epi32(0x7f80_0000));
+    _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rounded, nan, high, _mm512_set1_epi32(0x40)))
 }
 
 /// Leaves a pass reads at most.
