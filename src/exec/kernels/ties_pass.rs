@@ -63,6 +63,15 @@ pub struct PassCounts<const N: usize> {
 }
 
 impl<const N: usize> TiesPass<N> {
+    /// Whether [`TiesPass::run`] runs sixteen entries a step here (AVX-512);
+    /// else it goes an entry at a time.
+    pub fn vectorized() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
     /// The pass over one chunk: `leaves[l]` holds leaf `l`'s bf16 bits,
     /// `out` receives the output's bf16 bits, and bit `i % 16` of
     /// `marks[i / 16]` is set for each entry `i` whose key lies inside some

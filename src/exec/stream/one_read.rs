@@ -692,9 +692,12 @@ impl Fused {
     /// The one-loop pass for output `dtype` under `shape` with the trims'
     /// intervals `ends`, when the output is TIES's usual shape: bf16 leaves
     /// and output, a linear combination of a leaf and a consensus of every
-    /// trim (in their order), each trim's input a fine-tune and its base.
+    /// trim (in their order), each trim's input a fine-tune and its base;
+    /// and the loop runs on vectors here (else the separate kernels, which
+    /// have AVX2 and baseline versions, are faster).
     fn of(plan: &Plan, shape: &Shape, root: NodeId, dtype: DType, ends: &[(u32, u32)]) -> Option<Fused> {
         let ok = cfg!(target_endian = "little")
+            && TiesPass::<1>::vectorized()
             && dtype == DType::BF16
             && (shape.selected.iter().all(|s| matches!(s.how, How::Magnitude(_)))
                 || shape.selected.iter().all(|s| matches!(s.how, How::Window(_))))
